@@ -1,0 +1,53 @@
+"""Error classes of rm-registry. Every error we raise derives from :class:`RMRegistryError`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RMRegistryError(Exception):
+    """Base class of every error raised by rm-registry."""
+
+
+class PluginNotFoundError(RMRegistryError, LookupError):
+    """No installed or registered reward model has the requested name."""
+
+
+class PluginLoadError(RMRegistryError):
+    """A plugin's entry point failed to import or raised while loading.
+
+    The original exception is chained as ``__cause__``.
+    """
+
+
+class PluginValidationError(RMRegistryError, TypeError):
+    """A loaded plugin object does not satisfy the :class:`RewardModelPlugin` protocol."""
+
+
+class PluginConflictError(RMRegistryError):
+    """Two distributions register the same reward-model name."""
+
+
+class PluginDisabledError(RMRegistryError):
+    """The plugin is disabled (``RM_REGISTRY_DISABLE`` or a policy hook)."""
+
+
+class ConfigError(RMRegistryError, ValueError):
+    """A configuration key or value is invalid. The message names the key."""
+
+
+class DataError(RMRegistryError, ValueError):
+    """An input data file is invalid.
+
+    Args:
+        path: The offending file.
+        line: 1-based line number, or ``None`` when the problem is the whole file.
+        problem: What is wrong and, where useful, what to do.
+    """
+
+    def __init__(self, path: str | Path, line: int | None, problem: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        where = f"{self.path}:{line}" if line is not None else self.path
+        super().__init__(f"{where}: {problem}")

@@ -1,0 +1,170 @@
+"""Data helpers shared by every plugin: JSON Lines reading with precise errors, chat-message
+rendering, the over-long sequence policy, and padding to the longest sequence of a batch.
+
+Only :func:`pad_batch` needs torch (imported inside it).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
+
+from .._errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .._protocol import Tokenizer
+
+__all__ = [
+    "OVERLONG_POLICIES",
+    "DatasetStats",
+    "ListDataset",
+    "read_jsonl",
+    "render_text",
+    "encode_text",
+    "fit_length",
+    "pad_batch",
+]
+
+#: What happens to a sequence longer than ``model.encoder_seq_length``
+#: (config key ``model.data.overlong_policy``):
+#:  - ``drop``: the sample (for pairwise data, the whole pair) is skipped and counted;
+#:  - ``truncate``: the sequence keeps its first ``seq_length - 1`` tokens plus EOS, counted;
+#:  - ``error``: the run stops with a DataError naming the file and line.
+OVERLONG_POLICIES = ("drop", "truncate", "error")
+
+
+@dataclass
+class DatasetStats:
+    """Counts reported after reading one split."""
+
+    read: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"read": self.read, "kept": self.kept, "truncated": self.truncated, "dropped": self.dropped}
+
+
+@dataclass
+class ListDataset:
+    """A list of samples plus the counts of how it was read (what ``build_datasets`` returns)."""
+
+    samples: list[Any]
+    stats: DatasetStats = field(default_factory=DatasetStats)
+    path: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.samples[index]
+
+
+def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON Lines file.
+
+    Raises:
+        DataError: the file is missing, unreadable, empty, or a line is not a JSON object;
+            the message names the file and the 1-based line.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise DataError(p, None, "no such file")
+    if p.is_dir():
+        raise DataError(p, None, "is a directory, expected a JSON Lines file")
+    seen = False
+    try:
+        with p.open("r", encoding="utf-8") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise DataError(p, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
+                if not isinstance(obj, dict):
+                    raise DataError(p, lineno, f"expected a JSON object, got {type(obj).__name__}")
+                seen = True
+                yield lineno, obj
+    except UnicodeDecodeError as exc:
+        raise DataError(p, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not seen:
+        raise DataError(p, None, "file is empty (no JSON Lines records)")
+
+
+def render_text(value: Any, *, path: str | Path, line: int, key: str) -> str:
+    """Turn a text field into one string.
+
+    Accepts a string, or a chat message list ``[{"role": ..., "content": ...}, ...]``
+    (TRL, NeMo-RL), rendered one message per line as ``"<role>: <content>"``.
+
+    Raises:
+        DataError: for any other type, naming the key.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        parts = []
+        for i, m in enumerate(value):
+            if "content" not in m or not isinstance(m["content"], str):
+                raise DataError(path, line, f"'{key}'[{i}] has no string 'content'")
+            role = m.get("role", "user")
+            parts.append(f"{role}: {m['content']}")
+        return "\n".join(parts)
+    raise DataError(
+        path, line, f"'{key}' must be a string or a list of chat messages, got {type(value).__name__}"
+    )
+
+
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of ``text`` followed by EOS (the reward is read at this last real token)."""
+    return [*tokenizer.encode(text), tokenizer.eos_id]
+
+
+def fit_length(
+    ids: list[int], max_len: int, policy: str, *, eos_id: int, path: str | Path, line: int
+) -> tuple[list[int] | None, bool]:
+    """Apply the over-long policy to one encoded sequence.
+
+    Returns:
+        ``(ids, truncated)``; ``ids`` is ``None`` when the sequence must be dropped.
+
+    Raises:
+        DataError: with policy ``error``, naming the file, the line and both lengths.
+        ConfigError: for an unknown policy.
+    """
+    if len(ids) <= max_len:
+        return ids, False
+    if policy == "drop":
+        return None, False
+    if policy == "truncate":
+        return [*ids[: max_len - 1], eos_id], True
+    if policy == "error":
+        raise DataError(
+            path,
+            line,
+            f"sequence has {len(ids)} tokens, more than model.encoder_seq_length={max_len}; "
+            "raise it, or set model.data.overlong_policy=drop or truncate",
+        )
+    raise ConfigError(f"model.data.overlong_policy={policy!r}: expected one of {', '.join(OVERLONG_POLICIES)}")
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad token-id lists to the longest one.
+
+    Returns:
+        ``tokens`` ``[N, S]`` int64 (S = longest length) and ``lengths`` ``[N]`` int64.
+    """
+    import torch
+
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    width = int(lengths.max()) if len(sequences) else 0
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        tokens[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+    return tokens, lengths
