@@ -1,0 +1,188 @@
+"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``.
+
+Importing this module is cheap (no torch): the engine is imported inside the handlers.
+Handlers return the exit code; our errors are turned into one-line messages by ``_cli.main``
+(exit 2 for bad input or config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_subcommands"]
+
+_OVERRIDES_HELP = (
+    "config overrides, key=value in OmegaConf dot-list syntax, e.g. trainer.rm.max_steps=300 "
+    "model.optim.lr=1e-4 \"model.regression.attribute_names=[a,b]\"; `rm-registry info NAME` lists the keys"
+)
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add ``train``, ``evaluate`` and ``score`` to the ``rm-registry`` parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a reward model",
+        description="Train a reward model of architecture NAME on JSON Lines data. With no --data, trains on "
+        "the sample data shipped with the plugin (a quick demonstration on CPU). Works under "
+        "`torchrun -m rm_registry train ...` for data and tensor parallelism.",
+        epilog="example: rm-registry train binary_ranking --data prefs.jsonl --validation-data val.jsonl "
+        "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4",
+    )
+    p.add_argument("name", nargs="?", metavar="NAME",
+                   help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
+                        "else binary_ranking")
+    p.add_argument("--config", metavar="YAML", help="a config file in the shape of `rm-registry info NAME` defaults")
+    p.add_argument("--data", metavar="JSONL", help="training data (default: the plugin's sample data)")
+    p.add_argument("--validation-data", metavar="JSONL", help="validation data")
+    p.add_argument("--output", metavar="DIR",
+                   help="run folder for config, metrics.jsonl and checkpoints (default: runs/NAME-YYYYmmdd-HHMMSS)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint on labelled data",
+        description="Compute the architecture's metrics (loss, accuracy, per-attribute errors, ...) of a "
+        "checkpoint on a labelled JSON Lines file in one of its training formats.",
+        epilog="example: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--data", required=True, metavar="JSONL", help="labelled data")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
+    p.set_defaults(func=_evaluate)
+
+    p = subparsers.add_parser(
+        "score",
+        help="score texts with a checkpoint",
+        description="Score JSON Lines texts ({\"text\": ...} or {\"prompt\": ..., \"response\": ...} per line) "
+        "and write one JSON object per input line, in order, with a float `reward` (and what the "
+        "architecture adds, e.g. `attributes`).",
+        epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--data", required=True, metavar="JSONL", help="texts to score")
+    p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="texts per forward pass (default: model.micro_batch_size)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
+    p.set_defaults(func=_score)
+
+
+def _is_main() -> bool:
+    """True in a single process and on global rank 0 under torchrun."""
+    from .engine import parallel
+
+    info = parallel.get_info()
+    return info is None or info.is_main
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _plugin_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return str(args.name)
+    if args.config:
+        from omegaconf import OmegaConf
+
+        from ._errors import ConfigError
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            name = OmegaConf.select(OmegaConf.load(path), "model.reward_model_type")
+        except Exception as exc:
+            raise ConfigError(f"{path}: not a valid YAML config: {exc}") from None
+        if name:
+            return str(name)
+    return "binary_ranking"  # NeMo-Aligner's default reward_model_type
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError, DataError
+    from ._registry import get_reward_model
+
+    name = _plugin_name(args)
+    plugin = get_reward_model(name)
+    if args.data is not None and not Path(args.data).is_file():
+        raise DataError(args.data, None, "no such file (--data)")
+    if args.validation_data is not None and not Path(args.validation_data).is_file():
+        raise DataError(args.validation_data, None, "no such file (--validation-data)")
+
+    from .engine.config import build_config
+    from .engine.trainer import train
+
+    cfg = build_config(plugin, config_file=args.config, overrides=args.overrides,
+                       data_paths={"train": args.data, "validation": args.validation_data})
+    if cfg.model.data.data_prefix.train is None:
+        sample = dict(plugin.sample_data())
+        if "train" not in sample:
+            raise ConfigError(f"no training data: pass --data FILE ({name} ships no sample data)")
+        cfg.model.data.data_prefix.train = str(sample["train"])
+        if cfg.model.data.data_prefix.validation is None and sample.get("validation"):
+            cfg.model.data.data_prefix.validation = str(sample["validation"])
+        _stderr(f"no --data: training on the sample data shipped with {name} ({sample['train']})")
+    output = Path(args.output) if args.output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(plugin, cfg, output, resume=args.resume, progress=not args.no_progress)
+    if _is_main():
+        summary: dict[str, Any] = {"output": str(result.output_dir), "checkpoint": str(result.last_checkpoint),
+                                   "steps": result.steps, "seconds": round(result.seconds, 1)}
+        if result.validation is not None:
+            summary["validation"] = result.validation
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .engine.api import load_reward_model
+    from .engine.trainer import finite_for_json
+
+    model = load_reward_model(args.checkpoint, overrides=args.overrides)
+    metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
+    if _is_main():
+        if args.json:
+            print(json.dumps(metrics, allow_nan=False))
+        else:
+            _print_table(metrics)
+    return 0
+
+
+def _print_table(metrics: dict[str, Any], indent: str = "") -> None:
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print_table(value, indent + "  ")
+        elif isinstance(value, float):
+            print(f"{indent}{key:<24} {value:.6g}")
+        else:
+            print(f"{indent}{key:<24} {value}")
+
+
+def _score(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError
+    from .engine.api import load_reward_model, read_score_inputs, score_file
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size}: expected a positive number")
+    read_score_inputs(args.data)  # refuse bad input before loading anything
+    model = load_reward_model(args.checkpoint, overrides=args.overrides)
+    count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)
+    if _is_main():
+        _stderr(f"wrote {count} scores to {args.output}")
+    return 0

@@ -1,0 +1,314 @@
+"""The run configuration: one OmegaConf tree, NeMo-Aligner key names where they exist.
+
+Layers, each merged over the previous one:
+
+1. the engine defaults (``defaults.yaml`` beside this file);
+2. the plugin's :meth:`~rm_registry.RewardModelPlugin.default_config`;
+3. an optional YAML file (``--config``);
+4. ``key=value`` overrides from the command line (OmegaConf dot-list syntax).
+
+From layer 3 on, the tree is closed: a key that layers 1-2 do not define is a
+:class:`~rm_registry.ConfigError` naming the key (NeMo-Aligner silently ignored misplaced keys;
+we refuse them). A value whose type differs from the default's (a string where a number is
+expected, ...) is refused too.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .._errors import ConfigError
+from .data import OVERLONG_POLICIES
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._protocol import RewardModelPlugin
+
+__all__ = [
+    "DEFAULTS_PATH",
+    "build_config",
+    "engine_defaults",
+    "load_saved_config",
+    "to_yaml",
+    "validate_engine_config",
+]
+
+DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
+
+_DTYPES = ("float32", "bfloat16", "float16")
+_TOKENIZER_LIBRARIES = ("byte", "huggingface")
+_POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+_SCHEDULERS = ("CosineAnnealing", "constant")
+_OPTIMIZERS = ("adamw", "adam")
+
+
+def engine_defaults() -> DictConfig:
+    """The engine's default tree (a fresh copy)."""
+    return OmegaConf.load(DEFAULTS_PATH)  # type: ignore[return-value]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b.c": leaf}`` for every leaf of a plain nested dict (lists are leaves)."""
+    out: dict[str, Any] = {}
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(value, Mapping) and value:
+                out.update(_flatten(value, path))
+            else:
+                out[path] = value
+    return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, Mapping):
+        return "mapping"
+    return type(value).__name__
+
+
+def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -> None:
+    """Refuse a layer value whose kind differs from the default's (null defaults accept anything)."""
+    for key, value in _flatten(layer).items():
+        if key not in defaults:
+            continue  # unknown keys are caught by the struct merge, with OmegaConf's message
+        default = defaults[key]
+        if default is None or value is None:
+            continue
+        want, got = _kind(default), _kind(value)
+        if want != got and not (want == "mapping" and got == "mapping"):
+            raise ConfigError(
+                f"{key}={value!r} ({source}): expected a {want} like the default {default!r}, got a {got}"
+            )
+        if want == "number" and isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{key}={value!r} ({source}): expected a whole number (default {default!r})")
+
+
+def _unknown_keys(known: dict[str, Any], layer: dict[str, Any]) -> list[str]:
+    """Full keys of ``layer`` that the tree does not define (a key under a known leaf counts too)."""
+    prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
+    unknown = []
+    for key in _flatten(layer):
+        if key in known or key in prefixes:
+            continue
+        parts = key.split(".")
+        # A key below a known *leaf* (e.g. a mapping given where a null default is) is accepted.
+        if any(".".join(parts[:i]) in known for i in range(1, len(parts))):
+            continue
+        unknown.append(key)
+    return unknown
+
+
+def _merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    defaults = _flatten(OmegaConf.to_container(base, resolve=False))
+    plain = OmegaConf.to_container(layer, resolve=False)
+    unknown = _unknown_keys(defaults, plain)  # type: ignore[arg-type]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.75)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} ({source}); "
+            "`rm-registry info NAME` lists the keys this architecture accepts"
+        )
+    _check_types(defaults, plain, source)  # type: ignore[arg-type]
+    OmegaConf.set_struct(base, True)
+    try:
+        merged = OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{exc.full_key or ''} ({source}): {exc.msg}") from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
+    items = list(overrides)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not of the form key=value (for example trainer.rm.max_steps=300)")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"cannot parse overrides {items}: {exc.msg}") from None
+
+
+def build_config(
+    plugin: RewardModelPlugin,
+    *,
+    config_file: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    data_paths: Mapping[str, str | Path | None] | None = None,
+) -> DictConfig:
+    """Merge the layers for ``plugin`` and validate the result.
+
+    Args:
+        plugin: The architecture; its name becomes ``model.reward_model_type``.
+        config_file: Optional YAML file in the same shape as ``defaults.yaml``.
+        overrides: ``key=value`` strings (``trainer.rm.max_steps=300``).
+        data_paths: ``{"train": ..., "validation": ..., "test": ...}`` from the command line;
+            they take precedence over ``model.data.data_prefix``.
+
+    Raises:
+        ConfigError: naming the key (and the file) that is unknown or invalid.
+    """
+    cfg = engine_defaults()
+    try:
+        plugin_layer = OmegaConf.create(plugin.default_config())
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"plugin {plugin.name!r}: default_config() is not a valid config tree: {exc}") from None
+    cfg = OmegaConf.merge(cfg, plugin_layer)  # open: the plugin adds its own section
+    assert isinstance(cfg, DictConfig)
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            layer = OmegaConf.load(path)
+        except Exception as exc:  # yaml.YAMLError and OmegaConf errors
+            raise ConfigError(f"{path}: not a valid YAML config: {exc}") from None
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        file_type = OmegaConf.select(layer, "model.reward_model_type")
+        if file_type is not None and file_type != plugin.name:
+            raise ConfigError(
+                f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
+            )
+        cfg = _merge_closed(cfg, layer, str(path))
+    if overrides:
+        cfg = _merge_closed(cfg, _parse_overrides(overrides), "command line")
+    cfg.model.reward_model_type = plugin.name
+    for split, value in (data_paths or {}).items():
+        if value is not None:
+            cfg.model.data.data_prefix[split] = str(value)
+    OmegaConf.set_struct(cfg, True)
+    validate_engine_config(cfg)
+    plugin.validate_config(cfg)
+    return cfg
+
+
+def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not (allow_minus_one and value == -1)):
+        extra = " or -1" if allow_minus_one else ""
+        raise ConfigError(f"{key}={value!r}: expected a positive whole number{extra}")
+    return value
+
+
+def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+
+
+def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
+    """Check the engine's keys (the plugin checks its own section).
+
+    Raises:
+        ConfigError: naming the key and the value.
+    """
+    m = cfg.model
+    for key in ("num_layers", "hidden_size", "num_attention_heads", "encoder_seq_length", "micro_batch_size",
+                "global_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+                "make_vocab_size_divisible_by"):
+        _positive(cfg, f"model.{key}")
+    if m.ffn_hidden_size is not None:
+        _positive(cfg, "model.ffn_hidden_size")
+    if m.max_position_embeddings is not None:
+        _positive(cfg, "model.max_position_embeddings")
+        if m.max_position_embeddings < m.encoder_seq_length:
+            raise ConfigError(
+                f"model.max_position_embeddings={m.max_position_embeddings} is smaller than "
+                f"model.encoder_seq_length={m.encoder_seq_length}"
+            )
+    if m.encoder_seq_length < 2:
+        raise ConfigError(f"model.encoder_seq_length={m.encoder_seq_length}: need at least 2 (a token and EOS)")
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}"
+        )
+    tp = m.tensor_model_parallel_size
+    if m.num_attention_heads % tp:
+        raise ConfigError(
+            f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
+            f"model.tensor_model_parallel_size={tp}"
+        )
+    if m.global_batch_size % m.micro_batch_size:
+        raise ConfigError(
+            f"model.global_batch_size={m.global_batch_size} is not a multiple of "
+            f"model.micro_batch_size={m.micro_batch_size}"
+        )
+    _choice(cfg, "model.params_dtype", _DTYPES)
+    if m.force_head_dtype is not None:
+        _choice(cfg, "model.force_head_dtype", _DTYPES)
+    _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
+    _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
+    if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
+        raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
+    _choice(cfg, "model.data.overlong_policy", OVERLONG_POLICIES)
+    for key in ("hidden_dropout", "attention_dropout"):
+        value = m[key]
+        if not 0.0 <= float(value) < 1.0:
+            raise ConfigError(f"model.{key}={value!r}: expected a probability in [0, 1)")
+    _choice(cfg, "model.optim.name", _OPTIMIZERS)
+    _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
+    if not float(m.optim.lr) > 0:
+        raise ConfigError(f"model.optim.lr={m.optim.lr!r}: expected a positive learning rate")
+    if float(m.optim.sched.min_lr) > float(m.optim.lr):
+        raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
+    if not isinstance(m.optim.betas, ListConfig) or len(m.optim.betas) != 2:
+        raise ConfigError(f"model.optim.betas={m.optim.betas!r}: expected two numbers [beta1, beta2]")
+    if int(m.optim.sched.warmup_steps) < 0:
+        raise ConfigError(f"model.optim.sched.warmup_steps={m.optim.sched.warmup_steps}: expected >= 0")
+    rm = cfg.trainer.rm
+    _positive(cfg, "trainer.rm.max_steps", allow_minus_one=True)
+    _positive(cfg, "trainer.rm.max_epochs")
+    _positive(cfg, "trainer.rm.val_check_interval")
+    _positive(cfg, "trainer.rm.save_interval")
+    _positive(cfg, "trainer.rm.log_every_n_steps")
+    if rm.limit_val_batches is not None:
+        _positive(cfg, "trainer.rm.limit_val_batches")
+    if rm.gradient_clip_val is not None and float(rm.gradient_clip_val) < 0:
+        raise ConfigError(f"trainer.rm.gradient_clip_val={rm.gradient_clip_val}: expected >= 0 (0 or null: no clipping)")
+    if world_size > 1:
+        model_parallel = tp * m.pipeline_model_parallel_size
+        if world_size % model_parallel:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by model.tensor_model_parallel_size * "
+                f"model.pipeline_model_parallel_size = {model_parallel}"
+            )
+        dp = world_size // model_parallel
+        if m.global_batch_size % (m.micro_batch_size * dp):
+            raise ConfigError(
+                f"model.global_batch_size={m.global_batch_size} is not a multiple of model.micro_batch_size="
+                f"{m.micro_batch_size} x data-parallel size {dp}"
+            )
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (stored beside checkpoints)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def load_saved_config(text: str, source: str) -> DictConfig:
+    """Read a config stored by :func:`to_yaml` (from a checkpoint folder)."""
+    try:
+        cfg = OmegaConf.create(text)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: unreadable config: {exc}") from None
+    if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
+        raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
+    return cfg

@@ -1,0 +1,470 @@
+"""The training loop shared by every architecture.
+
+One optimizer step consumes ``model.global_batch_size`` samples: they are split evenly across
+the data-parallel ranks, and each rank runs ``global / (micro * dp)`` micro-batches of
+``model.micro_batch_size`` samples with gradient accumulation. The order of samples depends only
+on the seed and the epoch, so the same seed and global batch give the same steps whatever the
+parallel layout (the basis of the torchrun equivalence tests).
+
+Files written by the main rank into the run folder::
+
+    config.yaml           the resolved config
+    data_stats.json       per split: read / kept / truncated / dropped samples
+    metrics.jsonl         one JSON object per line: step, split (train|validation), loss, ...
+    checkpoints/step_0000100/   dist_checkpointing weights + config + tokenizer + state
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .._errors import ConfigError
+from . import checkpoint as ckpt
+from . import parallel
+from .config import to_yaml, validate_engine_config
+from .tokenizer import load_tokenizer, tokenizer_to_dir
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .._protocol import RewardModelPlugin, Tokenizer
+
+__all__ = ["TrainResult", "train", "evaluate_dataset", "build_optimizer", "build_scheduler", "checkpoint_files", "finite_for_json"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns (on every rank)."""
+
+    output_dir: Path
+    last_checkpoint: Path | None
+    steps: int
+    validation: dict[str, Any] | None = None
+    data_stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
+    """AdamW (torch's; Megatron's optimizer needs CUDA in 0.16.1). No decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
+    o = cfg.model.optim
+    groups = [
+        {"params": decay, "weight_decay": float(o.weight_decay)},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs = {"lr": float(o.lr), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps)}
+    if o.name == "adam":
+        groups[0]["weight_decay"] = 0.0
+        return torch.optim.Adam(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup to ``model.optim.lr``, then cosine decay to ``sched.min_lr`` (or constant)."""
+    sched = cfg.model.optim.sched
+    lr, min_lr, warmup = float(cfg.model.optim.lr), float(sched.min_lr), int(sched.warmup_steps)
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if sched.name == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return (min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))) / lr
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _global_batch(n: int, step: int, gbs: int, seed: int, shuffle: bool) -> list[int]:
+    """Sample indices of optimizer step ``step`` (0-based); the last incomplete batch of an epoch is dropped."""
+    per_epoch = n // gbs
+    epoch, pos = divmod(step, per_epoch)
+    return _epoch_order(n, epoch, seed, shuffle)[pos * gbs : (pos + 1) * gbs].tolist()
+
+
+def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo) -> None:
+    """Average gradients over the data-parallel group (one flat buffer)."""
+    if info.dp == 1:
+        return
+    from megatron.core import parallel_state
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    flat /= info.dp
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def _clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: parallel.ParallelInfo) -> float:
+    """Global gradient norm across tensor-parallel shards (replicated parameters counted once); clips in place."""
+    total = torch.zeros((), dtype=torch.float64)
+    params = [p for p in model.parameters() if p.grad is not None]
+    for p in params:
+        if info.tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
+            total += p.grad.detach().double().pow(2).sum().cpu()
+    if info.tp > 1:
+        from megatron.core import parallel_state
+
+        total = total.to(info.device)
+        torch.distributed.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+        total = total.cpu()
+    norm = float(total.sqrt())
+    if max_norm and math.isfinite(norm) and norm > max_norm:
+        scale = max_norm / (norm + 1e-6)
+        for p in params:
+            p.grad.mul_(scale)
+    return norm
+
+
+def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo) -> dict[str, float]:
+    if info.dp == 1 or not values:
+        return values
+    from megatron.core import parallel_state
+
+    keys = sorted(values)
+    vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
+    torch.distributed.all_reduce(vec, group=parallel_state.get_data_parallel_group())
+    vec /= info.dp
+    return dict(zip(keys, vec.cpu().tolist()))
+
+
+def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(indices), size):
+        yield list(indices[start : start + size])
+
+
+@torch.no_grad()
+def evaluate_dataset(
+    plugin: RewardModelPlugin,
+    model: torch.nn.Module,
+    dataset: Sequence[Any],
+    cfg: DictConfig,
+    tokenizer: Tokenizer,
+    info: parallel.ParallelInfo,
+    *,
+    limit_batches: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The plugin's evaluation metrics over ``dataset``; batches are split across data-parallel ranks.
+
+    Every rank returns the same metrics.
+    """
+    was_training = model.training
+    model.eval()
+    mbs = int(cfg.model.micro_batch_size)
+    all_batches = list(_batches(range(len(dataset)), mbs))
+    if limit_batches is not None:
+        all_batches = all_batches[:limit_batches]
+    mine = all_batches[info.dp_rank :: info.dp]
+    outputs: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
+    bar = _progress(len(mine), "evaluate", enabled=progress and info.is_main)
+    for number, idx in zip(range(info.dp_rank, len(all_batches), info.dp), mine):
+        batch = plugin.collate([dataset[i] for i in idx], tokenizer.pad_id)
+        rewards = model(batch["tokens"].to(info.device), batch["lengths"].to(info.device))
+        outputs.append((number, rewards.float().cpu(), {k: v for k, v in batch.items()}))
+        bar.update(1)
+    bar.close()
+    if info.dp > 1:
+        from megatron.core import parallel_state
+
+        gathered: list[Any] = [None] * info.dp
+        torch.distributed.all_gather_object(gathered, outputs, group=parallel_state.get_data_parallel_group())
+        outputs = [item for part in gathered for item in part]
+    outputs.sort(key=lambda item: item[0])
+    metrics = plugin.evaluation_metrics([(r, b) for _, r, b in outputs], cfg)
+    model.train(was_training)
+    return metrics
+
+
+class _NullBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, *, enabled: bool, initial: int = 0) -> Any:
+    if not enabled:
+        return _NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` writer (main rank only). On resume, lines after the checkpoint's step are dropped."""
+
+    def __init__(self, path: Path, *, enabled: bool, keep_until_step: int | None) -> None:
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
+        if keep_until_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            self._fh.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._fh.close()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def finite_for_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN/inf become null so that every line stays valid JSON."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, Mapping):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [fix(x) for x in v]
+        return v
+
+    return {k: fix(v) for k, v in metrics.items()}
+
+
+def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, bytes | str]:
+    """What a checkpoint folder carries beside the weights: the config and the tokenizer."""
+    import tempfile
+
+    files: dict[str, bytes | str] = {"config.yaml": to_yaml(cfg)}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_to_dir(tokenizer, Path(tmp))
+        for f in sorted(Path(tmp).rglob("*")):
+            if f.is_file():
+                files[f"tokenizer/{f.relative_to(tmp).as_posix()}"] = f.read_bytes()
+    return files
+
+
+def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run. Refuses to mix runs."""
+    if resume:
+        try:
+            return ckpt.find_latest(output_dir)
+        except (ConfigError, FileNotFoundError) as exc:
+            raise ConfigError(f"--resume: nothing to resume in {output_dir}: {exc}") from None
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise ConfigError(
+            f"--output {output_dir} is not empty; pass --resume to continue the run in it, or choose a new folder"
+        )
+    return None
+
+
+def _same_model(saved: DictConfig, cfg: DictConfig, source: str) -> None:
+    ignore = {"data", "micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"}
+    a = {k: v for k, v in OmegaConf.to_container(saved.model, resolve=True).items() if k not in ignore}
+    b = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ignore}
+    changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if changed:
+        raise ConfigError(
+            f"--resume: model settings differ from the run in {source}: "
+            + ", ".join(f"model.{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed)
+        )
+
+
+def train(
+    plugin: RewardModelPlugin,
+    cfg: DictConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train ``plugin``'s architecture as configured by ``cfg`` (see :func:`~.config.build_config`).
+
+    Data and config problems raise before anything is written to ``output_dir``.
+
+    Raises:
+        ConfigError: bad config, a non-empty ``output_dir`` without ``resume``, too little data.
+        DataError: a bad data file (names the file and line).
+    """
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    resume_from = _check_output_dir(output_dir, resume)
+    if resume_from is not None:
+        saved = OmegaConf.load(resume_from / "config.yaml")
+        _same_model(saved, cfg, str(resume_from))
+
+    tokenizer = load_tokenizer(cfg)
+    paths = {k: v for k, v in cfg.model.data.data_prefix.items() if v}
+    if "train" not in paths:
+        raise ConfigError("no training data: pass --data FILE or set model.data.data_prefix.train")
+    datasets = plugin.build_datasets(paths, tokenizer, cfg)
+    train_ds, val_ds = datasets["train"], datasets.get("validation")
+    stats = {split: _stats_dict(ds) for split, ds in datasets.items()}
+    gbs, mbs = int(cfg.model.global_batch_size), int(cfg.model.micro_batch_size)
+    if len(train_ds) < gbs:
+        raise ConfigError(
+            f"{paths['train']}: {len(train_ds)} usable training samples, fewer than model.global_batch_size={gbs}"
+        )
+
+    info = parallel.initialize(
+        tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
+        pipeline_model_parallel_size=int(cfg.model.pipeline_model_parallel_size),
+        seed=int(cfg.seed),
+    )
+    validate_engine_config(cfg, world_size=info.world_size)
+    per_rank = gbs // info.dp
+    num_micro = per_rank // mbs
+    steps_per_epoch = len(train_ds) // gbs
+    rm = cfg.trainer.rm
+    total = steps_per_epoch * int(rm.max_epochs)
+    if int(rm.max_steps) != -1:
+        total = min(total, int(rm.max_steps))
+
+    model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg, total)
+    start_step = 0
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(resume_from, model)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start_step = int(state["step"])
+
+    if info.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(to_yaml(cfg))
+        (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        _report_data(stats, paths)
+    log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main,
+                      keep_until_step=start_step if resume_from is not None else None)
+    files = checkpoint_files(cfg, tokenizer)
+    seed, shuffle = int(cfg.seed), bool(rm.train_random_sampler)
+    clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
+    log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
+    limit_val = rm.limit_val_batches
+
+    bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
+    last_ckpt: Path | None = resume_from
+    validation: dict[str, Any] | None = None
+    model.train()
+    step = start_step
+    try:
+        for step in range(start_step, total):
+            t0 = time.perf_counter()
+            indices = _global_batch(len(train_ds), step, gbs, seed, shuffle)
+            mine = indices[info.dp_rank * per_rank : (info.dp_rank + 1) * per_rank]
+            optimizer.zero_grad(set_to_none=True)
+            sums: dict[str, float] = {}
+            tokens = padded = 0
+            for micro in _batches(mine, mbs):
+                batch = _to_device(plugin.collate([train_ds[i] for i in micro], tokenizer.pad_id), info.device)
+                rewards = model(batch["tokens"], batch["lengths"])
+                loss, metrics = plugin.loss(rewards, batch, cfg)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
+                        "set trainer.rm.gradient_clip_val"
+                    )
+                (loss / num_micro).backward()
+                for k, v in {"loss": float(loss), **metrics}.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) / num_micro
+                tokens += int(batch["lengths"].sum())
+                padded += int(batch["tokens"].numel())
+            _allreduce_grads(model, info)
+            grad_norm = _clip_grad_norm(model, clip, info)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            sums["tokens"], sums["padded_tokens"] = float(tokens), float(padded)
+            means = _dp_mean(sums, info)
+            done = step + 1
+            if done % log_every == 0 or done == total:
+                seconds = time.perf_counter() - t0
+                record = {"step": done, "split": "train", **{k: v for k, v in means.items()
+                                                              if k not in ("tokens", "padded_tokens")}}
+                record.update(lr=lr, grad_norm=grad_norm, tokens=int(round(means["tokens"] * info.dp)),
+                              padded_tokens=int(round(means["padded_tokens"] * info.dp)), seconds=seconds)
+                log.write(finite_for_json(record))
+            bar.update(1)
+            bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+            if val_ds is not None and len(val_ds) and (done % val_every == 0 or done == total):
+                validation = evaluate_dataset(plugin, model, val_ds, cfg, tokenizer, info,
+                                              limit_batches=limit_val)
+                log.write(finite_for_json({"step": done, "split": "validation", **validation}))
+                if info.is_main and progress:
+                    _say(_summary_line(done, validation))
+            if done % save_every == 0 or done == total:
+                last_ckpt = _save(output_dir, done, model, optimizer, scheduler, files, info)
+    finally:
+        bar.close()
+        log.close()
+    return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=total, validation=validation,
+                       data_stats=stats, seconds=time.perf_counter() - started)
+
+
+def _save(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+          scheduler: Any, files: dict[str, bytes | str], info: parallel.ParallelInfo) -> Path:
+    state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "rng": torch.get_rng_state()}
+    return ckpt.save_checkpoint(output_dir / "checkpoints" / f"step_{step:07d}", model,
+                                extra_files=files, state=state)
+
+
+def _stats_dict(ds: Any) -> dict[str, int]:
+    stats = getattr(ds, "stats", None)
+    if stats is None:
+        return {"kept": len(ds)}
+    return dict(stats.as_dict() if hasattr(stats, "as_dict") else stats)
+
+
+def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any]) -> None:
+    for split, s in stats.items():
+        note = ""
+        if s.get("dropped") or s.get("truncated"):
+            note = f" ({s.get('dropped', 0)} dropped, {s.get('truncated', 0)} truncated as too long; " \
+                   "see model.data.overlong_policy)"
+        _say(f"{split}: {s.get('kept', 0)} samples from {paths.get(split)}{note}")
+
+
+def _say(message: str) -> None:
+    """One line on stderr that does not break a running progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
+def _summary_line(step: int, metrics: Mapping[str, Any]) -> str:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None)
+    return f"step {step} validation: {shown}"
