@@ -1,0 +1,188 @@
+"""The ``model.regression`` config section: defaults, and its validated, resolved form.
+
+Nothing here imports torch: the registry and ``rm-registry info`` read the defaults cheaply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+from rm_registry import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from omegaconf import DictConfig
+
+__all__ = ["HELPSTEER_ATTRIBUTES", "SECTION", "RegressionSettings", "default_config"]
+
+#: The five HelpSteer attributes (0-4 scale), in NeMo-Aligner's SteerLM order. They are the
+#: names used when neither ``attribute_names`` nor ``num_attributes`` is set, and the
+#: attributes of the shipped sample data.
+HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+#: Where this plugin's keys live in the config tree.
+SECTION = "model.regression"
+
+# Characters that would make a name ambiguous in the SteerLM "name:value,name:value" label strings.
+_FORBIDDEN_IN_NAMES = (",", ":")
+
+
+def default_config() -> dict[str, Any]:
+    """The plugin's config layer (merged over the engine defaults).
+
+    ``model.regression`` holds the architecture's own keys; the engine overrides make
+    ``rm-registry train regression`` on the shipped sample data learn in about a minute
+    on 2 CPU cores (see ``docs/regression.md``).
+    """
+    return {
+        "model": {
+            "regression": {
+                # null: the five HelpSteer names, or attr_0 .. attr_{n-1} when num_attributes is set.
+                "attribute_names": None,
+                # NeMo-Aligner's key. null: the length of attribute_names. Both set: they must agree.
+                "num_attributes": None,
+                # null: uniform 1/K. The scalar reward is attributes . weights.
+                "attribute_weights": None,
+                # NeMo-Aligner: the served model outputs the weighted scalar [N, 1] instead of [N, K].
+                "merge_attributes": False,
+                # Label entries equal to this value are ignored by the loss and the metrics.
+                "loss_mask_val": -100,
+            },
+            "optim": {"lr": 2.0e-3},
+        },
+        "trainer": {"rm": {"max_steps": 600, "val_check_interval": 100, "save_interval": 300}},
+    }
+
+
+def _get(section: Any, key: str) -> Any:
+    try:
+        return section[key]
+    except Exception:  # KeyError, omegaconf's ConfigKeyError / MissingMandatoryValue
+        raise ConfigError(
+            f"{SECTION}.{key} is missing; build the config with rm_registry.engine.config.build_config "
+            "so that the regression plugin's defaults are merged in"
+        ) from None
+
+
+def _plain(value: Any) -> Any:
+    """A ListConfig / DictConfig as a plain Python container; anything else unchanged."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency of the engine extra
+        pass
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _names(raw_names: Any, raw_num: Any) -> tuple[str, ...]:
+    if raw_num is not None and (not isinstance(raw_num, int) or isinstance(raw_num, bool) or raw_num < 1):
+        raise ConfigError(f"{SECTION}.num_attributes={raw_num!r}: expected a positive whole number or null")
+    if raw_names is None:
+        if raw_num is None:
+            return HELPSTEER_ATTRIBUTES
+        return tuple(f"attr_{i}" for i in range(raw_num))
+    if not isinstance(raw_names, (list, tuple)) or not raw_names:
+        raise ConfigError(
+            f"{SECTION}.attribute_names={raw_names!r}: expected a non-empty list of names, "
+            "for example [helpfulness,correctness,verbosity]"
+        )
+    names: list[str] = []
+    for i, name in enumerate(raw_names):
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{SECTION}.attribute_names[{i}]={name!r}: expected a non-empty string")
+        if any(ch in name for ch in _FORBIDDEN_IN_NAMES):
+            raise ConfigError(
+                f"{SECTION}.attribute_names[{i}]={name!r}: names may not contain ',' or ':' "
+                "(they separate entries of SteerLM label strings)"
+            )
+        if name.strip() in names:
+            raise ConfigError(f"{SECTION}.attribute_names: {name.strip()!r} appears twice; names must be unique")
+        names.append(name.strip())
+    if raw_num is not None and raw_num != len(names):
+        raise ConfigError(
+            f"{SECTION}.num_attributes={raw_num} disagrees with {SECTION}.attribute_names, which has "
+            f"{len(names)} names ({', '.join(names)}); set only one of them, or make them agree"
+        )
+    return tuple(names)
+
+
+def _weights(raw: Any, k: int, names: tuple[str, ...]) -> tuple[float, ...]:
+    if raw is None:
+        return tuple(1.0 / k for _ in range(k))
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{SECTION}.attribute_weights={raw!r}: expected a list of {k} numbers or null")
+    if len(raw) != k:
+        raise ConfigError(
+            f"{SECTION}.attribute_weights has {len(raw)} values {list(raw)} but there are {k} attributes "
+            f"({', '.join(names)}); give one weight per attribute"
+        )
+    for i, w in enumerate(raw):
+        if not _is_number(w) or not math.isfinite(w):
+            raise ConfigError(f"{SECTION}.attribute_weights[{i}]={w!r} (attribute {names[i]!r}): expected a finite number")
+    return tuple(float(w) for w in raw)
+
+
+@dataclass(frozen=True)
+class RegressionSettings:
+    """The resolved ``model.regression`` section.
+
+    Attributes:
+        attribute_names: The K attribute names, in head-output order.
+        attribute_weights: K weights; the scalar reward is ``sum_k weights[k] * attributes[k]``.
+        merge_attributes: Whether :meth:`RegressionRewardModel.infer` returns the weighted
+            scalar ``[N, 1]`` (NeMo-Aligner's served ``rewards``) instead of ``[N, K]``.
+        loss_mask_val: Label value meaning "not labelled" (ignored by loss and metrics).
+    """
+
+    attribute_names: tuple[str, ...]
+    attribute_weights: tuple[float, ...]
+    merge_attributes: bool
+    loss_mask_val: float
+
+    @property
+    def num_attributes(self) -> int:
+        """K, the number of head outputs."""
+        return len(self.attribute_names)
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig | Mapping[str, Any]) -> RegressionSettings:
+        """Validate and resolve ``cfg.model.regression``.
+
+        Raises:
+            ConfigError: naming the offending key and value.
+        """
+        try:
+            section = cfg["model"]["regression"]
+        except Exception:
+            raise ConfigError(
+                f"{SECTION} is missing from the config; build it with rm_registry.engine.config.build_config "
+                "so that the regression plugin's defaults are merged in"
+            ) from None
+        known = set(default_config()["model"]["regression"])
+        unknown = sorted(set(section.keys()) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown config key {SECTION}.{unknown[0]}; the regression plugin accepts "
+                f"{', '.join(sorted(known))}"
+            )
+        names = _names(_plain(_get(section, "attribute_names")), _plain(_get(section, "num_attributes")))
+        weights = _weights(_plain(_get(section, "attribute_weights")), len(names), names)
+        merge = _get(section, "merge_attributes")
+        if not isinstance(merge, bool):
+            raise ConfigError(f"{SECTION}.merge_attributes={merge!r}: expected true or false")
+        mask = _get(section, "loss_mask_val")
+        if not _is_number(mask) or not math.isfinite(mask):
+            raise ConfigError(f"{SECTION}.loss_mask_val={mask!r}: expected a finite number (default -100)")
+        return cls(
+            attribute_names=names,
+            attribute_weights=weights,
+            merge_attributes=merge,
+            loss_mask_val=float(mask),
+        )

@@ -1,0 +1,137 @@
+"""The ``regression`` plugin object: multi-attribute (SteerLM / HelpSteer) reward models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from rm_registry import ConfigError
+
+from ._config import RegressionSettings, default_config
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from omegaconf import DictConfig
+
+    from rm_registry import Tokenizer
+
+    from ._data import RegressionSample
+
+__all__ = ["RegressionPlugin"]
+
+_DATA_DIR = Path(__file__).with_name("data")
+
+
+class RegressionPlugin:
+    """K named attributes predicted by one head, trained with a masked MSE.
+
+    Implements :class:`rm_registry.RewardModelPlugin`; the registered instance is
+    ``rm_regression.plugin``. Config keys live under ``model.regression`` (see
+    :func:`rm_regression._config.default_config` and ``docs/regression.md``).
+    """
+
+    name = "regression"
+    description = "Multi-attribute regression reward model (SteerLM / HelpSteer): K named attributes, masked MSE."
+
+    @property
+    def model_class(self) -> type:
+        """:class:`rm_regression._model.RegressionRewardModel` (imports torch and megatron-core)."""
+        from ._model import RegressionRewardModel
+
+        return RegressionRewardModel
+
+    def default_config(self) -> dict[str, Any]:
+        """``{"model": {"regression": {...}, ...}, "trainer": {...}}``; see :func:`default_config`."""
+        return default_config()
+
+    def settings(self, cfg: DictConfig | Mapping[str, Any]) -> RegressionSettings:
+        """The validated, resolved ``model.regression`` section of ``cfg``.
+
+        Raises:
+            ConfigError: naming the key and value.
+        """
+        return RegressionSettings.from_config(cfg)
+
+    def validate_config(self, cfg: DictConfig) -> None:
+        """Check ``model.regression`` (and the engine keys this architecture cannot use).
+
+        Raises:
+            ConfigError: naming the offending key and value.
+        """
+        RegressionSettings.from_config(cfg)
+        try:
+            output_sequence = cfg["model"]["output_sequence"]
+        except Exception:
+            output_sequence = False
+        if output_sequence:
+            raise ConfigError(
+                "model.output_sequence=true: the regression architecture predicts one value per "
+                "attribute and text (pooled); set model.output_sequence=false"
+            )
+
+    def sample_data(self) -> dict[str, Path]:
+        """The shipped HelpSteer-style sample set (``scripts/make_sample_data.py`` writes it)."""
+        return {"train": _DATA_DIR / "train.jsonl", "validation": _DATA_DIR / "validation.jsonl"}
+
+    def build_datasets(
+        self,
+        data_paths: Mapping[str, str | Path | None],
+        tokenizer: Tokenizer,
+        cfg: DictConfig,
+    ) -> dict[str, Sequence[Any]]:
+        """Read and tokenize every split given (JSON Lines ``{"text", "label"}``).
+
+        Returns:
+            ``{split: ListDataset of RegressionSample}`` with ``stats`` per split.
+
+        Raises:
+            DataError: naming the file, the line and the problem (before any training work).
+        """
+        from ._data import read_regression_file
+
+        settings = RegressionSettings.from_config(cfg)
+        seq_length = int(cfg["model"]["encoder_seq_length"])
+        policy = str(cfg["model"]["data"]["overlong_policy"])
+        return {
+            split: read_regression_file(path, tokenizer, settings, seq_length=seq_length, overlong_policy=policy)
+            for split, path in data_paths.items()
+            if path is not None
+        }
+
+    def collate(self, samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch.Tensor]:
+        """``tokens [B, S]``, ``lengths [B]`` (int64) and ``labels [B, K]`` (float32)."""
+        from ._data import collate
+
+        return collate(samples, pad_id)
+
+    def loss(
+        self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor], cfg: DictConfig
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked MSE of ``rewards [B, K]`` against ``batch["labels"] [B, K]``.
+
+        Returns:
+            ``(loss, {"loss", "mse", "labelled", "mse/<name>" ...})``; the loss is
+            ``0 * rewards.sum()`` when every label of the batch is masked.
+        """
+        from ._metrics import batch_loss
+
+        return batch_loss(rewards, batch, RegressionSettings.from_config(cfg))
+
+    def evaluation_metrics(
+        self,
+        outputs: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]],
+        cfg: DictConfig,
+    ) -> dict[str, Any]:
+        """``loss``, ``mse``, ``mse_baseline``, ``attributes`` and ``reward`` over a whole set.
+
+        See :func:`rm_regression._metrics.evaluation_metrics`.
+        """
+        from ._metrics import evaluation_metrics
+
+        return evaluation_metrics(outputs, RegressionSettings.from_config(cfg))
+
+    def score_outputs(self, rewards: torch.Tensor, cfg: DictConfig) -> list[dict[str, Any]]:
+        """``[{"reward": weighted scalar, "attributes": {name: value}}, ...]`` for ``rewards [B, K]``."""
+        from ._metrics import score_rows
+
+        return score_rows(rewards, RegressionSettings.from_config(cfg))
