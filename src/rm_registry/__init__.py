@@ -27,7 +27,7 @@ from ._errors import (
     PluginValidationError,
     RMRegistryError,
 )
-from ._hooks import hookimpl, hookspec
+from ._hooks import hookimpl, hookspec, register_hooks, unregister_hooks
 from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
 from ._registry import (
     ENTRY_POINT_GROUP,
@@ -60,9 +60,11 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "list_reward_models",
+    "register_hooks",
     "register_reward_model",
     "registered_reward_model",
     "rescan",
+    "unregister_hooks",
     "unregister_reward_model",
 ]
 

@@ -1,0 +1,305 @@
+"""The ``rm-registry`` command line (also ``python -m rm_registry``).
+
+Exit codes: 0 success, 1 a failed check or a failed run, 2 bad usage or bad input,
+130 interrupted. Errors of ours are printed as one line, ``rm-registry: error: ...``.
+
+``list`` imports neither torch nor any plugin. The engine's subcommands (``train``, ``evaluate``,
+``score``) come from ``rm_registry._engine_cli``; installed distributions add more through the
+``rm_registry_add_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Any, Callable, Sequence, TextIO
+
+from . import _hooks, _registry
+from ._errors import (
+    ConfigError,
+    DataError,
+    PluginConflictError,
+    PluginDisabledError,
+    PluginNotFoundError,
+    RMRegistryError,
+)
+from ._version import __version__
+
+__all__ = ["main", "build_parser"]
+
+PROG = "rm-registry"
+
+#: Our errors that mean "bad input" (exit 2); every other RMRegistryError exits 1.
+_BAD_INPUT = (ConfigError, DataError, PluginNotFoundError, PluginDisabledError, PluginConflictError)
+
+_EPILOG = """\
+exit codes: 0 success, 1 a check or run failed, 2 bad usage or bad input, 130 interrupted.
+
+environment:
+  RM_REGISTRY_DISABLE   comma-separated plugin or distribution names never to import
+                        (e.g. RM_REGISTRY_DISABLE=rm-broken-plugin,regression)
+
+examples:
+  rm-registry list                   installed architectures (imports none of them)
+  rm-registry info regression        description and default config of one
+  rm-registry check                  conformance checks of every installed plugin
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _one_line(message: object) -> str:
+    return " ".join(str(message).split())
+
+
+def _error(message: object, stream: TextIO | None = None) -> None:
+    print(f"{PROG}: error: {_one_line(message)}", file=stream or sys.stderr)
+
+
+# ----------------------------------------------------------------------------------- list
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows
+    )
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    infos = _registry.list_reward_models()
+    if args.json:
+        print(json.dumps([info.as_dict() for info in infos], indent=2))
+        return 0
+    if not infos:
+        print(
+            "No reward models installed. Install a plugin distribution "
+            "(for example `pip install rm-regression`)."
+        )
+        return 0
+    header = ["NAME", "DISTRIBUTION", "VERSION", "STATUS", "ENTRY POINT"]
+    rows = [[i.name, i.distribution, i.version, i.status, i.entry_point] for i in infos]
+    print(_table([header, *rows]))
+    problems = [i for i in infos if i.error]
+    if problems:
+        print()
+        for info in problems:
+            print(f"{info.name} ({info.distribution}): {info.status}: {_one_line(info.error)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- info
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    plugin = _registry.get_reward_model(args.name, distribution=args.distribution)
+    info = _registry._info(args.name, args.distribution)
+    defaults = plugin.default_config()
+    data: dict[str, Any] = {
+        "name": info.name,
+        "distribution": info.distribution,
+        "version": info.version,
+        "entry_point": info.entry_point,
+        "status": info.status,
+        "description": plugin.description,
+        "defaults": defaults,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for key in ("name", "distribution", "version", "entry_point", "status", "description"):
+        print(f"{key.replace('_', ' ') + ':':14}{data[key]}")
+    print("defaults:")
+    print("\n".join("  " + line for line in json.dumps(defaults, indent=2, default=str).splitlines()))
+    return 0
+
+
+# ----------------------------------------------------------------------------------- check
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from . import testing
+
+    infos = _registry.list_reward_models()
+    if args.names:
+        known = {info.name for info in infos}
+        for name in args.names:
+            if name not in known:
+                raise _registry._not_found(name)
+        infos = [info for info in infos if info.name in args.names]
+    if not infos:
+        print("No reward models installed; nothing to check.")
+        return 0
+    failures = 0
+    for info in infos:
+        label = f"{info.name} ({info.distribution} {info.version})".replace(" )", ")")
+        if info.status == "disabled" and not args.names:
+            print(f"SKIP {label}: {_one_line(info.error)}")
+            continue
+        reasons = []
+        if info.status == "conflict":
+            reasons.append(_one_line(info.error))
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                plugin = _registry.get_reward_model(info.name, distribution=info.distribution)
+                testing.check_plugin(plugin, behaviour=not args.protocol_only)
+            notes = [_one_line(w.message) for w in caught]
+        except RMRegistryError as exc:
+            reasons.append(str(exc) if isinstance(exc, testing.ConformanceError) else _one_line(exc))
+            notes = []
+        except Exception as exc:  # a plugin method crashing is a failed check, not our crash
+            reasons.append(f"{type(exc).__name__}: {exc}")
+            notes = []
+        if reasons:
+            failures += 1
+            print(f"FAIL {label}")
+            for reason in reasons:
+                print("  " + reason.replace("\n", "\n  "))
+        else:
+            print(f"ok   {label}")
+            for note in notes:
+                print(f"  note: {note}")
+    if failures:
+        print(f"{failures} of {len(infos)} plugin(s) failed.", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parser
+
+
+def _engine_unavailable(reason: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        _error(f"`{args.command}` needs the engine CLI, which is not available: {reason}")
+        return 1
+
+    return handler
+
+
+def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    try:
+        from . import _engine_cli
+    except Exception as exc:  # absent or broken: everything else keeps working
+        reason = f"cannot import rm_registry._engine_cli ({type(exc).__name__}: {exc})"
+        for command in ("train", "evaluate", "score"):
+            parser = sub.add_parser(
+                command,
+                help=f"{command} (unavailable: the engine CLI could not be imported)",
+                add_help=False,
+            )
+            parser.add_argument("rest", nargs=argparse.REMAINDER)
+            parser.set_defaults(func=_engine_unavailable(reason))
+        return
+    _engine_cli.add_subcommands(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser: built-in, engine and hook-provided subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "An open registry of reward-model architectures for RLHF. Architectures are "
+            "installed as separate distributions (entry-point group `reward_models`) and "
+            "discovered at run time."
+        ),
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    p_list = sub.add_parser(
+        "list",
+        help="list installed reward models (imports none of them)",
+        description="List every installed or registered reward model with its distribution, "
+        "version, status (available, loaded, broken, disabled, conflict, registered) and entry "
+        "point. Imports no plugin code.",
+    )
+    p_list.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    p_list.set_defaults(func=_cmd_list)
+
+    p_info = sub.add_parser(
+        "info",
+        help="show one reward model: distribution, description, default config",
+        description="Load one reward model and show its distribution, version, entry point, "
+        "description and default configuration.",
+    )
+    p_info.add_argument("name", help="registry name, e.g. regression")
+    p_info.add_argument(
+        "--distribution", help="pick this distribution when several provide NAME", default=None
+    )
+    p_info.add_argument("--json", action="store_true", help="print a JSON object")
+    p_info.set_defaults(func=_cmd_info)
+
+    p_check = sub.add_parser(
+        "check",
+        help="load, validate and run the conformance checks of plugins",
+        description="Load and validate reward models and run rm_registry.testing.check_plugin "
+        "on each (behaviour checks need the [megatron] extra). Exit 1 when any fails.",
+    )
+    p_check.add_argument("names", nargs="*", metavar="NAME", help="plugins to check (default: all)")
+    p_check.add_argument(
+        "--protocol-only",
+        action="store_true",
+        help="check the protocol only, skip the behaviour checks (fast, no torch)",
+    )
+    p_check.set_defaults(func=_cmd_check)
+
+    _add_engine_commands(sub)
+    _hooks.call_add_commands(sub)
+    return parser
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    text = _one_line(message)
+    if not text.startswith(f"{PROG}:"):
+        text = f"{PROG}: warning: {text}"
+    print(text, file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:  # `rm-registry list | head`
+            return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    except _BAD_INPUT as exc:
+        _error(exc)
+        return 2
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(func(args))
+    except _BAD_INPUT as exc:
+        _error(exc)
+        return 2
+    except RMRegistryError as exc:
+        _error(exc)
+        return 1

@@ -1,0 +1,605 @@
+"""Discovery, loading and in-process registration of reward-model plugins.
+
+Installed architectures declare one entry point in the ``reward_models`` group::
+
+    [project.entry-points.reward_models]
+    regression = "rm_regression:plugin"
+
+The entry points of every installed distribution are read once per process, on first use
+(:func:`list_reward_models` or :func:`get_reward_model`), under a lock; :func:`rescan` forgets
+that scan. Listing never imports plugin code; :func:`get_reward_model` imports the one plugin
+asked for, once, and validates it against :class:`rm_registry.RewardModelPlugin`.
+
+The entry point's object should be a plugin *instance*. A class is accepted too: it is
+instantiated once, without arguments. Any other callable is treated as the plugin itself.
+
+The same distribution seen twice on ``sys.path`` (an editable install shadowing a site
+install, say) counts once: the first one on ``sys.path`` wins, as for imports. The same name
+declared by two *different* distributions is a conflict that is never resolved silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from . import _hooks
+from ._errors import (
+    PluginConflictError,
+    PluginDisabledError,
+    PluginLoadError,
+    PluginNotFoundError,
+    PluginValidationError,
+    RMRegistryError,
+)
+from ._protocol import PROTOCOL_MEMBERS, PluginInfo, RewardModelPlugin
+
+__all__ = [
+    "DISABLE_ENV",
+    "ENTRY_POINT_GROUP",
+    "IN_PROCESS",
+    "get_reward_model",
+    "list_reward_models",
+    "protocol_problems",
+    "register_reward_model",
+    "registered_reward_model",
+    "rescan",
+    "unregister_reward_model",
+]
+
+#: Entry-point group that reward-model architectures register under.
+ENTRY_POINT_GROUP = "reward_models"
+#: Environment variable: comma-separated plugin or distribution names never to import.
+DISABLE_ENV = "RM_REGISTRY_DISABLE"
+#: The ``distribution`` of plugins registered with :func:`register_reward_model`.
+IN_PROCESS = "<in-process>"
+
+# Members whose value is data, not a method.
+_DATA_MEMBERS = frozenset({"name", "description"})
+# Never read while validating: resolving it may import torch.
+_LAZY_MEMBERS = frozenset({"model_class"})
+
+
+def _normalize(name: str) -> str:
+    """PEP 503 normalisation, also used for plugin names so ``a-b`` and ``a_b`` match."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass(eq=False)
+class _Entry:
+    """One plugin (or hook) declaration and, once loaded, its object."""
+
+    name: str
+    distribution: str
+    version: str
+    value: str
+    group: str
+    ep: importlib.metadata.EntryPoint | None = None
+    plugin: Any = None
+    loaded: bool = False  # set as soon as the object is validated (re-entrant calls see it)
+    ready: bool = False  # set after the plugin_loaded hooks ran (fast path for other threads)
+    failure: RMRegistryError | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def where(self) -> str:
+        if self.distribution == IN_PROCESS:
+            return f"registered in-process ({type(self.plugin).__module__}.{type(self.plugin).__qualname__})"
+        return (
+            f"distribution {self.distribution} {self.version}, "
+            f"entry point {self.name} = {self.value}"
+        )
+
+    def info(self, status: str, error: str | None = None) -> PluginInfo:
+        return PluginInfo(
+            name=self.name,
+            distribution=self.distribution,
+            version=self.version,
+            entry_point=self.value,
+            status=status,
+            error=error,
+        )
+
+
+@dataclass
+class _Scan:
+    plugins: dict[str, list[_Entry]]  # by name, in sys.path order
+    hooks: list[_Entry]
+
+
+_lock = threading.RLock()
+_scan: _Scan | None = None
+_registered: dict[str, _Entry] = {}
+_generation = 0  # bumped on every change of what is known (scan, registration)
+_scan_count = 0  # number of entry-point scans done by this process (for tests and debugging)
+
+
+def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return "<unknown>", "?"
+    try:
+        name = dist.metadata["Name"] or dist.name
+        version = dist.version or "?"
+    except Exception:  # a corrupt METADATA file must not break the listing of the others
+        return "<unknown>", "?"
+    return str(name), str(version)
+
+
+def _entries(
+    eps: importlib.metadata.EntryPoints, group: str, keep: dict[tuple[str, ...], _Entry]
+) -> list[_Entry]:
+    seen: set[tuple[str, str]] = set()
+    entries = []
+    for ep in eps.select(group=group):
+        distribution, version = _dist_of(ep)
+        key = (ep.name, _normalize(distribution))
+        if key in seen:  # the same distribution twice on sys.path: the first one wins
+            continue
+        seen.add(key)
+        previous = keep.get((ep.name, _normalize(distribution), version, ep.value))
+        entries.append(
+            previous
+            or _Entry(ep.name, distribution, version, ep.value, group, ep)
+        )
+    return entries
+
+
+def _discover(keep: dict[tuple[str, ...], _Entry]) -> _Scan:
+    global _scan_count
+    _scan_count += 1
+    # One pass over every installed distribution serves both groups.
+    eps = importlib.metadata.entry_points()
+    plugins: dict[str, list[_Entry]] = {}
+    for entry in _entries(eps, ENTRY_POINT_GROUP, keep):
+        plugins.setdefault(entry.name, []).append(entry)
+    return _Scan(plugins=plugins, hooks=_entries(eps, _hooks.HOOKS_ENTRY_POINT_GROUP, {}))
+
+
+def _get_scan() -> _Scan:
+    global _scan, _generation
+    scan = _scan
+    if scan is not None:
+        return scan
+    with _lock:
+        if _scan is None:
+            _scan = _discover(_keep)
+            _keep.clear()
+            _generation += 1
+        return _scan
+
+
+# Loaded entries carried over a rescan, so the same plugin object stays the same object.
+_keep: dict[tuple[str, ...], _Entry] = {}
+
+
+def _hook_entries() -> list[_Entry]:
+    return list(_get_scan().hooks)
+
+
+def rescan() -> None:
+    """Forget the entry-point scan; the next call reads the installed distributions again.
+
+    Use it after installing or uninstalling a plugin distribution at run time. Plugins that
+    were already loaded and are still installed keep their object; broken ones are retried.
+    In-process registrations are kept.
+    """
+    global _scan, _generation
+    importlib.invalidate_caches()
+    with _lock:
+        if _scan is not None:
+            for entries in _scan.plugins.values():
+                for entry in entries:
+                    if entry.loaded:
+                        key = (entry.name, _normalize(entry.distribution), entry.version, entry.value)
+                        _keep[key] = entry
+        _scan = None
+        _generation += 1
+    _hooks._forget_entry_points()
+
+
+def _disable_list() -> list[str]:
+    raw = os.environ.get(DISABLE_ENV, "")
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _env_disabled(entry: _Entry) -> str | None:
+    """Why ``RM_REGISTRY_DISABLE`` disables ``entry``, or ``None``."""
+    targets = {_normalize(entry.name), _normalize(entry.distribution)}
+    for item in _disable_list():
+        if _normalize(item) in targets:
+            return (
+                f"disabled by {DISABLE_ENV}={os.environ.get(DISABLE_ENV, '')!r} (it lists {item!r}); "
+                f"remove {item!r} from {DISABLE_ENV} to re-enable it"
+            )
+    return None
+
+
+def _disabled(entry: _Entry) -> str | None:
+    """Why ``entry`` may not be imported (environment, then allow hooks), or ``None``."""
+    reason = _env_disabled(entry)
+    if reason is not None:
+        return reason
+    refused = _hooks.refusal(entry.info("available"))
+    if refused is not None:
+        return (
+            f"{refused}; to use it, change that hook's policy or disable the hook's distribution "
+            f"with {DISABLE_ENV}"
+        )
+    return None
+
+
+def protocol_problems(obj: object, *, expected_name: str | None = None) -> list[str]:
+    """Everything that keeps ``obj`` from satisfying :class:`RewardModelPlugin`.
+
+    ``model_class`` is only looked up statically (never resolved: that may import torch).
+
+    Args:
+        obj: The candidate plugin object.
+        expected_name: The entry-point name ``obj.name`` must equal, if any.
+
+    Returns:
+        Human-readable problems; empty when ``obj`` conforms.
+    """
+    problems: list[str] = []
+    missing = []
+    for member in PROTOCOL_MEMBERS:
+        try:
+            inspect.getattr_static(obj, member)
+        except AttributeError:
+            missing.append(member)
+            continue
+        if member in _LAZY_MEMBERS:
+            continue
+        try:
+            value = getattr(obj, member)
+        except Exception as exc:
+            problems.append(f"reading {member!r} raised {type(exc).__name__}: {exc}")
+            continue
+        if member in _DATA_MEMBERS:
+            if not isinstance(value, str) or not value:
+                problems.append(f"{member!r} must be a non-empty str, got {value!r}")
+        elif not callable(value):
+            problems.append(f"{member!r} must be a method, got a {type(value).__name__}")
+        else:
+            problem = _signature_problem(member, value)
+            if problem:
+                problems.append(problem)
+    if missing:
+        problems.insert(0, f"missing member(s): {', '.join(missing)}")
+    name = inspect.getattr_static(obj, "name", None)
+    if expected_name is not None and isinstance(name, str) and name != expected_name:
+        problems.append(
+            f"name is {name!r} but the entry point is named {expected_name!r}; they must be equal"
+        )
+    return problems
+
+
+def _signature_problem(member: str, method: Any) -> str | None:
+    """Whether ``method`` can be called as the protocol calls it (positionally or by keyword)."""
+    try:
+        expected = inspect.signature(getattr(RewardModelPlugin, member))
+        actual = inspect.signature(method)
+    except (TypeError, ValueError):  # builtins without signatures: trust them
+        return None
+    params = [p.name for p in expected.parameters.values() if p.name != "self"]
+    try:
+        actual.bind(*params)
+        return None
+    except TypeError:
+        pass
+    try:
+        actual.bind(**{name: None for name in params})
+        return None
+    except TypeError as exc:
+        return f"{member!r} cannot be called as {member}({', '.join(params)}): {exc}"
+
+
+def _instantiate(obj: Any) -> Any:
+    return obj() if isinstance(obj, type) else obj
+
+
+def _load(entry: _Entry) -> Any:
+    if entry.ready:
+        return entry.plugin
+    with entry.lock:
+        if entry.loaded:
+            return entry.plugin
+        if entry.failure is not None:
+            again = type(entry.failure)(str(entry.failure))
+            raise again from entry.failure.__cause__
+        assert entry.ep is not None
+        try:
+            obj = _instantiate(entry.ep.load())
+        except (Exception, SystemExit) as exc:
+            error = PluginLoadError(
+                f"reward model {entry.name!r} failed to load ({entry.where}): "
+                f"{type(exc).__name__}: {exc}. Fix or reinstall {entry.distribution}, or set "
+                f"{DISABLE_ENV}={entry.name} to skip it"
+            )
+            entry.failure = error
+            raise error from exc
+        problems = protocol_problems(obj, expected_name=entry.name)
+        if problems:
+            error = PluginValidationError(
+                f"reward model {entry.name!r} ({entry.where}) does not satisfy the "
+                f"RewardModelPlugin protocol: {'; '.join(problems)}"
+            )
+            entry.failure = error
+            raise error
+        entry.plugin = obj
+        entry.loaded = True
+        _hooks.call_plugin_loaded(obj, entry.info("loaded"))
+        entry.ready = True
+        return obj
+
+
+def _known_names() -> list[str]:
+    with _lock:
+        return sorted(set(_get_scan().plugins) | set(_registered))
+
+
+def _not_found(name: str) -> PluginNotFoundError:
+    names = _known_names()
+    if not names:
+        return PluginNotFoundError(
+            f"no reward model named {name!r}: no reward models are installed. Install a plugin "
+            f"distribution (for example `pip install rm-regression`) or register one with "
+            f"register_reward_model()"
+        )
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return PluginNotFoundError(
+        f"no reward model named {name!r}.{hint} Installed: {', '.join(names)} "
+        f"(see `rm-registry list`)"
+    )
+
+
+def _resolve(name: str, distribution: str | None) -> _Entry:
+    """The one entry ``name`` (and ``distribution``) designates, or our error saying why not."""
+    with _lock:
+        registered = _registered.get(name)
+        candidates = list(_get_scan().plugins.get(name, []))
+    if distribution is not None:
+        if distribution == IN_PROCESS:
+            if registered is None:
+                raise PluginNotFoundError(f"no reward model {name!r} is registered in-process")
+            return registered
+        chosen = [c for c in candidates if _normalize(c.distribution) == _normalize(distribution)]
+        if not chosen:
+            if not candidates and registered is None:
+                raise _not_found(name)
+            providers = [c.distribution for c in candidates] + ([IN_PROCESS] if registered else [])
+            raise PluginNotFoundError(
+                f"distribution {distribution!r} does not provide a reward model named {name!r}; "
+                f"it is provided by: {', '.join(providers)}"
+            )
+        entry = chosen[0]
+        reason = _disabled(entry)
+        if reason is not None:
+            raise PluginDisabledError(f"reward model {name!r} ({entry.where}) is {reason}")
+        return entry
+    if registered is not None:
+        return registered
+    if not candidates:
+        raise _not_found(name)
+    enabled = []
+    reasons = []
+    for candidate in candidates:
+        reason = _disabled(candidate)
+        if reason is None:
+            enabled.append(candidate)
+        else:
+            reasons.append(f"{candidate.where}: {reason}")
+    if not enabled:
+        raise PluginDisabledError(f"reward model {name!r} is {'; '.join(reasons)}")
+    if len(enabled) > 1:
+        raise _conflict(name, enabled)
+    return enabled[0]
+
+
+def _conflict(name: str, entries: list[_Entry]) -> PluginConflictError:
+    listed = " and ".join(f"{e.distribution} {e.version} (entry point {e.value})" for e in entries)
+    first = entries[0].distribution
+    others = ",".join(e.distribution for e in entries[1:])
+    return PluginConflictError(
+        f"reward model {name!r} is provided by {len(entries)} distributions: {listed}. Choose one "
+        f"with get_reward_model({name!r}, distribution={first!r}), or disable the others with "
+        f"{DISABLE_ENV}={others} (or uninstall them)"
+    )
+
+
+def get_reward_model(name: str, *, distribution: str | None = None) -> RewardModelPlugin:
+    """The plugin registered as ``name``, imported on first request and validated.
+
+    Only that plugin's code is imported. An in-process registration of ``name`` takes
+    precedence over installed ones unless ``distribution`` is given.
+
+    Args:
+        name: Registry name (the entry-point name), e.g. ``"regression"``.
+        distribution: Pick the plugin of this installed distribution (needed when two
+            distributions provide ``name``); ``"<in-process>"`` picks the in-process one.
+
+    Raises:
+        PluginNotFoundError: Nothing provides ``name`` (the message suggests the closest name).
+        PluginConflictError: Several distributions provide ``name`` and none was chosen.
+        PluginDisabledError: ``RM_REGISTRY_DISABLE`` or an allow hook refuses it.
+        PluginLoadError: Importing or instantiating it raised (chained as ``__cause__``).
+        PluginValidationError: The object does not satisfy :class:`RewardModelPlugin`.
+    """
+    entry = _resolve(name, distribution)
+    if entry.distribution == IN_PROCESS:
+        return entry.plugin
+    return _load(entry)
+
+
+def _entry_status(entry: _Entry) -> PluginInfo:
+    reason = _disabled(entry)
+    if reason is not None:
+        return entry.info("disabled", reason)
+    if entry.failure is not None:
+        return entry.info("broken", str(entry.failure))
+    if entry.loaded:
+        return entry.info("loaded")
+    return entry.info("available")
+
+
+def list_reward_models() -> list[PluginInfo]:
+    """Every installed or registered reward model, with its status. Imports no plugin code.
+
+    Returns:
+        One :class:`PluginInfo` per (name, distribution), sorted by name, the in-process one
+        first, then by distribution. A name that several enabled distributions provide appears
+        once per distribution, with status ``conflict`` (unless already loaded or broken).
+    """
+    with _lock:
+        groups = {name: list(entries) for name, entries in _get_scan().plugins.items()}
+        registered = list(_registered.values())
+    rows = [entry.info("registered") for entry in registered]
+    for name, entries in groups.items():
+        statuses = [_entry_status(entry) for entry in entries]
+        active = {row.distribution for row in statuses if row.status != "disabled"}
+        for entry, row in zip(entries, statuses):
+            if row.status == "available" and len(active) > 1:
+                others = ", ".join(sorted(active - {row.distribution}))
+                row = entry.info(
+                    "conflict",
+                    f"{name!r} is also provided by {others}; choose with distribution= or "
+                    f"disable one with {DISABLE_ENV}",
+                )
+            rows.append(row)
+    rows.sort(key=lambda row: (row.name, row.distribution != IN_PROCESS, row.distribution))
+    return rows
+
+
+def _info(name: str, distribution: str | None = None) -> PluginInfo:
+    """The registry row of the plugin :func:`get_reward_model` resolves to (used by the CLI)."""
+    entry = _resolve(name, distribution)
+    if entry.distribution == IN_PROCESS:
+        return entry.info("registered")
+    _load(entry)
+    return entry.info("loaded")
+
+
+def register_reward_model(plugin: Any, *, replace: bool = False) -> RewardModelPlugin:
+    """Register a plugin object in this process (notebooks, tests), under ``plugin.name``.
+
+    Args:
+        plugin: A plugin instance (a class is instantiated without arguments).
+        replace: Allow replacing an in-process registration of the same name, or shadowing an
+            installed plugin of that name (``get_reward_model(name)`` then returns this one;
+            ``distribution=`` still reaches the installed one).
+
+    Returns:
+        The registered plugin object.
+
+    Raises:
+        PluginValidationError: ``plugin`` does not satisfy :class:`RewardModelPlugin`.
+        PluginConflictError: The name is taken and ``replace`` is false.
+    """
+    return _register(plugin, replace=replace)[0].plugin
+
+
+def _register(plugin: Any, *, replace: bool) -> tuple[_Entry, _Entry | None]:
+    global _generation
+    plugin = _instantiate(plugin)
+    problems = protocol_problems(plugin)
+    if problems:
+        raise PluginValidationError(
+            f"cannot register {plugin!r} in-process: it does not satisfy the RewardModelPlugin "
+            f"protocol: {'; '.join(problems)}"
+        )
+    entry = _Entry(
+        name=plugin.name,
+        distribution=IN_PROCESS,
+        version="",
+        value=f"{type(plugin).__module__}:{type(plugin).__qualname__}",
+        group=ENTRY_POINT_GROUP,
+        plugin=plugin,
+        loaded=True,
+        ready=True,
+    )
+    with _lock:
+        previous = _registered.get(entry.name)
+        if not replace:
+            if previous is not None:
+                raise PluginConflictError(
+                    f"a reward model named {entry.name!r} is already registered in-process "
+                    f"({previous.value}); pass replace=True to replace it"
+                )
+            installed = _get_scan().plugins.get(entry.name)
+            if installed:
+                dists = ", ".join(f"{e.distribution} {e.version}" for e in installed)
+                raise PluginConflictError(
+                    f"a reward model named {entry.name!r} is installed ({dists}); pass "
+                    f"replace=True to shadow it in this process"
+                )
+        _registered[entry.name] = entry
+        _generation += 1
+    _hooks.call_plugin_loaded(plugin, entry.info("registered"))
+    return entry, previous
+
+
+def unregister_reward_model(name: str) -> None:
+    """Remove the in-process registration of ``name``.
+
+    Raises:
+        PluginNotFoundError: ``name`` is not registered in-process.
+    """
+    global _generation
+    with _lock:
+        if name not in _registered:
+            raise PluginNotFoundError(
+                f"no reward model {name!r} is registered in-process (installed plugins are "
+                f"removed by uninstalling their distribution)"
+            )
+        del _registered[name]
+        _generation += 1
+
+
+@contextlib.contextmanager
+def registered_reward_model(plugin: Any, *, replace: bool = False) -> Iterator[RewardModelPlugin]:
+    """Register ``plugin`` for the duration of a ``with`` block, then undo it exactly.
+
+    A registration it replaced (``replace=True``) is put back on exit.
+
+    Example::
+
+        with rm_registry.registered_reward_model(MyPlugin()) as plugin:
+            assert rm_registry.get_reward_model(plugin.name) is plugin
+    """
+    global _generation
+    entry, previous = _register(plugin, replace=replace)
+    try:
+        yield entry.plugin
+    finally:
+        with _lock:
+            if _registered.get(entry.name) is entry:
+                if previous is not None:
+                    _registered[entry.name] = previous
+                else:
+                    del _registered[entry.name]
+                _generation += 1
+
+
+def _snapshot() -> dict[str, _Entry]:
+    with _lock:
+        return dict(_registered)
+
+
+def _restore(registered: dict[str, _Entry]) -> None:
+    """Put the in-process registrations back and forget the scan (test isolation)."""
+    global _generation
+    with _lock:
+        _registered.clear()
+        _registered.update(registered)
+        _generation += 1
+    rescan()
