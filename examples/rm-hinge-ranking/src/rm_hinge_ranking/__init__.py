@@ -1,0 +1,189 @@
+"""rm-hinge-ranking: a pairwise reward model trained with a hinge (margin ranking) loss.
+
+This is the finished plugin of the rm-registry tutorial (``docs/writing-a-plugin.md``).
+It registers the architecture ``hinge_ranking`` under the ``reward_models`` entry-point
+group. The loss per pair is ``relu(margin - (r_chosen - r_rejected))``: a pair stops
+contributing once the chosen reward leads by at least ``margin`` (unlike Bradley-Terry,
+which keeps pushing the rewards apart forever).
+
+Importing this module is cheap: everything under ``rm_registry.engine`` (and with it torch
+and megatron-core) is imported inside the methods that need it.
+
+Shapes: P pairs per batch, N = 2 * P sequences (the P chosen ones first, then the P
+rejected ones), S the longest sequence of the batch, K = 1 reward per sequence.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from rm_registry import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from omegaconf import DictConfig
+
+    from rm_registry import Tokenizer
+
+__all__ = ["HingeRankingPlugin", "plugin"]
+__version__ = "0.1.0"
+
+#: A pair is (chosen token ids, rejected token ids), EOS included.
+Pair = tuple[list[int], list[int]]
+
+_DATA = Path(__file__).parent / "data"
+
+
+class HingeRankingPlugin:
+    """The ``hinge_ranking`` architecture: a GPT backbone, one reward, a hinge loss on pairs.
+
+    Config (``model.hinge_ranking``):
+        margin: How far the chosen reward must lead the rejected one before a pair stops
+            contributing to the loss. Must be > 0.
+    """
+
+    name = "hinge_ranking"
+    description = "Pairwise reward model with a hinge (margin ranking) loss on {chosen, rejected} pairs."
+
+    @property
+    def model_class(self) -> type:
+        """``rm_registry.engine.RewardModel``, imported only when a model is built."""
+        from rm_registry.engine import RewardModel
+
+        return RewardModel
+
+    def default_config(self) -> dict[str, Any]:
+        """Our config section, plus a shorter run for the shipped sample data."""
+        return {
+            "model": {"hinge_ranking": {"margin": 1.0}},
+            "trainer": {"rm": {"max_steps": 150, "val_check_interval": 50}},
+        }
+
+    def validate_config(self, cfg: DictConfig) -> None:
+        """Refuse a margin that is not a positive number."""
+        margin = cfg.model.hinge_ranking.margin
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin > 0:
+            raise ConfigError(
+                f"model.hinge_ranking.margin={margin!r}: expected a number > 0, "
+                "for example model.hinge_ranking.margin=1.0"
+            )
+
+    def sample_data(self) -> Mapping[str, Path]:
+        """The small preference set shipped in ``rm_hinge_ranking/data``."""
+        return {"train": _DATA / "train.jsonl", "validation": _DATA / "validation.jsonl"}
+
+    def build_datasets(
+        self,
+        data_paths: Mapping[str, str | Path | None],
+        tokenizer: Tokenizer,
+        cfg: DictConfig,
+    ) -> dict[str, Sequence[Any]]:
+        """Read ``{"chosen": ..., "rejected": ...}`` JSON Lines into lists of token-id pairs.
+
+        Either text may be a string or a list of chat messages. A pair is dropped, truncated
+        or refused as a whole when one side is longer than ``model.encoder_seq_length``
+        (``model.data.overlong_policy``).
+        """
+        from rm_registry.engine.data import DatasetStats, ListDataset, encode_text, fit_length, read_jsonl, render_text
+
+        max_len = int(cfg.model.encoder_seq_length)
+        policy = str(cfg.model.data.overlong_policy)
+        datasets: dict[str, Sequence[Any]] = {}
+        for split, path in data_paths.items():
+            if path is None:
+                continue
+            stats = DatasetStats()
+            pairs: list[Pair] = []
+            for line, record in read_jsonl(path):
+                stats.read += 1
+                sides: list[list[int]] = []
+                truncated = False
+                for key in ("chosen", "rejected"):
+                    if key not in record:
+                        raise _missing_key(path, line, key, record)
+                    text = render_text(record[key], path=path, line=line, key=key)
+                    ids, cut = fit_length(
+                        encode_text(tokenizer, text), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=line
+                    )
+                    if ids is None:
+                        break
+                    sides.append(ids)
+                    truncated |= cut
+                if len(sides) < 2:
+                    stats.dropped += 1
+                    continue
+                stats.truncated += truncated
+                stats.kept += 1
+                pairs.append((sides[0], sides[1]))
+            datasets[split] = ListDataset(pairs, stats, str(path))
+        return datasets
+
+    def collate(self, samples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        """Chosen sequences first, then rejected: ``tokens [2P, S]``, ``lengths [2P]``."""
+        from rm_registry.engine.data import pad_batch
+
+        tokens, lengths = pad_batch([c for c, _ in samples] + [r for _, r in samples], pad_id)
+        return {"tokens": tokens, "lengths": lengths}
+
+    def loss(
+        self, rewards: torch.Tensor, batch: Mapping[str, torch.Tensor], cfg: DictConfig
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``mean(relu(margin - (r_chosen - r_rejected)))`` over the P pairs of the batch."""
+        import torch
+
+        chosen, rejected = _split_pairs(rewards)  # (P,), (P,)
+        if chosen.numel() == 0:  # nothing to learn from: a zero loss still attached to the graph
+            return rewards.sum() * 0.0, {"loss": 0.0}
+        margin = float(cfg.model.hinge_ranking.margin)
+        loss = torch.relu(margin - (chosen - rejected)).mean()
+        return loss, {"loss": float(loss.detach()), **_pair_metrics(chosen.detach(), rejected.detach())}
+
+    def evaluation_metrics(
+        self,
+        outputs: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]],
+        cfg: DictConfig,
+    ) -> dict[str, Any]:
+        """Loss, accuracy and mean rewards over the whole evaluation set."""
+        import torch
+
+        halves = [_split_pairs(rewards.detach().float().cpu()) for rewards, _ in outputs]
+        chosen = torch.cat([c for c, _ in halves]) if halves else torch.zeros(0)
+        rejected = torch.cat([r for _, r in halves]) if halves else torch.zeros(0)
+        if chosen.numel() == 0:  # an empty set has no loss or accuracy, not a zero one
+            names = ("loss", "accuracy", "chosen_reward_mean", "rejected_reward_mean")
+            return {**{name: None for name in names}, "num_pairs": 0}
+        margin = float(cfg.model.hinge_ranking.margin)
+        loss = torch.relu(margin - (chosen - rejected)).mean()
+        return {"loss": float(loss), **_pair_metrics(chosen, rejected), "num_pairs": int(chosen.numel())}
+
+    def score_outputs(self, rewards: torch.Tensor, cfg: DictConfig) -> list[dict[str, Any]]:
+        """One ``{"reward": float}`` per scored text (rewards ``[B, 1]``)."""
+        return [{"reward": float(r)} for r in rewards.detach().float()[:, 0]]
+
+
+def _split_pairs(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards ``[2P, 1]`` -> chosen ``[P]``, rejected ``[P]``."""
+    if rewards.dim() != 2 or rewards.shape[1] != 1 or rewards.shape[0] % 2:
+        raise ValueError(f"hinge_ranking expects rewards of shape [2P, 1], got {list(rewards.shape)}")
+    r = rewards[:, 0]
+    half = r.shape[0] // 2
+    return r[:half], r[half:]
+
+
+def _pair_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Accuracy (fraction with ``r_chosen > r_rejected``) and mean rewards, as floats."""
+    return {
+        "accuracy": float((chosen > rejected).float().mean()),
+        "chosen_reward_mean": float(chosen.mean()),
+        "rejected_reward_mean": float(rejected.mean()),
+    }
+
+
+def _missing_key(path: str | Path, line: int, key: str, record: Mapping[str, Any]) -> DataError:
+    found = ", ".join(sorted(record)) or "no keys"
+    return DataError(path, line, f"missing key '{key}': hinge_ranking reads {{\"chosen\", \"rejected\"}} lines (found {found})")
+
+
+#: The object the ``hinge_ranking`` entry point points at.
+plugin = HingeRankingPlugin()
