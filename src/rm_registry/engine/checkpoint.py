@@ -1,0 +1,282 @@
+"""Atomic, resharding checkpoints on megatron-core ``dist_checkpointing``.
+
+A checkpoint is one folder::
+
+    step_0000100/
+      weights/              megatron dist_checkpointing (PyTorch DCP): .metadata, *.distcp, ...
+      state/rank_00000.pt   trainer state of each rank (torch.save): step, optimizer, RNG, ...
+      config.yaml, tokenizer/...   extra files (written by rank 0)
+      checkpoint.json       completion marker, written last
+
+Atomicity: everything is written into a hidden sibling ``.step_0000100.tmp``; after a barrier,
+rank 0 writes ``checkpoint.json`` and renames the folder into place. An interrupted save leaves
+at most a hidden ``*.tmp`` folder, which :func:`is_complete` and :func:`find_latest` ignore and
+the next save of the same step removes.
+
+The weights are saved sharded by the tensor-parallel layout of the saving run and load under
+any other layout (``dist_checkpointing`` reshards); see :func:`load_checkpoint` for the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+
+from .._errors import ConfigError
+from . import _cpu_compat, parallel
+
+__all__ = [
+    "MARKER",
+    "CheckpointNotFoundError",
+    "checkpoint_info",
+    "find_latest",
+    "is_complete",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+#: Completion marker, written last, inside the folder before it is renamed into place.
+MARKER = "checkpoint.json"
+FORMAT = "rm-registry-checkpoint"
+FORMAT_VERSION = 1
+_STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointNotFoundError(ConfigError, FileNotFoundError):
+    """No complete checkpoint at the given path (the message names it and what was found)."""
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _tmp_dir(directory: Path) -> Path:
+    return directory.parent / f".{directory.name}.tmp"
+
+
+def _is_tmp_name(directory: Path) -> bool:
+    return directory.name.startswith(".") and directory.name.endswith(".tmp")
+
+
+def _layout() -> dict[str, int]:
+    from megatron.core import parallel_state
+
+    rank, world = _rank_world()
+    tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    return {"world_size": world, "tensor_model_parallel_size": tp, "data_parallel_size": world // tp}
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _safe_relative(name: str) -> Path:
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+        raise ValueError(f"extra_files key {name!r} must be a relative path inside the checkpoint")
+    if rel.parts[0] in ("weights", "state", MARKER):
+        raise ValueError(f"extra_files key {name!r} clashes with the checkpoint's own files")
+    return rel
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    *,
+    extra_files: Mapping[str, bytes | str] | None = None,
+    state: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` (its ``sharded_state_dict()``), per-rank ``state`` and extra files, atomically.
+
+    Every rank must call this (collective). ``directory`` must be the same path on every rank
+    (a shared file system for multi-node runs). An existing checkpoint at ``directory`` is
+    replaced only once the new one is complete.
+
+    Args:
+        directory: The checkpoint folder to create, e.g. ``run/checkpoints/step_0000100``.
+        model: A :class:`~rm_registry.engine.RewardModel` (anything with ``sharded_state_dict``).
+        extra_files: ``{relative path: content}`` written by rank 0 (``config.yaml``,
+            ``tokenizer/tokenizer.json``...); ``str`` is written as UTF-8.
+        state: This rank's trainer state, saved with ``torch.save`` as ``state/rank_XXXXX.pt``.
+
+    Returns:
+        The final checkpoint folder.
+    """
+    from megatron.core import dist_checkpointing
+
+    directory = Path(directory).absolute()
+    tmp = _tmp_dir(directory)
+    rank, world = _rank_world()
+    rels = {_safe_relative(k): v for k, v in (extra_files or {}).items()}
+    if rank == 0:
+        if tmp.exists():  # left over from an interrupted save
+            shutil.rmtree(tmp)
+        (tmp / "weights").mkdir(parents=True)
+        (tmp / "state").mkdir()
+    parallel.barrier()
+
+    with _cpu_compat.cuda_device_shims():
+        dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "weights"))
+    if state is not None:
+        torch.save(dict(state), tmp / "state" / f"rank_{rank:05d}.pt")
+    if rank == 0:
+        for rel, content in rels.items():
+            _fsync_write(tmp / rel, content.encode("utf-8") if isinstance(content, str) else bytes(content))
+    parallel.barrier()
+
+    if rank == 0:
+        from megatron.core import package_info
+
+        marker = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "complete": True,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "megatron_core": str(package_info.__version__),
+            "has_state": state is not None,
+            **_layout(),
+        }
+        _fsync_write(tmp / MARKER, json.dumps(marker, indent=2).encode("utf-8"))
+        old = directory.parent / f".{directory.name}.old"
+        if directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            directory.rename(old)
+        tmp.rename(directory)  # atomic on one file system: the folder appears complete or not at all
+        if old.exists():
+            shutil.rmtree(old)
+    parallel.barrier()
+    return directory
+
+
+def checkpoint_info(directory: str | Path) -> dict[str, Any]:
+    """The completion marker of a checkpoint (layout it was saved with, versions ...).
+
+    Raises:
+        CheckpointNotFoundError: the folder is not a complete checkpoint.
+    """
+    directory = Path(directory)
+    if not is_complete(directory):
+        raise CheckpointNotFoundError(
+            f"{directory}: not a complete checkpoint (no valid {MARKER}; an interrupted save?)"
+        )
+    return json.loads((directory / MARKER).read_text(encoding="utf-8"))
+
+
+def is_complete(directory: str | Path) -> bool:
+    """True when ``directory`` is a finished checkpoint (marker present and valid, weights there)."""
+    directory = Path(directory)
+    if _is_tmp_name(directory) or not (directory / MARKER).is_file():
+        return False
+    try:
+        marker = json.loads((directory / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("format") == FORMAT
+        and marker.get("complete") is True
+        and (directory / "weights" / "metadata.json").is_file()
+    )
+
+
+def find_latest(run_dir: str | Path) -> Path:
+    """The checkpoint to use for ``run_dir``.
+
+    Accepts a checkpoint folder itself, a run folder containing ``checkpoints/step_XXXXXXX/``, or
+    the ``checkpoints`` folder. Incomplete checkpoints are skipped.
+
+    Raises:
+        CheckpointNotFoundError: the path does not exist or holds no complete checkpoint; the
+            message names the path and what was found.
+    """
+    path = Path(run_dir)
+    if not path.exists():
+        raise CheckpointNotFoundError(f"{path}: no such checkpoint or run folder")
+    if is_complete(path):
+        return path
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"{path}: not a folder; expected a run or checkpoint folder")
+    found: list[tuple[int, Path]] = []
+    for parent in (path / "checkpoints", path):
+        if parent.is_dir():
+            for child in parent.iterdir():
+                m = _STEP_RE.match(child.name)
+                if m and child.is_dir():
+                    found.append((int(m.group(1)), child))
+    complete = [(step, p) for step, p in found if is_complete(p)]
+    if complete:
+        return max(complete, key=lambda sp: sp[0])[1]
+    if found:
+        names = ", ".join(sorted(p.name for _, p in found))
+        raise CheckpointNotFoundError(
+            f"{path}: no complete checkpoint; found only incomplete ones ({names}), "
+            "probably from an interrupted save"
+        )
+    raise CheckpointNotFoundError(
+        f"{path}: no checkpoint found (expected {MARKER} here or checkpoints/step_XXXXXXX/ inside)"
+    )
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
+
+    Every rank must call this. The weights reshard to the current layout. The returned state is
+    the one this rank saved when the layout (world size and tensor-parallel size) is unchanged;
+    otherwise it is rank 0's state with ``"layout_changed": True`` added, since per-rank optimizer
+    state cannot be resharded. ``{}`` when the save had no state.
+
+    Raises:
+        CheckpointNotFoundError: ``directory`` is not a complete checkpoint.
+        ConfigError: the weights do not fit ``model`` (a different architecture or size).
+    """
+    from megatron.core import dist_checkpointing
+
+    directory = Path(directory)
+    info = checkpoint_info(directory)
+    try:
+        loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory / "weights"))
+        model.load_state_dict(loaded, strict=True)
+    except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(
+            f"{directory}: the checkpoint's weights do not fit the model built from the config "
+            f"({type(exc).__name__}: {first[:300]}); was it saved with a different model.* config?"
+        ) from exc
+
+    if not info.get("has_state"):
+        return {}
+    rank, world = _rank_world()
+    same = (info.get("world_size"), info.get("tensor_model_parallel_size")) == (
+        world,
+        _layout()["tensor_model_parallel_size"],
+    )
+    path = directory / "state" / f"rank_{rank if same else 0:05d}.pt"
+    if not path.is_file():
+        raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    if not same:
+        warnings.warn(
+            f"{directory} was saved by {info.get('world_size')} processes with tensor parallelism "
+            f"{info.get('tensor_model_parallel_size')}; the weights were resharded, the per-rank "
+            "trainer state is rank 0's",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        state["layout_changed"] = True
+    return state
