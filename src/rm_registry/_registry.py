@@ -380,7 +380,7 @@ def _resolve(name: str, distribution: str | None) -> _Entry:
             providers = [c.distribution for c in candidates] + ([IN_PROCESS] if registered else [])
             raise PluginNotFoundError(
                 f"distribution {distribution!r} does not provide a reward model named {name!r}; "
-                f"it is provided by: {', '.join(providers)}"
+                f"it is provided by: {', '.join(sorted(providers))}"
             )
         entry = chosen[0]
         reason = _disabled(entry)
