@@ -230,7 +230,9 @@ def _describe(impl: pluggy.HookImpl) -> str:
     if where is not None:
         return where
     plugin = impl.plugin
-    label = getattr(plugin, "__name__", None) or type(plugin).__name__
+    label = impl.plugin_name
+    if label == str(id(plugin)):  # pluggy's default name: say something readable instead
+        label = getattr(plugin, "__name__", None) or type(plugin).__qualname__
     return f"in-process hooks {label!r}"
 
 

@@ -398,9 +398,9 @@ def _resolve(name: str, distribution: str | None) -> _Entry:
         if reason is None:
             enabled.append(candidate)
         else:
-            reasons.append(f"{candidate.where}: {reason}")
+            reasons.append(f"reward model {name!r} ({candidate.where}) is {reason}")
     if not enabled:
-        raise PluginDisabledError(f"reward model {name!r} is {'; '.join(reasons)}")
+        raise PluginDisabledError("; ".join(reasons))
     if len(enabled) > 1:
         raise _conflict(name, enabled)
     return enabled[0]
