@@ -5,8 +5,8 @@ The output is deterministic (fixed seed, fixed phrase lists): running this scrip
 reproduce the committed files byte for byte (``tests/test_sample_data.py`` checks it).
 
 Each line is ``{"prompt", "chosen", "rejected"}``. The prompt is a factual question; the chosen
-response answers it politely and correctly, the rejected one is rude or dismissive and is wrong,
-off-topic or grudgingly right. The signal is learnable by a tiny byte-level model in a couple of
+response answers it correctly, mostly politely; the rejected one is rude and wrong, off-topic or
+grudgingly right, or polite but gives no answer. The signal is learnable by a tiny byte-level model in a couple of
 minutes, but not by length: for every pair a coin decides whether the chosen or the rejected
 response is the longer one (the test checks that "longer wins" scores close to 50 %).
 Validation questions use topics never seen in training, so validation accuracy measures the
@@ -149,6 +149,14 @@ OFF_TOPIC = [
     "Did you see the game last night?",
     "I'd rather talk about trains.",
 ]
+#: Polite but unhelpful: no answer at all.
+EVASIVE = [
+    "I'm not sure, sorry.",
+    "I would rather not say.",
+    "You could check a book about that.",
+    "That is hard to say, to be honest.",
+    "Maybe ask a friend about it?",
+]
 RUDE_CLOSERS = [
     "",
     "Don't ask me again.",
@@ -160,12 +168,16 @@ RUDE_CLOSERS = [
 
 
 def _chosen(rng: random.Random, answer: str) -> str:
-    parts = [rng.choice(POLITE_OPENERS), rng.choice(CORRECT_ANSWERS).format(a=answer), rng.choice(POLITE_CLOSERS)]
+    opener = rng.choice(POLITE_OPENERS) if rng.random() < 0.75 else ""  # sometimes just the answer
+    parts = [opener, rng.choice(CORRECT_ANSWERS).format(a=answer), rng.choice(POLITE_CLOSERS)]
     return " ".join(p for p in parts if p)
 
 
 def _rejected(rng: random.Random, answer: str, wrong: str) -> str:
-    kind = rng.randrange(3)
+    kind = rng.randrange(4)
+    if kind == 3:  # polite but no answer
+        parts = [rng.choice(POLITE_OPENERS), rng.choice(EVASIVE), rng.choice(POLITE_CLOSERS)]
+        return " ".join(p for p in parts if p)
     if kind == 0:  # rude but right
         middle = rng.choice(GRUDGING_ANSWERS).format(a=answer)
     elif kind == 1:  # rude and wrong
