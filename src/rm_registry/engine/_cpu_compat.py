@@ -9,8 +9,10 @@ megatron-core assumes a GPU in a few places that the reward-model path reaches (
 2. ``DotProductAttention`` takes a scratch tensor from ``parallel_state.get_global_memory_buffer()``,
    which allocates on ``torch.cuda.current_device()``. :class:`CPUMemoryBuffer` allocates on
    the CPU and replaces the global buffer.
-3. ``RotaryEmbedding.get_emb`` moves its frequencies to ``torch.cuda.current_device()``; it is
-   wrapped so that, without CUDA, "the current device" is the CPU during that call only.
+3. ``RotaryEmbedding.get_emb`` moves its frequencies to ``torch.cuda.current_device()``, and the
+   tensor-parallel gathers in ``tensor_parallel.mappings`` allocate there (hit by the backward of
+   a row-parallel layer with TP > 1); these are wrapped (:data:`CUDA_DEVICE_CALLS`) so that,
+   without CUDA, "the current device" is the CPU during those calls only.
 4. ``dist_checkpointing.save`` calls ``torch.cuda.synchronize()`` and
    ``torch.cuda.current_device()``; :func:`cuda_device_shims` makes both harmless around the
    save call only (see :mod:`rm_registry.engine.checkpoint`).
@@ -39,7 +41,8 @@ __all__ = [
     "cuda_device_shims",
     "install_memory_buffer",
     "install_rng_tracker",
-    "patch_rotary_embedding",
+    "patch_cuda_device_calls",
+    "CUDA_DEVICE_CALLS",
 ]
 
 #: The megatron-core release series these workarounds were written and tested for.
@@ -208,21 +211,38 @@ def cuda_device_shims() -> Iterator[None]:
         torch.cuda.current_device, torch.cuda.synchronize = saved  # type: ignore[assignment]
 
 
-def patch_rotary_embedding() -> None:
-    """Wrap ``RotaryEmbedding.get_emb`` in :func:`cuda_device_shims` (idempotent)."""
-    from megatron.core.models.common.embeddings.rotary_pos_embedding import RotaryEmbedding
+#: ``(module, owner attribute or None, function)`` that call ``torch.cuda.current_device()`` on
+#: the paths the engine uses: RoPE frequencies, and the tensor-parallel gathers/reduce-scatters
+#: (the row-parallel head's backward gathers along the last dimension).
+CUDA_DEVICE_CALLS: tuple[tuple[str, str | None, str], ...] = (
+    ("megatron.core.models.common.embeddings.rotary_pos_embedding", "RotaryEmbedding", "get_emb"),
+    ("megatron.core.tensor_parallel.mappings", None, "_gather_along_first_dim"),
+    ("megatron.core.tensor_parallel.mappings", None, "_gather_along_last_dim"),
+    ("megatron.core.tensor_parallel.mappings", None, "_reduce_scatter_along_first_dim"),
+)
 
-    original = RotaryEmbedding.get_emb
-    if getattr(original, "_rm_registry_cpu_patch", False):
-        return
 
-    @functools.wraps(original)
-    def get_emb(self: Any, *args: Any, **kwargs: Any) -> torch.Tensor:
-        with cuda_device_shims():
-            return original(self, *args, **kwargs)
+def patch_cuda_device_calls() -> None:
+    """Wrap each of :data:`CUDA_DEVICE_CALLS` in :func:`cuda_device_shims` (idempotent)."""
+    import importlib
 
-    get_emb._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
-    RotaryEmbedding.get_emb = get_emb  # type: ignore[method-assign]
+    for module_name, owner_name, func_name in CUDA_DEVICE_CALLS:
+        module = importlib.import_module(module_name)
+        owner: Any = getattr(module, owner_name) if owner_name else module
+        original = getattr(owner, func_name)
+        if getattr(original, "_rm_registry_cpu_patch", False):
+            continue
+
+        def make(fn: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(fn)
+            def shimmed(*args: Any, **kwargs: Any) -> Any:
+                with cuda_device_shims():
+                    return fn(*args, **kwargs)
+
+            shimmed._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
+            return shimmed
+
+        setattr(owner, func_name, make(original))
 
 
 def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
@@ -237,5 +257,5 @@ def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
     torch.set_flush_denormal(True)
     install_rng_tracker(seed, tp_rank)
     install_memory_buffer()
-    patch_rotary_embedding()
+    patch_cuda_device_calls()
     return True
