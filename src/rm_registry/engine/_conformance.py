@@ -90,9 +90,13 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> No
     if not all(isinstance(v, float) and math.isfinite(v) for v in metrics.values()):
         raise _fail(plugin, f"loss() metrics must be finite floats, got {metrics}")
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
+    # "Reaches" means connected to the loss: a pairwise loss depends only on r_chosen - r_rejected,
+    # so the head's bias (and the final layernorm's bias) get an exactly-zero gradient, legitimately.
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     if missing:
         raise _fail(plugin, f"no gradient reaches {len(missing)} trainable parameters, e.g. {missing[:3]}")
+    if not any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.parameters()):
+        raise _fail(plugin, "the loss gradient is zero for every parameter: nothing would be learned")
 
     # Learns: a few AdamW steps on one batch lower the loss.
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg.model.optim.lr))
