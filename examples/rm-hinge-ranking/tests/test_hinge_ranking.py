@@ -107,18 +107,20 @@ def test_collate_puts_chosen_rows_first() -> None:
     assert batch["lengths"].tolist() == [3, 1, 1, 2]
 
 
-def test_build_datasets_reads_the_sample_data(cfg) -> None:  # type: ignore[no-untyped-def]
-    from rm_registry.engine import load_tokenizer
+def test_build_datasets_reads_the_sample_data() -> None:
+    from rm_registry.engine import build_config, load_tokenizer
 
+    cfg = build_config(plugin)  # default encoder_seq_length (256) fits every sample pair
     tokenizer = load_tokenizer(cfg)
     datasets = plugin.build_datasets(plugin.sample_data(), tokenizer, cfg)
     assert set(datasets) == {"train", "validation"}
     train = datasets["train"]
     assert train.stats.read == 240  # type: ignore[attr-defined]
-    assert train.stats.kept + train.stats.dropped == 240  # type: ignore[attr-defined]
+    assert (train.stats.kept, train.stats.dropped) == (240, 0)  # type: ignore[attr-defined]
+    assert len(datasets["validation"]) == 48
     chosen, rejected = train[0]
     assert chosen[-1] == tokenizer.eos_id and rejected[-1] == tokenizer.eos_id
-    assert len(chosen) <= 64
+    assert tokenizer.decode(chosen[:-1]).startswith("User: How do I")
 
 
 def test_overlong_pairs_follow_the_policy(tmp_path: Path) -> None:
