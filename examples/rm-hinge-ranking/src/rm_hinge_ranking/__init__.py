@@ -57,7 +57,7 @@ class HingeRankingPlugin:
         """Our config section, plus a shorter run for the shipped sample data."""
         return {
             "model": {"hinge_ranking": {"margin": 1.0}},
-            "trainer": {"rm": {"max_steps": 150, "val_check_interval": 50}},
+            "trainer": {"rm": {"max_steps": 60, "val_check_interval": 20}},
         }
 
     def validate_config(self, cfg: DictConfig) -> None:
