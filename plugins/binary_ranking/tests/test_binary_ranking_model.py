@@ -28,6 +28,8 @@ def test_model_class_is_the_engine_reward_model_with_one_output(plugin, setup) -
 
 
 def test_forward_loss_backward_on_sample_pairs(plugin, tokenizer, setup) -> None:
+    from rm_registry.engine.config import build_config
+
     cfg, model, train = setup
     batch = plugin.collate([train[i] for i in range(4)], tokenizer.pad_id)
     model.zero_grad()
@@ -36,9 +38,20 @@ def test_forward_loss_backward_on_sample_pairs(plugin, tokenizer, setup) -> None
     loss, metrics = plugin.loss(rewards, batch, cfg)
     assert torch.isfinite(loss) and set(metrics) >= {"loss", "accuracy", "reward_mean", "reward_std"}
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
-    assert not missing, f"no gradient reaches {missing}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+    assert not [n for n, g in grads.items() if g is None], "parameters outside the graph"
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    # Bradley-Terry only sees r_c - r_r, so a shift of every reward (the head bias) gets no
+    # gradient; everything else does.
+    zero = [n for n, g in grads.items() if not g.abs().sum() and n != "head.bias"]
+    assert not zero, f"no gradient reaches {zero}"
+    assert grads["head.bias"].abs().max() < 1e-6
+    # Reward centering pins the shift: now the bias learns too.
+    centered = build_config(plugin, overrides=[*TINY, "model.binary_ranking.center_rewards_coefficient=0.1"])
+    model.zero_grad()
+    loss, _ = plugin.loss(model(batch["tokens"], batch["lengths"]), batch, centered)
+    loss.backward()
+    assert model.head.bias.grad.abs().max() > 1e-6
 
 
 def test_padding_to_the_batch_does_not_change_rewards(plugin, tokenizer, setup) -> None:
