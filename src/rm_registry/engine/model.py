@@ -252,6 +252,10 @@ class RewardModel(MegatronModule):
             share_embeddings_and_output_weights=True,  # no vocabulary projection weights
             position_embedding_type=position_embedding_type,
         )
+        if config.params_dtype != torch.float32:
+            # Some local-spec modules (torch LayerNorm) are created in float32 whatever
+            # params_dtype says; megatron's Float16Module casts the whole model likewise.
+            self.backbone.to(config.params_dtype)
         head_config = config
         if self.head_dtype != config.params_dtype:
             head_config = dataclasses.replace(config, params_dtype=self.head_dtype)
@@ -265,6 +269,7 @@ class RewardModel(MegatronModule):
             bias=True,
             input_is_parallel=False,
             skip_bias_add=False,
+            tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
 
     @classmethod
