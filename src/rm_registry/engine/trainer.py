@@ -351,6 +351,7 @@ def train(
     if int(rm.max_steps) != -1:
         total = min(total, int(rm.max_steps))
 
+    parallel.manual_seed(int(cfg.seed))  # the same weights whatever ran before in this process
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
@@ -398,7 +399,7 @@ def train(
                         "set trainer.rm.gradient_clip_val"
                     )
                 (loss / num_micro).backward()
-                for k, v in {"loss": float(loss), **metrics}.items():
+                for k, v in {"loss": float(loss.detach()), **metrics}.items():
                     sums[k] = sums.get(k, 0.0) + float(v) / num_micro
                 tokens += int(batch["lengths"].sum())
                 padded += int(batch["tokens"].numel())

@@ -1,0 +1,104 @@
+"""The training loop end to end, in-process, with the real binary_ranking plugin and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rm_registry import ConfigError, DataError, get_reward_model
+
+TINY = [
+    "model.num_layers=2",
+    "model.hidden_size=32",
+    "model.num_attention_heads=4",
+    "model.encoder_seq_length=96",
+    "model.micro_batch_size=4",
+    "model.global_batch_size=8",
+    "model.optim.sched.warmup_steps=2",
+    "trainer.rm.val_check_interval=3",
+    "trainer.rm.save_interval=3",
+]
+
+
+def _prefs(path: Path, n: int) -> Path:
+    lines = []
+    for i in range(n):
+        a, b = i % 7, (i * 3) % 5
+        lines.append(json.dumps({"prompt": f"Q{i}: what is {a}+{b}?",
+                                 "chosen": f" It is {a + b}. Glad to help!",
+                                 "rejected": f" It is {a + b + 1}, go away."}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _build(tmp_path: Path, *extra: str):
+    from rm_registry.engine.config import build_config
+
+    plugin = get_reward_model("binary_ranking")
+    train = _prefs(tmp_path / "train.jsonl", 48)
+    val = _prefs(tmp_path / "val.jsonl", 12)
+    cfg = build_config(plugin, overrides=[*TINY, *extra], data_paths={"train": train, "validation": val})
+    return plugin, cfg
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_train_writes_metrics_checkpoints_and_resumes_exactly(tmp_path: Path) -> None:
+    from rm_registry.engine.checkpoint import find_latest, is_complete
+    from rm_registry.engine.trainer import train
+
+    plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=6")
+    full = train(plugin, cfg, tmp_path / "full", progress=False)
+    records = _records(tmp_path / "full")
+    train_steps = [r["step"] for r in records if r["split"] == "train"]
+    assert train_steps == [1, 2, 3, 4, 5, 6]  # train loss every step by default
+    val = [r for r in records if r["split"] == "validation"]
+    assert [r["step"] for r in val] == [3, 6]
+    for r in records:
+        assert isinstance(r["loss"], float)
+    assert {"accuracy", "chosen_reward_mean", "rejected_reward_mean"} <= set(val[-1])
+    assert full.last_checkpoint == find_latest(tmp_path / "full")
+    assert full.last_checkpoint.name == "step_0000006" and is_complete(full.last_checkpoint)
+    for name in ("config.yaml", "tokenizer"):
+        assert (full.last_checkpoint / name).exists()
+
+    # A run interrupted after its step-3 checkpoint (the step-6 one never completed), then resumed:
+    # steps 4-6 match the uninterrupted run, and the log holds each step once.
+    shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step_0000006")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(plugin, cfg, tmp_path / "resumed", progress=False)
+    again = train(plugin, cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert again.last_checkpoint.name == "step_0000006"
+    resumed = _records(tmp_path / "resumed")
+    assert [(r["step"], r["split"]) for r in resumed] == [(r["step"], r["split"]) for r in records]
+    for a, b in zip(records, resumed):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+
+
+def test_bad_data_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    from rm_registry.engine.trainer import train
+
+    plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=2")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": \n')
+    cfg.model.data.data_prefix.train = str(bad)
+    with pytest.raises(DataError) as info:
+        train(plugin, cfg, tmp_path / "out", progress=False)
+    assert "bad.jsonl:2" in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_little_data_names_the_batch_size(tmp_path: Path) -> None:
+    from rm_registry.engine.trainer import train
+
+    plugin, cfg = _build(tmp_path, "model.global_batch_size=64", "model.micro_batch_size=8")
+    with pytest.raises(ConfigError, match="model.global_batch_size=64"):
+        train(plugin, cfg, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
