@@ -61,6 +61,33 @@ def test_doc_example_runs(where: str, code: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, f"docs/{where} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
+_EXCERPT = re.compile(r"^<!-- excerpt: (?P<path>\S+) -->\n```\w*\n(?P<code>.*?)^```$", re.MULTILINE | re.DOTALL)
+
+
+def _excerpts() -> list[tuple[str, str, str]]:
+    cases = []
+    for page in sorted(DOCS.glob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for m in _EXCERPT.finditer(text):
+            cases.append((f"{page.name}:{text.count(chr(10), 0, m.start()) + 1}", m.group("path"), m.group("code")))
+    return cases
+
+
+EXCERPTS = _excerpts()
+
+
+def test_tutorial_quotes_the_example_plugin() -> None:
+    quoted = {path for _, path, _ in EXCERPTS}
+    assert "examples/rm-hinge-ranking/src/rm_hinge_ranking/__init__.py" in quoted
+
+
+@pytest.mark.parametrize(("where", "path", "code"), EXCERPTS, ids=[where for where, _, _ in EXCERPTS])
+def test_doc_excerpt_is_verbatim_from_its_file(where: str, path: str, code: str) -> None:
+    """A block marked ``<!-- excerpt: PATH -->`` must appear as it is in PATH: the docs never drift."""
+    source = (REPO / path).read_text(encoding="utf-8")
+    assert code in source, f"docs/{where}: the excerpt is not (any more) in {path}"
+
+
 def _fenced_commands(text: str) -> list[str]:
     return re.findall(r"^```bash\n(.*?)\n```$", text, re.MULTILINE | re.DOTALL)
 
