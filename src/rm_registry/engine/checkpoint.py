@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 
 from .._errors import ConfigError
 from . import _cpu_compat, parallel
@@ -152,14 +153,7 @@ def save_checkpoint(
             **_layout(),
         }
         _fsync_write(tmp / MARKER, json.dumps(marker, indent=2).encode("utf-8"))
-        old = directory.parent / f".{directory.name}.old"
-        if directory.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            directory.rename(old)
-        tmp.rename(directory)  # atomic on one file system: the folder appears complete or not at all
-        if old.exists():
-            shutil.rmtree(old)
+        _publish(tmp, directory)  # the folder appears complete or not at all
     parallel.barrier()
     return directory
 
@@ -233,6 +227,26 @@ def find_latest(run_dir: str | Path) -> Path:
     )
 
 
+def _why(exc: BaseException) -> str:
+    """The informative line of a (possibly wrapped, multi-rank) checkpointing error."""
+    text = str(exc)
+    found = re.findall(r"CheckpointingException: (.+)", text)
+    line = found[-1] if found else (text.strip().splitlines() or [type(exc).__name__])[0]
+    return line.strip()[:300]
+
+
+def _publish(tmp: Path, directory: Path) -> None:
+    """Move the finished temporary folder into place (rank 0). Atomic on one file system."""
+    old = directory.parent / f".{directory.name}.old"
+    if directory.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        os.rename(directory, old)
+    os.rename(tmp, directory)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
 
@@ -252,11 +266,10 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, 
     try:
         loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory / "weights"))
         model.load_state_dict(loaded, strict=True)
-    except (RuntimeError, KeyError, ValueError, AssertionError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except (Exception, CheckpointException) as exc:  # DCP's CheckpointException is a BaseException
         raise ConfigError(
             f"{directory}: the checkpoint's weights do not fit the model built from the config "
-            f"({type(exc).__name__}: {first[:300]}); was it saved with a different model.* config?"
+            f"({_why(exc)}); was it saved with a different model.* config?"
         ) from exc
 
     if not info.get("has_state"):
