@@ -11,6 +11,7 @@ Exit codes: 0 success, 1 a failed check or a failed run, 2 bad usage or bad inpu
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -134,6 +135,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     if not infos:
         print("No reward models installed; nothing to check.")
         return 0
+    providers: dict[str, set[str]] = {}
+    for info in infos:
+        if info.status != "disabled":
+            providers.setdefault(info.name, set()).add(info.distribution)
     failures = 0
     for info in infos:
         label = f"{info.name} ({info.distribution} {info.version})".replace(" )", ")")
@@ -141,8 +146,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(f"SKIP {label}: {_one_line(info.error)}")
             continue
         reasons = []
-        if info.status == "conflict":
-            reasons.append(_one_line(info.error))
+        others = providers.get(info.name, set()) - {info.distribution, _registry.IN_PROCESS}
+        if others and info.distribution != _registry.IN_PROCESS:
+            reasons.append(
+                f"conflict: {info.name!r} is also provided by {', '.join(sorted(others))}; "
+                f"get_reward_model({info.name!r}) fails until one is uninstalled or disabled "
+                f"with {_registry.DISABLE_ENV}"
+            )
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -183,7 +193,7 @@ def _engine_unavailable(reason: str) -> Callable[[argparse.Namespace], int]:
 
 def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     try:
-        from . import _engine_cli
+        _engine_cli = importlib.import_module("rm_registry._engine_cli")
     except Exception as exc:  # absent or broken: everything else keeps working
         reason = f"cannot import rm_registry._engine_cli ({type(exc).__name__}: {exc})"
         for command in ("train", "evaluate", "score"):
@@ -192,8 +202,7 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
                 help=f"{command} (unavailable: the engine CLI could not be imported)",
                 add_help=False,
             )
-            parser.add_argument("rest", nargs=argparse.REMAINDER)
-            parser.set_defaults(func=_engine_unavailable(reason))
+            parser.set_defaults(func=_engine_unavailable(reason), accepts_anything=True)
         return
     _engine_cli.add_subcommands(sub)
 
@@ -263,10 +272,8 @@ def _show_warning(
     file: TextIO | None = None,
     line: str | None = None,
 ) -> None:
-    text = _one_line(message)
-    if not text.startswith(f"{PROG}:"):
-        text = f"{PROG}: warning: {text}"
-    print(text, file=sys.stderr)
+    text = _one_line(message).removeprefix(f"{PROG}: ")
+    print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -285,7 +292,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras and not getattr(args, "accepts_anything", False):
+            # KEY=VALUE overrides may stand anywhere among the options (argparse alone would
+            # refuse those after an option); anything else is a usage error as usual.
+            if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extras):
+                parser.parse_args(argv)  # prints the usage error and exits 2
+            args.overrides = [*args.overrides, *extras]
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     except _BAD_INPUT as exc:
