@@ -12,7 +12,8 @@ listing must not import plugins.
 
 Both commands are run alternately (floor, list, floor, list, ...) after one warm-up each, so
 that drifting machine load hits both alike. Each run is a new process ("cold" interpreter;
-the OS file cache is warm for both).
+the OS file cache and Python's bytecode caches are warm for both, as after a pip install;
+``--no-bytecode-cache`` keeps ``PYTHONDONTWRITEBYTECODE`` if the environment sets it).
 
     .venv/bin/python benchmarks/bench_list.py              # 15 rounds each
     .venv/bin/python benchmarks/bench_list.py --rounds 30 --dists 5000
@@ -84,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dists", type=int, default=2000, help="extra fake distributions (default 2000)")
     parser.add_argument("--plugins", type=int, default=5, help="of which declare reward_models (default 5)")
     parser.add_argument("--python", default=sys.executable, help="interpreter of the environment to measure")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="keep PYTHONDONTWRITEBYTECODE from the environment (measures compiling our modules too)")
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="rm-bench-list-"))
@@ -92,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp), env.get("PYTHONPATH", "")) if p)
         env.pop("RM_REGISTRY_DISABLE", None)
+        if not args.no_bytecode_cache:
+            # A pip install compiles .pyc files; an editable checkout with PYTHONDONTWRITEBYTECODE=1
+            # would recompile rm_registry's modules on every run (about 15 ms), which no installed
+            # user pays. The warm-up runs below write the caches.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
         floor_cmd = [args.python, "-c", FLOOR_CODE]
         list_cmd = list_command(args.python)
 
@@ -114,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     f_med, l_med = statistics.median(floor), statistics.median(listing)
     ratio = l_med / f_med
     print(f"environment: {args.python} + {args.dists} fake distributions ({args.plugins} reward models)")
-    print(f"rounds: {args.rounds} each, alternating")
+    print(f"rounds: {args.rounds} each, alternating; bytecode cache: "
+          f"{'as the environment says' if args.no_bytecode_cache else 'on'}")
     for label, times in (("floor (entry_points only)", floor), (" ".join(list_cmd), listing)):
         print(f"{label}: median {statistics.median(times) * 1000:.1f} ms "
               f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f})")
