@@ -416,3 +416,79 @@ def test_rescan_retries_a_broken_plugin(make_plugin_dist):
         get_reward_model("fixme")
     rescan()
     assert get_reward_model("fixme").name == "fixme"
+
+
+# ------------------------------------------------------------------ conformance kit
+
+
+def test_check_protocol_lists_every_problem(fake_plugin_cls, tmp_path):
+    from rm_registry.testing import ConformanceError, check_protocol
+
+    check_protocol(fake_plugin_cls("fake_ok"))
+    check_protocol(fake_plugin_cls)  # a class is instantiated
+
+    plugin = fake_plugin_cls("fake_kit")
+    plugin.sample_data = lambda: {"train": tmp_path / "missing.jsonl"}  # type: ignore[method-assign]
+    plugin.default_config = lambda: ["not", "a", "dict"]  # type: ignore[method-assign]
+    plugin.description = ""
+    with pytest.raises(ConformanceError) as info:
+        check_protocol(plugin)
+    assert isinstance(info.value, AssertionError) and isinstance(info.value, PluginValidationError)
+    message = str(info.value)
+    assert "'description' must be a non-empty str" in message
+    assert "default_config() must return a dict, got list" in message
+    assert "missing.jsonl' is not an existing file" in message
+
+
+def test_check_plugin_skips_behaviour_when_engine_checks_are_missing(fake_plugin_cls, monkeypatch):
+    from rm_registry.testing import ConformanceError, check_plugin
+
+    check_plugin(fake_plugin_cls("fake_fast"), behaviour=False)
+    monkeypatch.setitem(sys.modules, "rm_registry.engine._conformance", None)  # as if absent
+    if _megatron_missing():
+        with pytest.warns(UserWarning, match="megatron"):
+            check_plugin(fake_plugin_cls("fake_nobehaviour"))
+        return
+    # model_class must be a class with from_config before behaviour checks can run.
+    with pytest.raises(ConformanceError, match="from_config"):
+        check_plugin(fake_plugin_cls("fake_dictmodel"))
+
+    class WithModel(fake_plugin_cls):  # type: ignore[misc, valid-type]
+        @property
+        def model_class(self) -> type:
+            class Model:
+                @classmethod
+                def from_config(cls, cfg, *, vocab_size):
+                    return cls()
+
+            return Model
+
+    with pytest.warns(UserWarning, match="_conformance is not available"):
+        check_plugin(WithModel("fake_withmodel"))
+
+
+def _megatron_missing() -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is None for m in ("torch", "megatron"))
+
+
+def test_fake_distribution_is_a_real_installed_distribution(tmp_path, monkeypatch):
+    import importlib.metadata
+
+    from rm_registry.testing import fake_distribution
+
+    site = fake_distribution(
+        tmp_path, "rm-kit-demo", "4.5",
+        {"kit_demo": "kit_demo_mod:plugin", "rm_registry_hooks": {"h": "kit_demo_hooks"}},
+        {"kit_demo_mod": "plugin = None\n", "kit_demo_pkg/__init__.py": ""},
+    )
+    monkeypatch.syspath_prepend(str(site))
+    dist = importlib.metadata.distribution("rm-kit-demo")
+    assert dist.version == "4.5"
+    groups = {(ep.group, ep.name, ep.value) for ep in dist.entry_points}
+    assert groups == {
+        ("reward_models", "kit_demo", "kit_demo_mod:plugin"),
+        ("rm_registry_hooks", "h", "kit_demo_hooks"),
+    }
+    assert (site / "kit_demo_mod.py").is_file() and (site / "kit_demo_pkg" / "__init__.py").is_file()
