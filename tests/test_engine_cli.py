@@ -1,0 +1,154 @@
+"""`rm-registry train / evaluate / score` as a user runs them: real subprocesses, real checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = [
+    "model.num_layers=2",
+    "model.hidden_size=32",
+    "model.num_attention_heads=4",
+    "model.encoder_seq_length=128",
+    "model.micro_batch_size=4",
+    "model.global_batch_size=8",
+    "trainer.rm.max_steps=4",
+    "trainer.rm.val_check_interval=2",
+    "trainer.rm.save_interval=4",
+]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "rm_registry", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def _prefs(path: Path, n: int) -> Path:
+    rows = [{"prompt": f"Q{i}: what is {i % 7}+{i % 5}?", "chosen": f" It is {i % 7 + i % 5}. Glad to help!",
+             "rejected": f" It is {i % 7 + i % 5 + 1}, go away."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("cli")
+    train, val = _prefs(d / "train.jsonl", 40), _prefs(d / "val.jsonl", 12)
+    out = d / "run"
+    proc = run("train", "binary_ranking", "--data", str(train), "--validation-data", str(val),
+               "--output", str(out), "--no-progress", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["steps"] == 4 and summary["checkpoint"].endswith("step_0000004")
+    return {"dir": d, "run": out, "train": train, "val": val}
+
+
+@pytest.mark.slow
+def test_train_output_folder(trained: dict[str, Path]) -> None:
+    run_dir = trained["run"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in lines] == [
+        (1, "train"), (2, "train"), (2, "validation"), (3, "train"), (4, "train"), (4, "validation")]
+    assert all(isinstance(r["loss"], float) for r in lines)
+    assert json.loads((run_dir / "data_stats.json").read_text())["train"]["kept"] == 40
+
+
+@pytest.mark.slow
+def test_evaluate_json_from_run_folder_and_checkpoint_folder(trained: dict[str, Path]) -> None:
+    proc = run("evaluate", "--checkpoint", str(trained["run"]), "--data", str(trained["val"]), "--json",
+               "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert {"accuracy", "loss", "chosen_reward_mean", "rejected_reward_mean"} <= set(metrics)
+    assert metrics["num_pairs"] == 12
+    one = trained["run"] / "checkpoints" / "step_0000004"
+    again = run("evaluate", "--checkpoint", str(one), "--data", str(trained["val"]), "--json", "--no-progress")
+    assert json.loads(again.stdout) == metrics
+    # the validation line of the run's last step saw the same data and weights
+    last_val = [json.loads(x) for x in (trained["run"] / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last_val["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert last_val["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_score_writes_one_reward_per_line_in_order(trained: dict[str, Path]) -> None:
+    d = trained["dir"]
+    texts = d / "texts.jsonl"
+    rows = [{"text": "Q1: what is 1+1? It is 2. Glad to help!"},
+            {"prompt": "Q1: what is 1+1?", "response": " It is 3, go away."},
+            {"text": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
+            {"text": "x" * 500}]  # longer than encoder_seq_length: cut to fit, reported
+    texts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = d / "scores" / "scores.jsonl"
+    proc = run("score", "--checkpoint", str(trained["run"]), "--data", str(texts), "--output", str(out),
+               "--batch-size", "3", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 of 4 texts were longer" in proc.stderr
+    scores = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(scores) == 4 and all(isinstance(s["reward"], float) for s in scores)
+    # The same texts one by one give the same rewards: order is kept through length sorting.
+    from rm_registry.engine.api import load_reward_model
+
+    rm = load_reward_model(trained["run"])
+    single = [rm.score([t])[0]["reward"] for t in
+              ["Q1: what is 1+1? It is 2. Glad to help!", "Q1: what is 1+1?\n It is 3, go away."]]
+    assert [s["reward"] for s in scores[:2]] == pytest.approx(single, rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        ("", "file is empty"),
+        ('{"text": "a"}\n{"text": \n', ":2: malformed JSON"),
+        ('{"text": "a"}\n["not", "an", "object"]\n', ":2: expected a JSON object"),
+        ('{"prompt": "a"}\n', ":1: expected a 'text' key, or 'prompt' and 'response'"),
+        ('{"text": 3}\n', ":1: 'text' must be a string"),
+    ],
+)
+def test_score_refuses_bad_input_with_exit_2(tmp_path: Path, content: str, fragment: str) -> None:
+    data = tmp_path / "in.jsonl"
+    data.write_text(content)
+    out = tmp_path / "out.jsonl"
+    proc = run("score", "--checkpoint", str(tmp_path / "no-run"), "--data", str(data), "--output", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert fragment in proc.stderr and str(data) in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_train_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    bad = tmp_path / "alt.jsonl"
+    bad.write_text('{"text": "chosen"}\n{"text": "rejected"}\n{"text": "lonely"}\n')
+    cases = [
+        (["train", "binary_ranking", "--data", str(bad)], "odd"),
+        (["train", "binary_ranking", "--data", str(tmp_path / "missing.jsonl")], "missing.jsonl: no such file"),
+        (["train", "binary_ranking", "trainer.rm.max_stepz=3"], "trainer.rm.max_stepz"),
+        (["train", "binary_ranking", "model.micro_batch_size=x"], "model.micro_batch_size"),
+        (["train", "no_such_arch"], "no_such_arch"),
+    ]
+    for args, fragment in cases:
+        proc = run(*args, "--output", str(out))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert fragment in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert not out.exists(), args
+
+
+def test_evaluate_missing_checkpoint_exit_2(tmp_path: Path) -> None:
+    data = _prefs(tmp_path / "v.jsonl", 2)
+    proc = run("evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(data))
+    assert proc.returncode == 2
+    assert str(tmp_path / "nothing") in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_answers() -> None:
+    for cmd in ("train", "evaluate", "score"):
+        proc = run(cmd, "--help")
+        assert proc.returncode == 0 and "example:" in proc.stdout
