@@ -10,12 +10,12 @@ checks that the committed files equal this script's output.
 
 Every attribute is decided by a feature a tiny byte-level model can see:
 
-* helpfulness: the opening phrase (five tiers, from "Whatever." to "Great question! ...");
-* correctness: whether the answer states the true fact (Paris) or a made-up one (Gotham),
+* helpfulness: the opening phrase (five tiers, from "No." to "Great question!! Happy to help :)");
+* correctness: whether the answer states the true fact (Paris) or a made-up one (Zorbia),
   and whether it hedges ("I think"); no answer at all is 2;
-* coherence: 4 minus the number of garbled fragments ("#qz!") inserted into the response;
+* coherence: 4 minus the number of garbled fragments ("#q%") inserted into the response;
 * complexity: the register of the explanatory sentences (five vocabularies, plain to technical);
-* verbosity: the number of explanatory sentences (0 to 4).
+* verbosity: the number of explanatory sentences minus one (1 to 5 sentences).
 
 Labels use all three formats the plugin reads (a NeMo-Aligner list with -100 for a missing
 attribute, a SteerLM "name:value" string, an object), about 10% of entries are missing,
@@ -37,41 +37,43 @@ SIZES = {"train": 1500, "validation": 200}
 MAX_BYTES = 255  # + EOS = 256 = the engine's default model.encoder_seq_length
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "rm_regression" / "data"
 
-# (question, true answer, made-up answer); the made-up words never appear in a true answer.
+# (question, true answer, made-up answer). The made-up answers name invented things whose names
+# start with "Z", a cue a byte-level model picks up quickly.
 FACTS = (
-    ("What is the capital of France?", "the capital is Paris", "the capital is Gotham"),
-    ("What is the capital of Japan?", "the capital is Tokyo", "the capital is Atlantis"),
-    ("How many legs does a spider have?", "it has eight legs", "it has eleven legs"),
-    ("What is the largest planet?", "it is Jupiter", "it is Vulcan"),
+    ("What is the capital of France?", "the capital is Paris", "the capital is Zorbia"),
+    ("What is the capital of Japan?", "the capital is Tokyo", "the capital is Zentar"),
+    ("How many legs does a spider have?", "it has eight legs", "it has Zuul legs"),
+    ("What is the largest planet?", "it is Jupiter", "it is Zebulon"),
     ("Who wrote Hamlet?", "Shakespeare wrote it", "Zorblat wrote it"),
-    ("What is 7 times 8?", "7 times 8 is 56", "7 times 8 is 91"),
-    ("What is the symbol for gold?", "the symbol is Au", "the symbol is Qx"),
-    ("Which animal is the fastest on land?", "the cheetah is", "the snail is"),
-    ("What gas do plants take in?", "they take in carbon dioxide", "they take in neon"),
-    ("How many days are in a week?", "a week has seven days", "a week has thirty days"),
+    ("What is the symbol for gold?", "the symbol is Au", "the symbol is Zq"),
+    ("Which animal is the fastest on land?", "the cheetah is", "the Zebu snail is"),
+    ("What gas do plants take in?", "they take in carbon dioxide", "they take in Zephyrium"),
 )
 
 # helpfulness 0..4: two openers per tier.
 OPENERS = (
-    ("Whatever.", "Not my problem."),
-    ("Fine.", "If you must."),
-    ("Okay.", "Alright."),
-    ("Sure, happy to help.", "Sure, here you go."),
-    ("Great question! Glad to help.", "Thanks for asking! Gladly."),
+    ("No.", "Whatever."),
+    ("Hmm, fine.", "If you must."),
+    ("Okay, here it is.", "Alright, here."),
+    ("Sure, happy to help!", "Sure thing, glad to help!"),
+    ("Great question!! Happy to help :)", "Thanks for asking!! Gladly :)"),
 )
 
-# complexity 0..4: explanatory sentences in five registers (each at most 30 characters).
+# complexity 0..4: explanatory sentences in five registers, from short plain words to long
+# technical ones (every register has 5 sentences).
 REGISTERS = (
-    ("It is good.", "I like it.", "It is fun.", "That is nice.", "It is big.", "We see it."),
-    ("This is a common fact.", "Many people know this.", "You can look it up.", "It is easy to check."),
-    ("This is taught in school.", "Books explain it clearly.", "Teachers often mention it.", "Most atlases show this."),
-    ("Evidence supports this claim.", "Experts broadly agree here.", "Sources corroborate this.",
-     "Research confirms it."),
-    ("Empirical consensus obtains.", "Epistemic warrant is robust.", "Canonical sources concur.",
-     "Axiomatically uncontested."),
+    ("It is so.", "I saw it.", "It is true.", "We all do.", "It is fun."),
+    ("Many people know this.", "You can look it up.", "It is easy to check.", "Most maps show it.",
+     "Kids learn this."),
+    ("Textbooks explain this.", "Teachers mention this.", "Encyclopedias agree.", "Reference works say so.",
+     "Atlases document this."),
+    ("Literature corroborates.", "Specialists acknowledge.", "Documentation agrees.", "References concur.",
+     "Historians confirm."),
+    ("Unimpeachably attested.", "Incontrovertibly so.", "Epistemically robust.", "Bibliographically noted.",
+     "Methodologically sound."),
 )
 
-GARBLE = ("#qz!", "%vx#", "@kk%", "!zq@", "#xv!")
+GARBLE = ("#q%", "%v#", "@k%", "~j@", "#x~")
 
 CORRECT_HEDGE = "I think "
 NO_ANSWER = ("I am not sure.", "I cannot say.")
@@ -89,7 +91,7 @@ def _response(rng: random.Random, values: dict[str, int], fact: tuple[str, str, 
         sentence = (CORRECT_HEDGE + answer) if hedged else answer[0].upper() + answer[1:]
         parts.append(sentence + ".")
     register = REGISTERS[values["complexity"]]
-    parts.extend(rng.sample(register, k=values["verbosity"]))  # every register has >= 4 sentences
+    parts.extend(rng.sample(register, k=values["verbosity"] + 1))  # 1..5 sentences: complexity stays visible
     for _ in range(4 - values["coherence"]):
         at = rng.randrange(1, len(parts) + 1)
         parts.insert(at, rng.choice(GARBLE))

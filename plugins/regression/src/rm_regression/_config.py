@@ -51,7 +51,7 @@ def default_config() -> dict[str, Any]:
             },
             "optim": {"lr": 2.0e-3},
         },
-        "trainer": {"rm": {"max_steps": 600, "val_check_interval": 100, "save_interval": 300}},
+        "trainer": {"rm": {"max_steps": 1000, "val_check_interval": 200, "save_interval": 500}},
     }
 
 
