@@ -203,6 +203,11 @@ class RewardModel(MegatronModule):
     """GPT backbone + pooling + reward head. Plugins subclass it and normally only override
     :meth:`from_config` (to choose ``num_outputs``).
 
+    ``sharded_state_dict()`` (inherited from ``MegatronModule``) covers the backbone and the
+    head (``head.weight`` sharded along H, ``head.bias`` replicated): what
+    :func:`rm_registry.engine.checkpoint.save_checkpoint` saves. ``backbone.output_layer`` has
+    no weight (tied embeddings, never used).
+
     Args:
         config: megatron's transformer config (see :func:`build_transformer_config`).
         vocab_size: The tokenizer's vocabulary size (unpadded).
