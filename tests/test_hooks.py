@@ -254,3 +254,55 @@ def test_register_hooks_validates():
     unregister_hooks(recorder)
     with pytest.raises(LookupError):
         unregister_hooks(recorder)
+
+
+# ------------------------------------------------------------------ pluggy imported lazily
+
+
+def _modules_after(code: str, *sites: Path) -> set[str]:
+    import json
+    import os
+    import subprocess
+
+    src = Path(rm_registry.__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "RM_REGISTRY_DISABLE"}
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, sites), str(src)])
+    script = f"import sys, json\n{code}\nprint(json.dumps(sorted(sys.modules)))\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_pluggy_is_imported_only_when_there_are_hooks(make_plugin_dist, tmp_path):
+    site = make_plugin_dist("rm-alpha", "alpha")
+    listing = "from rm_registry._cli import main\nassert main(['list']) == 0"
+    assert "pluggy" not in _modules_after(listing, site)  # no hook implementation anywhere
+    assert "pluggy" in _modules_after("from rm_registry import hookimpl", site)
+    hooks = tmp_path / "hooks_site"
+    fake_distribution(
+        hooks, "rm-policy-lazy", "1.0", {"rm_registry_hooks": {"policy": "lazy_policy_hooks"}},
+        {"lazy_policy_hooks": (
+            "from rm_registry import hookimpl\n"
+            "@hookimpl\n"
+            "def rm_registry_allow_plugin(info):\n"
+            "    return info.name != 'alpha'\n"
+        )},
+    )
+    # An installed hook implementation is still asked during `list`: alpha is refused.
+    code = (
+        "import rm_registry\n"
+        "(row,) = [r for r in rm_registry.list_reward_models() if r.name == 'alpha']\n"
+        "assert row.status == 'disabled' and 'rm_registry_allow_plugin' in row.error, row"
+    )
+    assert {"pluggy", "lazy_policy_hooks"} <= _modules_after(code, site, hooks)
+
+
+def test_hookspecs_are_marked_for_pluggy():
+    import pluggy
+
+    from rm_registry import _hooks
+
+    pm = pluggy.PluginManager(_hooks.PROJECT_NAME)
+    pm.add_hookspecs(_hooks.HookSpecs)
+    assert {name for name in vars(pm.hook) if name.startswith("rm_registry_")} == _hooks._SPEC_NAMES
+    assert rm_registry.hookspec is _hooks.hookspec and rm_registry.hookimpl is _hooks.hookimpl

@@ -27,7 +27,7 @@ from ._errors import (
     PluginValidationError,
     RMRegistryError,
 )
-from ._hooks import hookimpl, hookspec, register_hooks, unregister_hooks
+from ._hooks import register_hooks, unregister_hooks
 from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
 from ._registry import (
     ENTRY_POINT_GROUP,
@@ -70,6 +70,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    # The pluggy markers are made on first access (importing pluggy), not on import.
+    if name in ("hookimpl", "hookspec"):
+        from . import _hooks
+
+        return getattr(_hooks, name)
     # NeMo-Aligner compatibility names are built from the discovered plugins on first access,
     # so that importing rm_registry scans nothing.
     if name in ("RewardModelType", "REWARD_MODEL_CLASS_DICT"):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 import warnings
 from typing import Any, Callable, Sequence, TextIO
@@ -74,6 +73,8 @@ def _table(rows: list[list[str]]) -> str:
 def _cmd_list(args: argparse.Namespace) -> int:
     infos = _registry.list_reward_models()
     if args.json:
+        import json  # here, not at the top: the table needs no json
+
         print(json.dumps([info.as_dict() for info in infos], indent=2))
         return 0
     if not infos:
@@ -97,6 +98,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    import json
+
     plugin = _registry.get_reward_model(args.name, distribution=args.distribution)
     info = _registry._info(args.name, args.distribution)
     defaults = plugin.default_config()
@@ -207,21 +210,11 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     _engine_cli.add_subcommands(sub)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser: built-in, engine and hook-provided subcommands."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=(
-            "An open registry of reward-model architectures for RLHF. Architectures are "
-            "installed as separate distributions (entry-point group `reward_models`) and "
-            "discovered at run time."
-        ),
-        epilog=_EPILOG,
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+#: The built-in subcommands; the engine's (train, evaluate, score) and hook-added ones come after.
+_BUILTIN_COMMANDS = ("list", "info", "check")
 
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
     p_list = sub.add_parser(
         "list",
         help="list installed reward models (imports none of them)",
@@ -232,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_list.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
     p_list.set_defaults(func=_cmd_list)
 
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
     p_info = sub.add_parser(
         "info",
         help="show one reward model: distribution, description, default config",
@@ -245,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("--json", action="store_true", help="print a JSON object")
     p_info.set_defaults(func=_cmd_info)
 
+
+def _add_check(sub: argparse._SubParsersAction) -> None:
     p_check = sub.add_parser(
         "check",
         help="load, validate and run the conformance checks of plugins",
@@ -259,7 +256,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_check.set_defaults(func=_cmd_check)
 
-    _add_engine_commands(sub)
+
+_ADD_BUILTIN: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "list": _add_list,
+    "info": _add_info,
+    "check": _add_check,
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser: built-in, engine and hook-provided subcommands.
+
+    Args:
+        command: When it names a built-in command (``list``, ``info``, ``check``), only that
+            subcommand is built besides the hook-provided ones (the engine CLI is then not even
+            imported): enough to parse a command line starting with it, and cheaper. Anything
+            else (``None``, an engine or hook command, a typo) builds every subcommand, as
+            ``--help`` and "invalid choice" errors must name them all.
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "An open registry of reward-model architectures for RLHF. Architectures are "
+            "installed as separate distributions (entry-point group `reward_models`) and "
+            "discovered at run time."
+        ),
+        epilog=_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    if command in _ADD_BUILTIN:
+        _ADD_BUILTIN[command](sub)
+    else:
+        for name in _BUILTIN_COMMANDS:
+            _ADD_BUILTIN[name](sub)
+        _add_engine_commands(sub)
     _hooks.call_add_commands(sub)
     return parser
 
@@ -290,8 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
     try:
-        parser = build_parser()
+        # A command line starting with a built-in command needs only that subparser.
+        parser = build_parser(argv[0] if argv else None)
         args, extras = parser.parse_known_args(argv)
         if extras and not getattr(args, "accepts_anything", False):
             # KEY=VALUE overrides may stand anywhere among the options (argparse alone would

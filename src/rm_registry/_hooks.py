@@ -21,20 +21,26 @@ a failing implementation can be named and isolated:
 
 Hook wrappers (``wrapper=True`` / ``hookwrapper=True``) are not supported and are skipped with a
 warning.
+
+pluggy itself is imported only when there is something for it to do: a hook implementation is
+installed (and not disabled), one is registered in-process, or :data:`hookimpl` / :data:`hookspec`
+is asked for. Without hook implementations, calling a hook costs one look at the entry-point scan,
+so ``rm-registry list`` does not pay for importing pluggy.
 """
 
 from __future__ import annotations
 
-import argparse
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
-import pluggy
-
 from ._errors import PluginValidationError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    import argparse
+
+    import pluggy
+
     from ._protocol import PluginInfo, RewardModelPlugin
 
 __all__ = [
@@ -52,14 +58,41 @@ PROJECT_NAME = "rm_registry"
 #: Entry-point group of installed hook implementations.
 HOOKS_ENTRY_POINT_GROUP = "rm_registry_hooks"
 
-hookspec = pluggy.HookspecMarker(PROJECT_NAME)
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+#: The names of the hooks (the methods of :class:`HookSpecs`).
+_SPEC_NAMES = frozenset({"rm_registry_plugin_loaded", "rm_registry_allow_plugin", "rm_registry_add_commands"})
 
 
-class HookSpecs:
-    """The hooks rm-registry calls. Implement any subset, as functions marked ``@hookimpl``."""
+def __getattr__(name: str) -> Any:
+    # ``hookspec``, ``hookimpl`` and the marked ``HookSpecs`` are made on first access, so that
+    # importing rm_registry does not import pluggy.
+    if name in ("hookspec", "hookimpl", "HookSpecs"):
+        _markers()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    @hookspec
+
+def _markers() -> None:
+    """Import pluggy, define ``hookspec`` and ``hookimpl`` and mark the :class:`HookSpecs` methods."""
+    global hookspec, hookimpl, HookSpecs
+    with _lock:
+        if "HookSpecs" in globals():
+            return
+        import pluggy
+
+        spec = pluggy.HookspecMarker(PROJECT_NAME)
+        for hook_name in _SPEC_NAMES:
+            spec(getattr(_HookSpecs, hook_name))  # sets the marker attribute on the function
+        hookspec = spec
+        hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+        HookSpecs = _HookSpecs
+
+
+class _HookSpecs:
+    """The hooks rm-registry calls. Implement any subset, as functions marked ``@hookimpl``.
+
+    (Public as ``HookSpecs``, with the pluggy ``hookspec`` markers applied on first access.)
+    """
+
     def rm_registry_plugin_loaded(self, plugin: RewardModelPlugin, info: PluginInfo) -> None:
         """Called once per plugin, after it was imported and validated (or registered in-process).
 
@@ -68,7 +101,6 @@ class HookSpecs:
             info: Its registry row; ``status`` is ``loaded`` (or ``registered``).
         """
 
-    @hookspec
     def rm_registry_allow_plugin(self, info: PluginInfo) -> bool | None:
         """Decide whether an installed plugin may be imported. Called before the import.
 
@@ -78,7 +110,6 @@ class HookSpecs:
         cheap and free of side effects.
         """
 
-    @hookspec
     def rm_registry_add_commands(self, subparsers: argparse._SubParsersAction) -> None:
         """Add subcommands to the ``rm-registry`` command line.
 
@@ -92,17 +123,31 @@ _pm: pluggy.PluginManager | None = None
 _entry_points_loaded = False
 #: pluggy names of the implementations loaded from entry points -> description for messages.
 _from_entry_points: dict[str, str] = {}
-_SPEC_NAMES = frozenset(name for name in vars(HookSpecs) if name.startswith("rm_registry_"))
+assert _SPEC_NAMES == {name for name in vars(_HookSpecs) if name.startswith("rm_registry_")}
 
 
 def _bare_manager() -> pluggy.PluginManager:
     global _pm
     with _lock:
         if _pm is None:
+            import pluggy
+
+            _markers()
             pm = pluggy.PluginManager(PROJECT_NAME)
-            pm.add_hookspecs(HookSpecs)
+            pm.add_hookspecs(_HookSpecs)
             _pm = pm
         return _pm
+
+
+def _wanted_entry_points() -> dict[str, Any]:
+    """The installed hook implementations to load (``RM_REGISTRY_DISABLE`` applied), by pluggy name."""
+    from . import _registry
+
+    return {
+        f"{entry.distribution}:{entry.name}": entry
+        for entry in _registry._hook_entries()
+        if _registry._env_disabled(entry) is None
+    }
 
 
 def _manager() -> pluggy.PluginManager:
@@ -121,13 +166,7 @@ def _manager() -> pluggy.PluginManager:
 
 
 def _load_entry_point_hooks(pm: pluggy.PluginManager) -> None:
-    from . import _registry
-
-    wanted: dict[str, Any] = {}
-    for entry in _registry._hook_entries():
-        key = f"{entry.distribution}:{entry.name}"
-        if _registry._env_disabled(entry) is None:
-            wanted[key] = entry
+    wanted = _wanted_entry_points()
     # Forget implementations whose distribution went away or was disabled since (rescan).
     for key in list(_from_entry_points):
         if key not in wanted:
@@ -199,9 +238,11 @@ def register_hooks(obj: object, name: str | None = None) -> str:
     """
     pm = _bare_manager()
     with _lock:
+        from pluggy import PluginValidationError as PluggyValidationError
+
         try:
             registered = pm.register(obj, name=name)
-        except (ValueError, pluggy.PluginValidationError) as exc:
+        except (ValueError, PluggyValidationError) as exc:
             raise PluginValidationError(f"cannot register hooks from {obj!r}: {exc}") from exc
         if registered is None:  # pluggy returns None for a blocked name
             raise PluginValidationError(f"cannot register hooks from {obj!r}: name {name!r} is blocked")
@@ -217,8 +258,10 @@ def register_hooks(obj: object, name: str | None = None) -> str:
 
 def unregister_hooks(obj: object) -> None:
     """Remove hook implementations registered with :func:`register_hooks` (object or name)."""
-    pm = _bare_manager()
     with _lock:
+        if _pm is None:  # nothing was ever registered: no need to import pluggy to say so
+            raise LookupError(f"no hook implementations registered as {obj!r}")
+        pm = _pm
         plugin = pm.get_plugin(obj) if isinstance(obj, str) else obj
         if plugin is None or not pm.is_registered(plugin):
             raise LookupError(f"no hook implementations registered as {obj!r}")
@@ -238,6 +281,8 @@ def _describe(impl: pluggy.HookImpl) -> str:
 
 def _impls(hook_name: str) -> list[pluggy.HookImpl]:
     """Implementations of ``hook_name`` in call order (last registered first), wrappers skipped."""
+    if _pm is None and not _wanted_entry_points():
+        return []  # no implementation anywhere: skip importing pluggy
     caller = getattr(_manager().hook, hook_name)
     impls = []
     for impl in reversed(caller.get_hookimpls()):

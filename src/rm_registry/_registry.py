@@ -21,10 +21,8 @@ declared by two *different* distributions is a conflict that is never resolved s
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.metadata
-import inspect
 import os
 import re
 import threading
@@ -249,6 +247,8 @@ def protocol_problems(obj: object, *, expected_name: str | None = None) -> list[
     Returns:
         Human-readable problems; empty when ``obj`` conforms.
     """
+    import inspect  # here, not at the top: listing never validates, and inspect is slow to import
+
     problems: list[str] = []
     missing = []
     for member in PROTOCOL_MEMBERS:
@@ -285,6 +285,8 @@ def protocol_problems(obj: object, *, expected_name: str | None = None) -> list[
 
 def _signature_problem(member: str, method: Any) -> str | None:
     """Whether ``method`` can be called as the protocol calls it (positionally or by keyword)."""
+    import inspect
+
     try:
         expected = inspect.signature(getattr(RewardModelPlugin, member))
         actual = inspect.signature(method)
@@ -355,6 +357,8 @@ def _not_found(name: str) -> PluginNotFoundError:
             f"distribution (for example `pip install rm-regression`) or register one with "
             f"register_reward_model()"
         )
+    import difflib
+
     close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return PluginNotFoundError(
