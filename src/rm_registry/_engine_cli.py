@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,19 @@ def _is_main() -> bool:
     return info is None or info.is_main
 
 
+def _quiet_unless_first_rank() -> None:
+    """Under torchrun, only global rank 0 shows warnings (megatron-core's import-time notices would
+    otherwise appear once per process). Errors are still printed by every rank that has one.
+
+    Reads torchrun's ``RANK`` because the warnings come while importing the engine, before
+    :func:`~rm_registry.engine.parallel.initialize` knows the rank.
+    """
+    import warnings
+
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        warnings.simplefilter("ignore")
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -115,6 +129,7 @@ def _plugin_name(args: argparse.Namespace) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _quiet_unless_first_rank()
     from ._errors import ConfigError, DataError
     from ._registry import get_reward_model
 
@@ -150,6 +165,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _quiet_unless_first_rank()
     from .engine.api import load_reward_model
     from .engine.trainer import finite_for_json
 
@@ -175,6 +191,7 @@ def _print_table(metrics: dict[str, Any], indent: str = "") -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
+    _quiet_unless_first_rank()
     from ._errors import ConfigError
     from .engine.api import load_reward_model, read_score_inputs, score_file
 
