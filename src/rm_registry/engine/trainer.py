@@ -144,7 +144,7 @@ def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo) -> dict[str,
         return values
     from megatron.core import parallel_state
 
-    keys = sorted(values)
+    keys = list(values)  # every rank builds the same dict in the same order; keep it for the log line
     vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
     torch.distributed.all_reduce(vec, group=parallel_state.get_data_parallel_group())
     vec /= info.dp
@@ -357,6 +357,15 @@ def train(
     scheduler = build_scheduler(optimizer, cfg, total)
     start_step = 0
     if resume_from is not None:
+        saved_tp = int(ckpt.checkpoint_info(resume_from).get("tensor_model_parallel_size", info.tp))
+        if saved_tp != info.tp:
+            # The weights reshard, but the optimizer state is per shard (torch.optim, not Megatron's
+            # distributed optimizer): resuming it under another TP layout would fail or be wrong.
+            raise ConfigError(
+                f"--resume: {resume_from} was saved with model.tensor_model_parallel_size={saved_tp}, this run "
+                f"uses {info.tp}; resume with model.tensor_model_parallel_size={saved_tp} (the number of "
+                "data-parallel processes may change). Evaluating and scoring work under any layout."
+            )
         state = ckpt.load_checkpoint(resume_from, model)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
