@@ -127,6 +127,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from . import testing
+    from .engine import _warnings as _engine_warnings  # no torch: only the warning filters
 
     infos = _registry.list_reward_models()
     if args.names:
@@ -159,6 +160,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                # ... except megatron-core's and torch's known-harmless ones (dozens per plugin).
+                _engine_warnings.install()
                 plugin = _registry.get_reward_model(info.name, distribution=info.distribution)
                 testing.check_plugin(plugin, behaviour=not args.protocol_only)
             notes = [_one_line(w.message) for w in caught]
@@ -312,6 +315,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
+        engine_warnings = sys.modules.get("rm_registry.engine._warnings")
+        if engine_warnings is not None:
+            # The engine installs these when first imported; a previous main() in this process
+            # may have imported it inside its own catch_warnings, which dropped them on exit.
+            engine_warnings.install()
         try:
             return _main(argv)
         except KeyboardInterrupt:

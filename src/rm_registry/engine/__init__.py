@@ -12,6 +12,11 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from . import _warnings
+
+# Before any engine module imports megatron-core: silence its known-harmless warnings (only those).
+_warnings.install()
+
 # Public name -> submodule. Resolved on first access, so that importing a light submodule
 # (``rm_registry.engine.data``, ``.config``) does not import megatron-core.
 _EXPORTS = {
