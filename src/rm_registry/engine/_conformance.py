@@ -100,7 +100,7 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> No
 
     # Learns: a few AdamW steps on one batch lower the loss.
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg.model.optim.lr))
-    first = float(loss)
+    first = float(loss.detach())
     for _ in range(15):
         optimizer.zero_grad()
         loss, _ = plugin.loss(model(tokens, lengths), batch, cfg)
