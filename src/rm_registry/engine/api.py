@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -141,7 +142,11 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = ()) 
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    ckpt.load_checkpoint(path, model)
+    with warnings.catch_warnings():
+        # Only the weights matter here; the note that the per-rank *trainer* state (optimizer) is
+        # rank 0's under another layout concerns --resume, not scoring or evaluation.
+        warnings.filterwarnings("ignore", message=r".*per-rank trainer state is rank 0's", category=RuntimeWarning)
+        ckpt.load_checkpoint(path, model)
     model.eval()
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
 
