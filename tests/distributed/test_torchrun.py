@@ -144,12 +144,11 @@ def test_one_rank_logs_and_writes(runs: dict[str, Any], layout: str) -> None:
     summary = json.loads(proc.stdout)  # one JSON document: only rank 0 printed it
     assert summary["steps"] == 4 and summary["checkpoint"].endswith("step_0000004")
     assert proc.stderr.count("train: 32 samples from") == 1
-    # megatron-core's import-time warnings: shown by rank 0 only, so exactly as often as in one process
-    # (TP=2 adds a few of its own, e.g. about CUDA_DEVICE_MAX_CONNECTIONS)
+    # Warnings (if any are left unfiltered) come from rank 0 only: never more often than in one process
     warnings = Counter(line for line in proc.stderr.splitlines() if line.startswith("rm-registry: warning:"))
     single = Counter(line for line in runs["single_proc"].stderr.splitlines()
                      if line.startswith("rm-registry: warning:"))
-    assert single and {line: warnings[line] for line in single} == single
+    assert all(warnings[line] <= count for line, count in single.items()), (warnings, single)
     run = runs[layout]
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in runs["single"].iterdir())
     assert len(_metrics(run)) == len(_metrics(runs["single"])) == 6  # no line written twice
@@ -189,6 +188,7 @@ def test_evaluate_under_torchrun_equals_one_process(runs: dict[str, Any], single
     proc = torchrun(f"evaluate {layout}", "evaluate", "--checkpoint", str(runs["tp2"]), "--data", str(runs["val"]),
                     "--json", "--no-progress", *extra)
     metrics = json.loads(proc.stdout)  # printed once
+    assert "trainer state" not in proc.stderr  # loading for evaluation does not talk about --resume state
     reference = single_outputs["evaluate"]
     assert set(metrics) == set(reference)
     assert metrics["num_pairs"] == reference["num_pairs"] == 12  # every pair counted once across the ranks
