@@ -152,3 +152,17 @@ def test_help_answers() -> None:
     for cmd in ("train", "evaluate", "score"):
         proc = run(cmd, "--help")
         assert proc.returncode == 0 and "example:" in proc.stdout
+
+
+def test_info_config_prints_every_accepted_key_and_round_trips(tmp_path: Path) -> None:
+    proc = run("info", "regression", "--config")
+    assert proc.returncode == 0, proc.stderr
+    assert "reward_model_type: regression" in proc.stdout and "loss_mask_val: -100" in proc.stdout
+    # The printed tree is a valid --config file: every key in it is accepted.
+    from rm_registry import get_reward_model
+    from rm_registry.engine.config import build_config
+
+    path = tmp_path / "regression.yaml"
+    path.write_text(proc.stdout)
+    cfg = build_config(get_reward_model("regression"), config_file=path)
+    assert cfg.model.regression.loss_mask_val == -100

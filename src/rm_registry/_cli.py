@@ -101,6 +101,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     import json
 
     plugin = _registry.get_reward_model(args.name, distribution=args.distribution)
+    if args.config:
+        # The whole tree a run starts from (engine defaults + this plugin's), as YAML: every key
+        # `train` accepts, and a starting point for `train --config FILE`.
+        from .engine.config import build_config, to_yaml
+
+        print(to_yaml(build_config(plugin)), end="")
+        return 0
     info = _registry._info(args.name, args.distribution)
     defaults = plugin.default_config()
     data: dict[str, Any] = {
@@ -241,6 +248,12 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
         "--distribution", help="pick this distribution when several provide NAME", default=None
     )
     p_info.add_argument("--json", action="store_true", help="print a JSON object")
+    p_info.add_argument(
+        "--config",
+        action="store_true",
+        help="print the full default config (engine + plugin) as YAML: every key `train` accepts "
+        "(needs the [megatron] extra)",
+    )
     p_info.set_defaults(func=_cmd_info)
 
 

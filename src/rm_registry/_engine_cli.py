@@ -19,7 +19,7 @@ __all__ = ["add_subcommands"]
 
 _OVERRIDES_HELP = (
     "config overrides, key=value in OmegaConf dot-list syntax, e.g. trainer.rm.max_steps=300 "
-    "model.optim.lr=1e-4 \"model.regression.attribute_names=[a,b]\"; `rm-registry info NAME` lists the keys"
+    "model.optim.lr=1e-4 \"model.regression.attribute_names=[a,b]\"; `rm-registry info NAME --config` lists the keys"
 )
 
 
@@ -37,7 +37,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
                         "else binary_ranking")
-    p.add_argument("--config", metavar="YAML", help="a config file in the shape of `rm-registry info NAME` defaults")
+    p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full default one")
     p.add_argument("--data", metavar="JSONL", help="training data (default: the plugin's sample data)")
     p.add_argument("--validation-data", metavar="JSONL", help="validation data")
     p.add_argument("--output", metavar="DIR",

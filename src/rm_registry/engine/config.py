@@ -123,7 +123,7 @@ def _merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfi
             hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} ({source}); "
-            "`rm-registry info NAME` lists the keys this architecture accepts"
+            "`rm-registry info NAME --config` lists the keys this architecture accepts"
         )
     _check_types(defaults, plain, source)  # type: ignore[arg-type]
     OmegaConf.set_struct(base, True)
