@@ -96,8 +96,9 @@ def test_score_writes_one_reward_per_line_in_order(trained: dict[str, Path]) -> 
     from rm_registry.engine.api import load_reward_model
 
     rm = load_reward_model(trained["run"])
+    # {"prompt", "response"} is joined exactly as training joins a prompt and a response.
     single = [rm.score([t])[0]["reward"] for t in
-              ["Q1: what is 1+1? It is 2. Glad to help!", "Q1: what is 1+1?\n It is 3, go away."]]
+              ["Q1: what is 1+1? It is 2. Glad to help!", "Q1: what is 1+1? It is 3, go away."]]
     assert [s["reward"] for s in scores[:2]] == pytest.approx(single, rel=1e-4, abs=1e-5)
 
 
@@ -166,3 +167,65 @@ def test_info_config_prints_every_accepted_key_and_round_trips(tmp_path: Path) -
     path.write_text(proc.stdout)
     cfg = build_config(get_reward_model("regression"), config_file=path)
     assert cfg.model.regression.loss_mask_val == -100
+
+
+@pytest.mark.slow
+def test_load_time_overrides_are_validated(trained: dict[str, Path]) -> None:
+    base = ["evaluate", "--checkpoint", str(trained["run"]), "--data", str(trained["val"]), "--no-progress"]
+    for override, fragment in [("model.micro_batch_size=0", "model.micro_batch_size=0"),
+                               ("model.micro_batch_size=abc", "model.micro_batch_size"),
+                               ("model.data.overlong_policy=bogus", "model.data.overlong_policy='bogus'"),
+                               ("model.num_layers=3", "only model.tensor_model_parallel_size"),
+                               ("model.binary_ranking.bogus=1", "model.binary_ranking.bogus")]:
+        proc = run(*base, override)
+        assert proc.returncode == 2, (override, proc.stderr)
+        assert fragment in proc.stderr and "Traceback" not in proc.stderr, (override, proc.stderr)
+    ok = run(*base, "--json", "model.micro_batch_size=3", "model.binary_ranking.center_rewards_coefficient=0.5")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["num_pairs"] == 12
+
+
+@pytest.mark.slow
+def test_unusable_output_paths_are_refused_before_work(trained: dict[str, Path], tmp_path: Path) -> None:
+    texts = tmp_path / "t.jsonl"
+    texts.write_text('{"text": "hi"}\n')
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    for output, fragment in [(tmp_path, "is a folder"), (a_file / "x.jsonl", "is a file")]:
+        proc = run("score", "--checkpoint", str(trained["run"]), "--data", str(texts), "--output", str(output))
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for output, fragment in [(a_file, "is a file"), (a_file / "run", "is a file")]:
+        proc = run("train", "binary_ranking", "--data", str(trained["train"]), "--output", str(output), *TINY)
+        assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert a_file.read_text() == "x"
+
+
+@pytest.mark.slow
+def test_diverging_training_is_one_line_exit_1(trained: dict[str, Path], tmp_path: Path) -> None:
+    proc = run("train", "binary_ranking", "--data", str(trained["train"]), "--output", str(tmp_path / "nan"),
+               "--no-progress", *TINY, "model.optim.lr=1e30", "trainer.rm.gradient_clip_val=0",
+               "model.optim.sched.warmup_steps=0")
+    assert proc.returncode == 1, proc.stderr
+    assert "the training loss is" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_config_file_without_name_and_resume_of_a_run_without_checkpoint(trained: dict[str, Path],
+                                                                          tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  reward_model_type: binary_ranking\n")
+    out = tmp_path / "run"
+    # a run interrupted before its first checkpoint left its first files behind
+    out.mkdir()
+    (out / "config.yaml").write_text("model: {}\n")
+    (out / "metrics.jsonl").write_text('{"step": 1, "split": "train", "loss": 9.0}\n')
+    proc = run("train", "--config", str(cfg), "--data", str(trained["train"]), "--test-data", str(trained["val"]),
+               "--output", str(out), "--no-progress", *TINY, "trainer.rm.max_steps=2")
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    proc = run("train", "--config", str(cfg), "--data", str(trained["train"]), "--test-data", str(trained["val"]),
+               "--output", str(out), "--resume", "--no-progress", *TINY, "trainer.rm.max_steps=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "starting the run over" in proc.stderr
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in lines] == [(1, "train"), (2, "train"), (2, "test")]
+    assert lines[0]["loss"] != 9.0 and lines[-1]["num_pairs"] == 12

@@ -26,6 +26,7 @@ from ._errors import (
     PluginNotFoundError,
     PluginValidationError,
     RMRegistryError,
+    TrainingError,
 )
 from ._hooks import register_hooks, unregister_hooks
 from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
@@ -55,6 +56,7 @@ __all__ = [
     "RewardModelPlugin",
     "RewardModelType",
     "Tokenizer",
+    "TrainingError",
     "__version__",
     "get_reward_model",
     "hookimpl",

@@ -22,6 +22,7 @@ from ._errors import (
     DataError,
     PluginConflictError,
     PluginDisabledError,
+    PluginLoadError,
     PluginNotFoundError,
     RMRegistryError,
 )
@@ -109,14 +110,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(to_yaml(build_config(plugin)), end="")
         return 0
     info = _registry._info(args.name, args.distribution)
-    defaults = plugin.default_config()
+    try:
+        defaults = plugin.default_config()
+        description = plugin.description
+    except Exception as exc:  # the plugin's own code failed: name it, no traceback
+        raise PluginLoadError(
+            f"plugin {info.name!r} ({info.distribution} {info.version}, entry point {info.entry_point}): "
+            f"default_config() raised {type(exc).__name__}: {exc}"
+        ) from exc
     data: dict[str, Any] = {
         "name": info.name,
         "distribution": info.distribution,
         "version": info.version,
         "entry_point": info.entry_point,
         "status": info.status,
-        "description": plugin.description,
+        "description": description,
         "defaults": defaults,
     }
     if args.json:

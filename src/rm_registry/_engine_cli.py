@@ -42,7 +42,12 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--validation-data", metavar="JSONL", help="validation data")
     p.add_argument("--output", metavar="DIR",
                    help="run folder for config, metrics.jsonl and checkpoints (default: runs/NAME-YYYYmmdd-HHMMSS)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint (or start it over if it never "
+                        "reached one)")
+    p.add_argument("--distribution", metavar="DIST",
+                   help="which installed distribution provides NAME, when two do (see `rm-registry list`)")
+    p.add_argument("--test-data", metavar="JSONL", help="test data, evaluated once at the end (split 'test')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     p.set_defaults(func=_train)
@@ -58,6 +63,8 @@ def add_subcommands(subparsers: Any) -> None:
                    help="a run folder (its latest checkpoint) or one checkpoint folder")
     p.add_argument("--data", required=True, metavar="JSONL", help="labelled data")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--distribution", metavar="DIST",
+                   help="which installed distribution provides the checkpoint's architecture, when two do")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
@@ -75,6 +82,8 @@ def add_subcommands(subparsers: Any) -> None:
                    help="a run folder (its latest checkpoint) or one checkpoint folder")
     p.add_argument("--data", required=True, metavar="JSONL", help="texts to score")
     p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
+    p.add_argument("--distribution", metavar="DIST",
+                   help="which installed distribution provides the checkpoint's architecture, when two do")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="texts per forward pass (default: model.micro_batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,7 +127,8 @@ def _plugin_name(args: argparse.Namespace) -> str:
 
         path = Path(args.config)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"--config {path}: " + ("is a folder, expected a YAML file" if path.is_dir()
+                                                        else "no such file"))
         try:
             name = OmegaConf.select(OmegaConf.load(path), "model.reward_model_type")
         except Exception as exc:
@@ -128,23 +138,36 @@ def _plugin_name(args: argparse.Namespace) -> str:
     return "binary_ranking"  # NeMo-Aligner's default reward_model_type
 
 
+def _check_input_file(path: str | None, option: str) -> None:
+    from ._errors import DataError
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(p, None, f"is a folder; {option} takes a JSON Lines file")
+    if not p.is_file():
+        raise DataError(p, None, f"no such file ({option})")
+
+
 def _train(args: argparse.Namespace) -> int:
-    _quiet_unless_first_rank()
-    from ._errors import ConfigError, DataError
+    from ._errors import ConfigError
     from ._registry import get_reward_model
 
+    if args.name and "=" in args.name:  # `train --config c.yaml key=value`: no NAME given
+        args.overrides = [args.name, *args.overrides]
+        args.name = None
     name = _plugin_name(args)
-    plugin = get_reward_model(name)
-    if args.data is not None and not Path(args.data).is_file():
-        raise DataError(args.data, None, "no such file (--data)")
-    if args.validation_data is not None and not Path(args.validation_data).is_file():
-        raise DataError(args.validation_data, None, "no such file (--validation-data)")
+    plugin = get_reward_model(name, distribution=args.distribution)
+    _check_input_file(args.data, "--data")
+    _check_input_file(args.validation_data, "--validation-data")
+    _check_input_file(args.test_data, "--test-data")
 
     from .engine.config import build_config
     from .engine.trainer import train
 
     cfg = build_config(plugin, config_file=args.config, overrides=args.overrides,
-                       data_paths={"train": args.data, "validation": args.validation_data})
+                       data_paths={"train": args.data, "validation": args.validation_data, "test": args.test_data})
     if cfg.model.data.data_prefix.train is None:
         sample = dict(plugin.sample_data())
         if "train" not in sample:
@@ -169,7 +192,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.api import load_reward_model
     from .engine.trainer import finite_for_json
 
-    model = load_reward_model(args.checkpoint, overrides=args.overrides)
+    _check_input_file(args.data, "--data")
+    model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
     if _is_main():
         if args.json:
@@ -193,12 +217,15 @@ def _print_table(metrics: dict[str, Any], indent: str = "") -> None:
 def _score(args: argparse.Namespace) -> int:
     _quiet_unless_first_rank()
     from ._errors import ConfigError
+    from .engine._fs import check_output_file
     from .engine.api import load_reward_model, read_score_inputs, score_file
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive number")
+    _check_input_file(args.data, "--data")
     read_score_inputs(args.data)  # refuse bad input before loading anything
-    model = load_reward_model(args.checkpoint, overrides=args.overrides)
+    check_output_file(Path(args.output))
+    model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)
     if _is_main():
         _stderr(f"wrote {count} scores to {args.output}")

@@ -36,6 +36,10 @@ class ConfigError(RMRegistryError, ValueError):
     """A configuration key or value is invalid. The message names the key."""
 
 
+class TrainingError(RMRegistryError, RuntimeError):
+    """Training cannot go on (for example the loss became NaN or infinite). The message says what to change."""
+
+
 class DataError(RMRegistryError, ValueError):
     """An input data file is invalid.
 

@@ -416,7 +416,8 @@ def _conflict(name: str, entries: list[_Entry]) -> PluginConflictError:
     others = ",".join(e.distribution for e in entries[1:])
     return PluginConflictError(
         f"reward model {name!r} is provided by {len(entries)} distributions: {listed}. Choose one "
-        f"with get_reward_model({name!r}, distribution={first!r}), or disable the others with "
+        f"with get_reward_model({name!r}, distribution={first!r}) (on the command line: --distribution "
+        f"{first}), or disable the others with "
         f"{DISABLE_ENV}={others} (or uninstall them)"
     )
 

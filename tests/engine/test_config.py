@@ -110,7 +110,7 @@ def test_file_naming_another_architecture_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_and_malformed_files(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="nope.yaml: no such file"):
         build_config(_Plugin(), config_file=tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: [unclosed\n")
@@ -123,3 +123,18 @@ def test_data_paths_override_data_prefix() -> None:
                        data_paths={"train": "b.jsonl", "validation": None})
     assert cfg.model.data.data_prefix.train == "b.jsonl"
     assert cfg.model.data.data_prefix.validation is None
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("model.optim.betas=[0.9", "override 'model.optim.betas=[0.9': the value is not valid YAML"),
+        ("model.tokenizer=abc", "model.tokenizer is a section, not a value"),
+        ("model.optim=1", "model.optim.lr"),
+    ],
+)
+def test_malformed_values_are_one_line_errors(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(_Plugin(), overrides=[override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)

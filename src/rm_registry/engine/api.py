@@ -13,9 +13,7 @@ input order.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +26,9 @@ from .._errors import ConfigError, DataError
 from .._registry import get_reward_model
 from . import checkpoint as ckpt
 from . import parallel
-from .config import load_saved_config
-from .data import encode_text, fit_length, pad_batch, read_jsonl, render_text
+from ._fs import atomic_write_text, check_output_file
+from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
+from .data import encode_text, fit_length, join_prompt_response, pad_batch, read_jsonl, render_text
 from .tokenizer import tokenizer_from_dir
 from .trainer import _progress, evaluate_dataset
 
@@ -86,41 +85,81 @@ class LoadedRewardModel:
             out_all[idx] = values
         return out_all
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids for scoring ``text``: EOS appended, over-long text cut to ``encoder_seq_length``."""
+    def encode(self, text: str) -> tuple[list[int], bool]:
+        """Token ids for scoring ``text`` (EOS appended) and whether it was cut to ``encoder_seq_length``."""
         ids = encode_text(self.tokenizer, text)
         max_len = int(self.cfg.model.encoder_seq_length)
-        if len(ids) > max_len:
-            ids = [*ids[: max_len - 1], self.tokenizer.eos_id]
-        return ids
+        if len(ids) <= max_len:
+            return ids, False
+        return [*ids[: max_len - 1], self.tokenizer.eos_id], True
 
     def score(self, texts: Iterable[str], *, batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
-        """One JSON-ready dict per text, with a float ``reward`` (plus what the plugin adds)."""
-        ids = [self.encode(t) for t in texts]
-        if not ids:
+        """One JSON-ready dict per text, with a float ``reward`` (plus what the plugin adds).
+
+        Texts longer than ``model.encoder_seq_length`` are cut to fit, with a warning.
+        """
+        if isinstance(texts, str):
+            raise TypeError("score() takes a list of texts; wrap a single text in a list: score([text])")
+        encoded = [self.encode(t) for t in texts]
+        if not encoded:
             return []
-        return self.plugin.score_outputs(self.rewards(ids, batch_size=batch_size, progress=progress), self.cfg)
+        cut = sum(was_cut for _, was_cut in encoded)
+        if cut:
+            warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
+                          f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=2)
+        rewards = self.rewards([ids for ids, _ in encoded], batch_size=batch_size, progress=progress)
+        return self.plugin.score_outputs(rewards, self.cfg)
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
         datasets = self.plugin.build_datasets({"test": data}, self.tokenizer, self.cfg)
         dataset = datasets["test"]
+        stats = getattr(dataset, "stats", None)
+        counts = stats.as_dict() if hasattr(stats, "as_dict") else dict(stats or {})
+        if (counts.get("dropped") or counts.get("truncated")) and self.info.is_main:
+            print(f"{data}: {counts.get('kept', len(dataset))} samples evaluated; {counts.get('dropped', 0)} dropped "
+                  f"and {counts.get('truncated', 0)} truncated as longer than model.encoder_seq_length="
+                  f"{self.cfg.model.encoder_seq_length} (model.data.overlong_policy="
+                  f"{self.cfg.model.data.overlong_policy})", file=sys.stderr)
         if len(dataset) == 0:
             raise DataError(data, None, "no usable samples (all dropped as too long? see model.data.overlong_policy)")
         return evaluate_dataset(self.plugin, self.model, dataset, self.cfg, self.tokenizer, self.info,
                                 progress=progress)
 
 
-def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = ()) -> LoadedRewardModel:
+def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin_name: str) -> DictConfig:
+    """Merge the overrides allowed at load time, checked like training overrides."""
+    items = list(overrides)
+    if not items:
+        return cfg
+    layer = parse_overrides(items)
+    own = f"model.{plugin_name}."
+    for key in flatten(OmegaConf.to_container(layer)):
+        if key not in LOAD_OVERRIDES and not key.startswith(own):
+            raise ConfigError(
+                f"override {key!r}: when loading a checkpoint only {', '.join(LOAD_OVERRIDES)} and the "
+                f"architecture's own keys ({own}*) may be set; the rest describes the trained model"
+            )
+    return merge_closed(cfg, layer, "command line")
+
+
+def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
+                      distribution: str | None = None) -> LoadedRewardModel:
     """Load a run folder (its latest complete checkpoint) or one checkpoint folder.
+
+    Only the weights are read (not the optimizer state). The model is built for the current
+    layout: one process by default, or ``model.tensor_model_parallel_size=N`` under torchrun,
+    whatever the layout it was trained with.
 
     Args:
         checkpoint: ``runs/rm1`` or ``runs/rm1/checkpoints/step_0000300``.
-        overrides: ``key=value`` for the keys in :data:`LOAD_OVERRIDES` (for example the tensor
-            parallel size of this run, which may differ from the training run's).
+        overrides: ``key=value`` for the keys in :data:`LOAD_OVERRIDES` and the architecture's
+            own section (for example ``model.regression.attribute_weights=[...]`` to re-weight
+            attributes at scoring time). Validated like training overrides.
+        distribution: Which installed distribution provides the architecture, when two do.
 
     Raises:
-        ConfigError: no complete checkpoint there, or an override that is not allowed.
+        ConfigError: no complete checkpoint there, or an override that is not allowed or invalid.
     """
     path = ckpt.find_latest(Path(checkpoint))
     config_path = path / "config.yaml"
@@ -129,24 +168,18 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = ()) 
     cfg = load_saved_config(config_path.read_text(), str(config_path))
     cfg.model.tensor_model_parallel_size = 1
     cfg.model.pipeline_model_parallel_size = 1
-    items = list(overrides)
-    for item in items:
-        key = item.split("=", 1)[0]
-        if "=" not in item or key not in LOAD_OVERRIDES:
-            raise ConfigError(f"override {item!r}: only {', '.join(k + '=...' for k in LOAD_OVERRIDES)} may be set "
-                              "when loading a checkpoint")
-    if items:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(items))
-    plugin = get_reward_model(str(cfg.model.reward_model_type))
+    plugin = get_reward_model(str(cfg.model.reward_model_type), distribution=distribution)
+    cfg = _load_overrides(cfg, overrides, plugin.name)
+    if isinstance(cfg.model.micro_batch_size, int):  # no optimizer steps here: one batch is one pass
+        cfg.model.global_batch_size = cfg.model.micro_batch_size
+    validate_engine_config(cfg)
+    plugin.validate_config(cfg)
     tokenizer = tokenizer_from_dir(path / "tokenizer")
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
+    validate_engine_config(cfg, world_size=info.world_size)
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    with warnings.catch_warnings():
-        # Only the weights matter here; the note that the per-rank *trainer* state (optimizer) is
-        # rank 0's under another layout concerns --resume, not scoring or evaluation.
-        warnings.filterwarnings("ignore", message=r".*per-rank trainer state is rank 0's", category=RuntimeWarning)
-        ckpt.load_checkpoint(path, model)
+    ckpt.load_checkpoint(path, model, state=False)
     model.eval()
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
 
@@ -154,7 +187,8 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = ()) 
 def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
     """``(line, text)`` pairs to score from JSON Lines: ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` per line.
 
-    The prompt and the response are joined with a newline. Values may be chat message lists.
+    The prompt and the response are joined as in training (:func:`~.data.join_prompt_response`:
+    two strings are concatenated as they are). Values may be chat message lists.
 
     Raises:
         DataError: naming the file, the line and the problem.
@@ -164,9 +198,7 @@ def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
         if "text" in rec:
             texts.append((line, render_text(rec["text"], path=path, line=line, key="text")))
         elif "prompt" in rec and "response" in rec:
-            prompt = render_text(rec["prompt"], path=path, line=line, key="prompt")
-            response = render_text(rec["response"], path=path, line=line, key="response")
-            texts.append((line, f"{prompt}\n{response}"))
+            texts.append((line, join_prompt_response(rec["prompt"], rec["response"], path=path, line=line)))
         else:
             raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(rec)}")
     return texts
@@ -179,32 +211,23 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     ``output`` is written atomically (a temporary file renamed into place) by the main rank, so a
     failure never leaves a partial file. Returns the number of lines scored.
     """
+    check_output_file(Path(output))
     records = read_score_inputs(data)
-    max_len = int(model.cfg.model.encoder_seq_length)
     ids: list[list[int]] = []
     too_long = 0
     for line, text in records:
-        full = encode_text(model.tokenizer, text)
-        if len(full) > max_len:
+        encoded, cut = model.encode(text)
+        if cut:
             too_long += 1
             if model.cfg.model.data.overlong_policy == "error":
-                fit_length(full, max_len, "error", eos_id=model.tokenizer.eos_id, path=data, line=line)
-            full = [*full[: max_len - 1], model.tokenizer.eos_id]
-        ids.append(full)
+                fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
+                           eos_id=model.tokenizer.eos_id, path=data, line=line)
+        ids.append(encoded)
     results = model.plugin.score_outputs(model.rewards(ids, batch_size=batch_size, progress=progress), model.cfg)
     if model.info.is_main:
-        out = Path(output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                for r in results:
-                    fh.write(json.dumps(r) + "\n")
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(Path(output), "".join(json.dumps(r) + "\n" for r in results))
         if too_long:
-            print(f"{data}: {too_long} of {len(ids)} texts were longer than model.encoder_seq_length={max_len} "
+            print(f"{data}: {too_long} of {len(ids)} texts were longer than model.encoder_seq_length="
+                  f"{model.cfg.model.encoder_seq_length} "
                   "and were cut to fit", file=sys.stderr)
     return len(results)

@@ -247,8 +247,12 @@ def _publish(tmp: Path, directory: Path) -> None:
         shutil.rmtree(old)
 
 
-def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, Any]:
+def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: bool = True) -> dict[str, Any]:
     """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
+
+    With ``state=False`` (scoring, evaluation) only the weights are read and ``{}`` is returned.
+    The state files are read with ``torch.load(weights_only=True)``: tensors, numbers and
+    containers only, never arbitrary pickled objects.
 
     Every rank must call this. The weights reshard to the current layout. The returned state is
     the one this rank saved when the layout (world size and tensor-parallel size) is unchanged;
@@ -272,7 +276,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, 
             f"({_why(exc)}); was it saved with a different model.* config?"
         ) from exc
 
-    if not info.get("has_state"):
+    if not state or not info.get("has_state"):
         return {}
     rank, world = _rank_world()
     same = (info.get("world_size"), info.get("tensor_model_parallel_size")) == (
@@ -282,7 +286,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, 
     path = directory / "state" / f"rank_{rank if same else 0:05d}.pt"
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     if not same:
         warnings.warn(
             f"{directory} was saved by {info.get('world_size')} processes with tensor parallelism "
@@ -291,5 +295,5 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module) -> dict[str, 
             RuntimeWarning,
             stacklevel=2,
         )
-        state["layout_changed"] = True
-    return state
+        saved["layout_changed"] = True
+    return saved

@@ -19,6 +19,7 @@ import difflib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -32,7 +33,10 @@ __all__ = [
     "DEFAULTS_PATH",
     "build_config",
     "engine_defaults",
+    "flatten",
     "load_saved_config",
+    "merge_closed",
+    "parse_overrides",
     "to_yaml",
     "validate_engine_config",
 ]
@@ -51,14 +55,14 @@ def engine_defaults() -> DictConfig:
     return OmegaConf.load(DEFAULTS_PATH)  # type: ignore[return-value]
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a.b.c": leaf}`` for every leaf of a plain nested dict (lists are leaves)."""
     out: dict[str, Any] = {}
     if isinstance(node, Mapping):
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else str(key)
             if isinstance(value, Mapping) and value:
-                out.update(_flatten(value, path))
+                out.update(flatten(value, path))
             else:
                 out[path] = value
     return out
@@ -80,11 +84,23 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
+def _sections(known: dict[str, Any]) -> set[str]:
+    """Every inner node of the tree (``model``, ``model.optim``, ...), given its flattened leaves."""
+    return {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
+
+
 def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -> None:
     """Refuse a layer value whose kind differs from the default's (null defaults accept anything)."""
-    for key, value in _flatten(layer).items():
+    sections = _sections(defaults)
+    for key, value in flatten(layer).items():
+        if key in sections and not isinstance(value, Mapping):
+            children = sorted(k[len(key) + 1 :] for k in defaults if k.startswith(key + ".") and "." not in k[len(key) + 1 :])
+            raise ConfigError(
+                f"{key}={value!r} ({source}): {key} is a section, not a value; set its keys instead "
+                f"({', '.join(f'{key}.{c}' for c in children)})"
+            )
         if key not in defaults:
-            continue  # unknown keys are caught by the struct merge, with OmegaConf's message
+            continue  # unknown keys are reported by _unknown_keys
         default = defaults[key]
         if default is None or value is None:
             continue
@@ -99,10 +115,10 @@ def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -
 
 def _unknown_keys(known: dict[str, Any], layer: dict[str, Any]) -> list[str]:
     """Full keys of ``layer`` that the tree does not define (a key under a known leaf counts too)."""
-    prefixes = {k.rsplit(".", i)[0] for k in known for i in range(k.count(".") + 1)}
+    sections = _sections(known)
     unknown = []
-    for key in _flatten(layer):
-        if key in known or key in prefixes:
+    for key in flatten(layer):
+        if key in known or key in sections:
             continue
         parts = key.split(".")
         # A key below a known *leaf* (e.g. a mapping given where a null default is) is accepted.
@@ -112,8 +128,8 @@ def _unknown_keys(known: dict[str, Any], layer: dict[str, Any]) -> list[str]:
     return unknown
 
 
-def _merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
-    defaults = _flatten(OmegaConf.to_container(base, resolve=False))
+def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    defaults = flatten(OmegaConf.to_container(base, resolve=False))
     plain = OmegaConf.to_container(layer, resolve=False)
     unknown = _unknown_keys(defaults, plain)  # type: ignore[arg-type]
     if unknown:
@@ -135,15 +151,24 @@ def _merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfi
     return merged
 
 
-def _parse_overrides(overrides: Iterable[str]) -> DictConfig:
+def parse_overrides(overrides: Iterable[str]) -> DictConfig:
     items = list(overrides)
     for item in items:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (for example trainer.rm.max_steps=300)")
-    try:
-        return OmegaConf.from_dotlist(items)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"cannot parse overrides {items}: {exc.msg}") from None
+    layers = []
+    for item in items:
+        try:
+            layers.append(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"override {item!r}: cannot parse it ({exc.msg})") from None
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); "
+                              "quote it, e.g. \"model.regression.attribute_names=[a,b]\"") from None
+    merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 def build_config(
@@ -175,7 +200,8 @@ def build_config(
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
+            raise ConfigError(f"--config {path}: " + ("is a folder, expected a YAML file" if path.is_dir()
+                                                        else "no such file"))
         try:
             layer = OmegaConf.load(path)
         except Exception as exc:  # yaml.YAMLError and OmegaConf errors
@@ -187,9 +213,9 @@ def build_config(
             raise ConfigError(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
-        cfg = _merge_closed(cfg, layer, str(path))
+        cfg = merge_closed(cfg, layer, str(path))
     if overrides:
-        cfg = _merge_closed(cfg, _parse_overrides(overrides), "command line")
+        cfg = merge_closed(cfg, parse_overrides(overrides), "command line")
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:

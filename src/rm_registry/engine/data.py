@@ -24,6 +24,7 @@ __all__ = [
     "ListDataset",
     "read_jsonl",
     "render_text",
+    "join_prompt_response",
     "encode_text",
     "fit_length",
     "pad_batch",
@@ -119,6 +120,24 @@ def render_text(value: Any, *, path: str | Path, line: int, key: str) -> str:
     raise DataError(
         path, line, f"'{key}' must be a string or a list of chat messages, got {type(value).__name__}"
     )
+
+
+def join_prompt_response(prompt: Any, response: Any, *, path: str | Path, line: int,
+                         response_key: str = "response") -> str:
+    """The text of a prompt followed by one response, the same for training and scoring.
+
+    Two strings are concatenated as they are (the data carries its own separator, as in TRL);
+    otherwise (chat message lists) the rendered parts are joined with a newline, which renders two
+    message lists exactly as one conversation.
+
+    Raises:
+        DataError: a value that is neither a string nor a message list, naming the key.
+    """
+    p = render_text(prompt, path=path, line=line, key="prompt")
+    r = render_text(response, path=path, line=line, key=response_key)
+    if isinstance(prompt, str) and isinstance(response, str):
+        return p + r
+    return f"{p}\n{r}" if p else r
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:

@@ -10,7 +10,7 @@ Files written by the main rank into the run folder::
 
     config.yaml           the resolved config
     data_stats.json       per split: read / kept / truncated / dropped samples
-    metrics.jsonl         one JSON object per line: step, split (train|validation), loss, ...
+    metrics.jsonl         one JSON object per line: step, split (train|validation|test), loss, ...
     checkpoints/step_0000100/   dist_checkpointing weights + config + tokenizer + state
 """
 
@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError
+from .._errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from . import parallel
+from ._fs import atomic_write_text, check_output_dir
 from .config import to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
@@ -47,6 +48,7 @@ class TrainResult:
     last_checkpoint: Path | None
     steps: int
     validation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
     data_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -56,7 +58,10 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW (torch's; Megatron's optimizer needs CUDA in 0.16.1). No decay on biases and norms."""
+    """AdamW (decoupled weight decay) or Adam (L2), torch's: Megatron's optimizer needs CUDA in 0.16.1.
+
+    ``model.optim.weight_decay`` applies to weight matrices, not to biases and norms.
+    """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -68,8 +73,7 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
         {"params": no_decay, "weight_decay": 0.0},
     ]
     kwargs = {"lr": float(o.lr), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps)}
-    if o.name == "adam":
-        groups[0]["weight_decay"] = 0.0
+    if o.name == "adam":  # weight decay as an L2 term in the gradient (torch.optim.Adam semantics)
         return torch.optim.Adam(groups, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
 
@@ -276,15 +280,24 @@ def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, bytes |
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run. Refuses to mix runs."""
+    """The checkpoint to resume from, or None for a fresh run. Refuses to mix runs; writes nothing.
+
+    With ``resume``, a run folder that never reached a complete checkpoint (interrupted early)
+    starts over; a folder that is not one of our runs is refused.
+    """
+    check_output_dir(output_dir)
     if resume:
         try:
             return ckpt.find_latest(output_dir)
         except (ConfigError, FileNotFoundError) as exc:
+            if (output_dir / "config.yaml").is_file() or not output_dir.exists() or not any(output_dir.iterdir()):
+                _say(f"--resume: no complete checkpoint in {output_dir}; starting the run over")
+                return None
             raise ConfigError(f"--resume: nothing to resume in {output_dir}: {exc}") from None
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+    if output_dir.exists() and any(output_dir.iterdir()):
         raise ConfigError(
-            f"--output {output_dir} is not empty; pass --resume to continue the run in it, or choose a new folder"
+            f"--output {output_dir} is not empty; pass --resume to continue the run in it (a run stopped "
+            "before its first checkpoint starts over), or choose a new folder"
         )
     return None
 
@@ -329,7 +342,7 @@ def train(
     if "train" not in paths:
         raise ConfigError("no training data: pass --data FILE or set model.data.data_prefix.train")
     datasets = plugin.build_datasets(paths, tokenizer, cfg)
-    train_ds, val_ds = datasets["train"], datasets.get("validation")
+    train_ds, val_ds, test_ds = datasets["train"], datasets.get("validation"), datasets.get("test")
     stats = {split: _stats_dict(ds) for split, ds in datasets.items()}
     gbs, mbs = int(cfg.model.global_batch_size), int(cfg.model.micro_batch_size)
     if len(train_ds) < gbs:
@@ -373,12 +386,11 @@ def train(
         start_step = int(state["step"])
 
     if info.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(to_yaml(cfg))
-        (output_dir / "data_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+        atomic_write_text(output_dir / "config.yaml", to_yaml(cfg))
+        atomic_write_text(output_dir / "data_stats.json", json.dumps(stats, indent=2) + "\n")
         _report_data(stats, paths)
-    log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main,
-                      keep_until_step=start_step if resume_from is not None else None)
+    # A resumed run keeps the log up to its checkpoint; a run started over drops the old lines.
+    log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
     files = checkpoint_files(cfg, tokenizer)
     seed, shuffle = int(cfg.seed), bool(rm.train_random_sampler)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
@@ -388,6 +400,7 @@ def train(
     bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
     last_ckpt: Path | None = resume_from
     validation: dict[str, Any] | None = None
+    test: dict[str, Any] | None = None
     model.train()
     step = start_step
     try:
@@ -403,7 +416,7 @@ def train(
                 rewards = model(batch["tokens"], batch["lengths"])
                 loss, metrics = plugin.loss(rewards, batch, cfg)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
+                    raise TrainingError(
                         f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
                         "set trainer.rm.gradient_clip_val"
                     )
@@ -437,11 +450,16 @@ def train(
                     _say(_summary_line(done, validation))
             if done % save_every == 0 or done == total:
                 last_ckpt = _save(output_dir, done, model, optimizer, scheduler, files, info)
+        if test_ds is not None and len(test_ds):
+            test = evaluate_dataset(plugin, model, test_ds, cfg, tokenizer, info)
+            log.write(finite_for_json({"step": total, "split": "test", **test}))
+            if info.is_main and progress:
+                _say(_summary_line(total, test).replace("validation", "test"))
     finally:
         bar.close()
         log.close()
     return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=total, validation=validation,
-                       data_stats=stats, seconds=time.perf_counter() - started)
+                       test=test, data_stats=stats, seconds=time.perf_counter() - started)
 
 
 def _save(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

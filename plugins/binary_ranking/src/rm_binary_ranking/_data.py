@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from rm_registry import DataError
-from rm_registry.engine.data import ListDataset, encode_text, fit_length, read_jsonl, render_text
+from rm_registry.engine.data import (
+    ListDataset,
+    encode_text,
+    fit_length,
+    join_prompt_response,
+    read_jsonl,
+    render_text,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
@@ -131,17 +138,8 @@ def _margin(obj: Mapping[str, Any], *, path: str | Path, line: int) -> float | N
 
 
 def _join(prompt: Any, response: Any, *, path: str | Path, line: int, key: str) -> str:
-    """The prompt put before one response.
-
-    Two strings are concatenated as they are (the data carries its own separator, as in TRL);
-    otherwise (message lists) the rendered parts are joined with a newline, which renders two
-    message lists exactly as one conversation.
-    """
-    p = render_text(prompt, path=path, line=line, key="prompt")
-    r = render_text(response, path=path, line=line, key=key)
-    if isinstance(prompt, str) and isinstance(response, str):
-        return p + r
-    return f"{p}\n{r}" if p else r
+    """The prompt put before one response (the engine's rule, shared with ``rm-registry score``)."""
+    return join_prompt_response(prompt, response, path=path, line=line, response_key=key)
 
 
 def read_pairs(path: str | Path) -> Iterator[TextPair]:
