@@ -53,10 +53,12 @@ _cached: tuple[int, type[enum.Enum]] | None = None
 def _build() -> type[enum.Enum]:
     global _cached
     with _lock:
-        names = sorted({info.name for info in _registry.list_reward_models()})
+        # The generation is read before the names: a rescan in between leaves an older
+        # generation in the cache, so the next call rebuilds instead of keeping stale members.
         generation = _registry._generation
         if _cached is not None and _cached[0] == generation:
             return _cached[1]
+        names = sorted({info.name for info in _registry.list_reward_models()})
         members: dict[str, str] = {}
         for name in names:
             members.setdefault(_member_name(name), name)
