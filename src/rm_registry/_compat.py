@@ -53,12 +53,15 @@ _cached: tuple[int, type[enum.Enum]] | None = None
 def _build() -> type[enum.Enum]:
     global _cached
     with _lock:
-        # The generation is read before the names: a rescan in between leaves an older
-        # generation in the cache, so the next call rebuilds instead of keeping stale members.
-        generation = _registry._generation
-        if _cached is not None and _cached[0] == generation:
-            return _cached[1]
-        names = sorted({info.name for info in _registry.list_reward_models()})
+        # Names and generation must belong together: if a rescan or registration lands while
+        # the names are read (the first listing itself scans), read them again.
+        while True:
+            generation = _registry._generation
+            if _cached is not None and _cached[0] == generation:
+                return _cached[1]
+            names = sorted({info.name for info in _registry.list_reward_models()})
+            if _registry._generation == generation:
+                break
         members: dict[str, str] = {}
         for name in names:
             members.setdefault(_member_name(name), name)
