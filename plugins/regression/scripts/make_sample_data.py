@@ -11,8 +11,12 @@ checks that the committed files equal this script's output.
 Every attribute is decided by a feature a tiny byte-level model can see:
 
 * helpfulness: the opening phrase (five tiers, from "No." to "Great question!! Happy to help :)");
-* correctness: whether the answer states the true fact (Paris) or a made-up one (Zorbia),
-  and whether it hedges ("I think"); no answer at all is 2;
+* correctness: how many of the four things the answer names are real. Every question asks
+  for four items of a kind ("Name four planets."), the answer lists four ("Mars; Zyra; Venus;
+  Earth.") and each made-up item is an invented name starting with "Z", so the label is 4
+  minus the number of Z-names: a count the model can see, like coherence, instead of world
+  knowledge a tiny byte-level model cannot have. (The list is separated by semicolons: with
+  commas, which the helpfulness openers also contain, helpfulness was learned far later.)
 * coherence: 4 minus the number of garbled fragments ("#q%") inserted into the response;
 * complexity: the register of the explanatory sentences (five vocabularies, plain to technical);
 * verbosity: the number of explanatory sentences minus one (1 to 5 sentences).
@@ -37,17 +41,24 @@ SIZES = {"train": 1500, "validation": 200}
 MAX_BYTES = 255  # + EOS = 256 = the engine's default model.encoder_seq_length
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "rm_regression" / "data"
 
-# (question, true answer, made-up answer). The made-up answers name invented things whose names
-# start with "Z", a cue a byte-level model picks up quickly.
-FACTS = (
-    ("What is the capital of France?", "the capital is Paris", "the capital is Zorbia"),
-    ("What is the capital of Japan?", "the capital is Tokyo", "the capital is Zentar"),
-    ("How many legs does a spider have?", "it has eight legs", "it has Zuul legs"),
-    ("What is the largest planet?", "it is Jupiter", "it is Zebulon"),
-    ("Who wrote Hamlet?", "Shakespeare wrote it", "Zorblat wrote it"),
-    ("What is the symbol for gold?", "the symbol is Au", "the symbol is Zq"),
-    ("Which animal is the fastest on land?", "the cheetah is", "the Zebu snail is"),
-    ("What gas do plants take in?", "they take in carbon dioxide", "they take in Zephyrium"),
+#: (question, real items, invented items)
+Topic = tuple[str, tuple[str, ...], tuple[str, ...]]
+
+# Every invented name starts with "Z" and no real
+# one does: the cue a byte-level model can count (names are short so texts stay <= MAX_BYTES).
+TOPICS: tuple[Topic, ...] = (
+    ("Name four planets.", ("Mars", "Venus", "Earth", "Saturn", "Uranus", "Jupiter"),
+     ("Zyra", "Zorth", "Zebulon", "Zantor")),
+    ("Name four capitals.", ("Paris", "Tokyo", "Rome", "Madrid", "Oslo", "Lima"),
+     ("Zorbia", "Zentar", "Zelk", "Zavira")),
+    ("Name four rivers.", ("Nile", "Amazon", "Danube", "Rhine", "Thames", "Volga"),
+     ("Zimbo", "Zarna", "Zuul", "Zerith")),
+    ("Name four elements.", ("Iron", "Gold", "Neon", "Carbon", "Helium", "Copper"),
+     ("Zephyrium", "Zorblat", "Zinthe", "Zarkon")),
+    ("Name four plays by Shakespeare.", ("Hamlet", "Macbeth", "Othello", "Lear", "Tempest"),
+     ("Zandria", "Zelos", "Zorvin", "Zacharo")),
+    ("Name four mammals.", ("Horse", "Whale", "Lion", "Goat", "Camel", "Otter"),
+     ("Zebulot", "Zorilax", "Zunk", "Zivver")),
 )
 
 # helpfulness 0..4: two openers per tier.
@@ -75,21 +86,17 @@ REGISTERS = (
 
 GARBLE = ("#q%", "%v#", "@k%", "~j@", "#x~")
 
-CORRECT_HEDGE = "I think "
-NO_ANSWER = ("I am not sure.", "I cannot say.")
+
+def _answer(rng: random.Random, correctness: int, topic: Topic) -> str:
+    """Four items, ``correctness`` of them real and the rest invented, in random order."""
+    _, real, invented = topic
+    items = rng.sample(real, k=correctness) + rng.sample(invented, k=4 - correctness)
+    rng.shuffle(items)
+    return "; ".join(items) + "."
 
 
-def _response(rng: random.Random, values: dict[str, int], fact: tuple[str, str, str]) -> str:
-    _, true_answer, made_up = fact
-    parts = [rng.choice(OPENERS[values["helpfulness"]])]
-    correctness = values["correctness"]
-    if correctness == 2:
-        parts.append(rng.choice(NO_ANSWER))
-    else:
-        answer = true_answer if correctness >= 3 else made_up
-        hedged = correctness in (1, 3)
-        sentence = (CORRECT_HEDGE + answer) if hedged else answer[0].upper() + answer[1:]
-        parts.append(sentence + ".")
+def _response(rng: random.Random, values: dict[str, int], topic: Topic) -> str:
+    parts = [rng.choice(OPENERS[values["helpfulness"]]), _answer(rng, values["correctness"], topic)]
     register = REGISTERS[values["complexity"]]
     parts.extend(rng.sample(register, k=values["verbosity"] + 1))  # 1..5 sentences: complexity stays visible
     for _ in range(4 - values["coherence"]):
@@ -112,10 +119,10 @@ def _label(rng: random.Random, values: dict[str, int]) -> Any:
 
 def make_record(rng: random.Random) -> dict[str, Any]:
     """One ``{"text", "label"}`` line with random attribute values."""
-    fact = rng.choice(FACTS)
+    topic = rng.choice(TOPICS)
     values = {name: rng.randrange(5) for name in ATTRIBUTES}
-    response = _response(rng, values, fact)
-    question = fact[0]
+    response = _response(rng, values, topic)
+    question = topic[0]
     if rng.random() < 1 / 3:
         text: Any = [{"role": "user", "content": question}, {"role": "assistant", "content": response}]
         rendered = f"user: {question}\nassistant: {response}"
