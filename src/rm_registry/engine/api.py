@@ -177,7 +177,6 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     tokenizer = tokenizer_from_dir(path / "tokenizer")
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
-    validate_engine_config(cfg, world_size=info.world_size)
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
     ckpt.load_checkpoint(path, model, state=False)
     model.eval()
