@@ -229,3 +229,31 @@ def test_config_file_without_name_and_resume_of_a_run_without_checkpoint(trained
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["split"]) for r in lines] == [(1, "train"), (2, "train"), (2, "test")]
     assert lines[0]["loss"] != 9.0 and lines[-1]["num_pairs"] == 12
+
+
+@pytest.mark.slow
+def test_huggingface_tokenizer_run_carries_its_tokenizer(trained: dict[str, Path], tmp_path: Path) -> None:
+    """A run with a local tokenizer.json: evaluate and score need only the checkpoint folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    texts = [line for line in trained["train"].read_text().splitlines()]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>", "<pad>"]))
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    tok.save(str(tok_dir / "tokenizer.json"))
+    out = tmp_path / "hf-run"
+    proc = run("train", "binary_ranking", "--data", str(trained["train"]), "--validation-data", str(trained["val"]),
+               "--output", str(out), "--no-progress", *TINY, "trainer.rm.max_steps=2",
+               "model.tokenizer.library=huggingface", f"model.tokenizer.path={tok_dir / 'tokenizer.json'}")
+    assert proc.returncode == 0, proc.stderr
+    (tok_dir / "tokenizer.json").unlink()  # the checkpoint must not depend on the original file
+    ev = run("evaluate", "--checkpoint", str(out), "--data", str(trained["val"]), "--json", "--no-progress")
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout)["num_pairs"] == 12
+    texts_in = tmp_path / "t.jsonl"
+    texts_in.write_text('{"text": "Q1: what is 1+1? It is 2. Glad to help!"}\n')
+    sc = run("score", "--checkpoint", str(out), "--data", str(texts_in), "--output", str(tmp_path / "s.jsonl"))
+    assert sc.returncode == 0, sc.stderr
+    assert isinstance(json.loads((tmp_path / "s.jsonl").read_text())["reward"], float)
