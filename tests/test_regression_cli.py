@@ -216,3 +216,22 @@ def test_num_attributes_without_names_trains_and_names_attr_i(tmp_path: Path) ->
     metrics = json.loads(ev.stdout)
     assert isinstance(metrics["mse"], float)
     _check_attributes(metrics["attributes"], names, counts)
+
+
+@pytest.mark.slow
+def test_reweighting_at_score_time_and_shape_changing_override_refused(trained: dict[str, Any]) -> None:
+    d = trained["dir"]
+    texts = d / "rw.jsonl"
+    texts.write_text(json.dumps({"text": "user: tell me about item 3.\nassistant: very good answer 1."}) + "\n")
+    out = d / "rw_scores.jsonl"
+    weights = [1.0, 0.0, 0.0, 0.0, 0.0]
+    proc = run("score", "--checkpoint", str(trained["run"]), "--data", str(texts), "--output", str(out),
+               "--no-progress", f"model.regression.attribute_weights={json.dumps(weights)}")
+    assert proc.returncode == 0, proc.stderr
+    s = json.loads(out.read_text())
+    assert s["reward"] == pytest.approx(s["attributes"][NAMES[0]], abs=1e-6)
+    bad = run("score", "--checkpoint", str(trained["run"]), "--data", str(texts), "--output", str(d / "x.jsonl"),
+              "--no-progress", "model.regression.num_attributes=3")
+    assert bad.returncode == 2, bad.stderr
+    assert "model.regression.num_attributes=3" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (d / "x.jsonl").exists()

@@ -110,14 +110,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(to_yaml(build_config(plugin)), end="")
         return 0
     info = _registry._info(args.name, args.distribution)
+    where = f"plugin {info.name!r} ({info.distribution} {info.version}, entry point {info.entry_point})"
     try:
         defaults = plugin.default_config()
-        description = plugin.description
     except Exception as exc:  # the plugin's own code failed: name it, no traceback
-        raise PluginLoadError(
-            f"plugin {info.name!r} ({info.distribution} {info.version}, entry point {info.entry_point}): "
-            f"default_config() raised {type(exc).__name__}: {exc}"
-        ) from exc
+        raise PluginLoadError(f"{where}: default_config() raised {type(exc).__name__}: {exc}") from exc
+    try:
+        description = plugin.description
+    except Exception as exc:
+        raise PluginLoadError(f"{where}: its description raised {type(exc).__name__}: {exc}") from exc
     data: dict[str, Any] = {
         "name": info.name,
         "distribution": info.distribution,

@@ -114,7 +114,9 @@ def _quiet_unless_first_rank() -> None:
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    """A note on stderr, from global rank 0 only under torchrun."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(message, file=sys.stderr, flush=True)
 
 
 def _plugin_name(args: argparse.Namespace) -> str:
@@ -151,6 +153,7 @@ def _check_input_file(path: str | None, option: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _quiet_unless_first_rank()
     from ._errors import ConfigError
     from ._registry import get_reward_model
 
@@ -183,6 +186,8 @@ def _train(args: argparse.Namespace) -> int:
                                    "steps": result.steps, "seconds": round(result.seconds, 1)}
         if result.validation is not None:
             summary["validation"] = result.validation
+        if result.test is not None:
+            summary["test"] = result.test
         print(json.dumps(summary, indent=2))
     return 0
 

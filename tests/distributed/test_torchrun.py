@@ -144,11 +144,12 @@ def test_one_rank_logs_and_writes(runs: dict[str, Any], layout: str) -> None:
     summary = json.loads(proc.stdout)  # one JSON document: only rank 0 printed it
     assert summary["steps"] == 4 and summary["checkpoint"].endswith("step_0000004")
     assert proc.stderr.count("train: 32 samples from") == 1
-    # Warnings (if any are left unfiltered) come from rank 0 only: never more often than in one process
+    # Warnings (if any are left unfiltered) come from rank 0 only: a line printed by both ranks
+    # would appear twice, more often than in one process.
     warnings = Counter(line for line in proc.stderr.splitlines() if line.startswith("rm-registry: warning:"))
     single = Counter(line for line in runs["single_proc"].stderr.splitlines()
                      if line.startswith("rm-registry: warning:"))
-    assert all(warnings[line] <= count for line, count in single.items()), (warnings, single)
+    assert all(count <= max(1, single[line]) for line, count in warnings.items()), (warnings, single)
     run = runs[layout]
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in runs["single"].iterdir())
     assert len(_metrics(run)) == len(_metrics(runs["single"])) == 6  # no line written twice

@@ -138,3 +138,16 @@ def test_malformed_values_are_one_line_errors(override: str, fragment: str) -> N
         build_config(_Plugin(), overrides=[override])
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_plugin_default_config_raising_is_a_load_error_naming_the_plugin() -> None:
+    from rm_registry import PluginLoadError
+
+    class Broken(_Plugin):
+        name = "broken"
+
+        def default_config(self) -> dict[str, Any]:
+            raise RuntimeError("boom")
+
+    with pytest.raises(PluginLoadError, match=r"plugin 'broken': default_config\(\) raised RuntimeError: boom"):
+        build_config(Broken())

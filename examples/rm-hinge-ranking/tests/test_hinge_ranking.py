@@ -159,3 +159,22 @@ def test_sample_data_is_what_the_generator_writes() -> None:
     proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
+
+
+def test_explicit_prompt_is_joined_as_scoring_joins_it(tmp_path) -> None:
+    import json
+
+    from omegaconf import OmegaConf
+
+    from rm_hinge_ranking import plugin
+    from rm_registry.engine.config import build_config
+    from rm_registry.engine.data import encode_text
+    from rm_registry.engine.tokenizer import ByteTokenizer
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(json.dumps({"prompt": "Q: 2+2?", "chosen": " A: 4.", "rejected": " A: 5."}) + "\n")
+    tok = ByteTokenizer()
+    cfg = build_config(plugin)
+    chosen, rejected = plugin.build_datasets({"train": data}, tok, cfg)["train"][0]
+    assert chosen == encode_text(tok, "Q: 2+2? A: 4.") and rejected == encode_text(tok, "Q: 2+2? A: 5.")
+    assert OmegaConf.select(cfg, "model.hinge_ranking.margin") is not None

@@ -29,9 +29,17 @@ def _probe(ancestor: Path, option: str, path: Path) -> None:
 
 
 def check_output_dir(path: Path, option: str = "--output") -> None:
-    """Refuse ``path`` as a run folder if it is a file or cannot be created. Writes nothing."""
+    """Refuse ``path`` as a run folder if it is a file or cannot be created. Writes nothing in it.
+
+    An existing folder is checked with ``os.access`` rather than probed, so that other ranks
+    looking at it at the same moment never see a probe inside it.
+    """
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{option} {path} is a file; give a folder for the run")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: the folder is not writable")
+        return
     _probe(_existing_ancestor(path), option, path)
 
 

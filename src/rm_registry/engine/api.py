@@ -169,6 +169,7 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     cfg.model.tensor_model_parallel_size = 1
     cfg.model.pipeline_model_parallel_size = 1
     plugin = get_reward_model(str(cfg.model.reward_model_type), distribution=distribution)
+    overrides = list(overrides)
     cfg = _load_overrides(cfg, overrides, plugin.name)
     if isinstance(cfg.model.micro_batch_size, int):  # no optimizer steps here: one batch is one pass
         cfg.model.global_batch_size = cfg.model.micro_batch_size
@@ -178,7 +179,17 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    ckpt.load_checkpoint(path, model, state=False)
+    try:
+        ckpt.load_checkpoint(path, model, state=False)
+    except ConfigError as exc:
+        own = [o for o in overrides if o.startswith(f"model.{plugin.name}.")]
+        if not own:
+            raise
+        raise ConfigError(
+            f"{', '.join(own)}: this override changes the shape of the trained model, so {path} no longer "
+            "loads; only settings that keep it (for example weights used to combine outputs) can be changed "
+            "at load time"
+        ) from exc
     model.eval()
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
 

@@ -286,7 +286,13 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     path = directory / "state" / f"rank_{rank if same else 0:05d}.pt"
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
-    saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated or foreign file: name it, no traceback from torch
+        raise CheckpointNotFoundError(
+            f"{path}: unreadable trainer state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            "resume from an earlier checkpoint folder or start a new run"
+        ) from None
     if not same:
         warnings.warn(
             f"{directory} was saved by {info.get('world_size')} processes with tensor parallelism "

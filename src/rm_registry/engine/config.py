@@ -23,7 +23,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .._errors import ConfigError
+from .._errors import ConfigError, PluginLoadError
 from .data import OVERLONG_POLICIES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -192,7 +192,13 @@ def build_config(
     """
     cfg = engine_defaults()
     try:
-        plugin_layer = OmegaConf.create(plugin.default_config())
+        defaults = plugin.default_config()
+    except Exception as exc:  # the plugin's own code failed: name it, no traceback
+        raise PluginLoadError(
+            f"plugin {plugin.name!r}: default_config() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        plugin_layer = OmegaConf.create(defaults)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"plugin {plugin.name!r}: default_config() is not a valid config tree: {exc}") from None
     cfg = OmegaConf.merge(cfg, plugin_layer)  # open: the plugin adds its own section

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -380,6 +381,10 @@ def train(
                 "data-parallel processes may change). Evaluating and scoring work under any layout."
             )
         state = ckpt.load_checkpoint(resume_from, model)
+        missing = [k for k in ("optimizer", "scheduler", "rng", "step") if k not in state]
+        if missing:
+            raise ConfigError(f"--resume: {resume_from} holds no trainer state ({', '.join(missing)} missing): "
+                              "it can be evaluated and scored, not resumed")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
@@ -487,7 +492,10 @@ def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any
 
 
 def _say(message: str) -> None:
-    """One line on stderr that does not break a running progress bar."""
+    """One line on stderr that does not break a running progress bar; global rank 0 only."""
+    info = parallel.get_info()
+    if (info is not None and not info.is_main) or os.environ.get("RANK", "0") not in ("", "0"):
+        return
     from tqdm.auto import tqdm
 
     tqdm.write(message, file=sys.stderr)

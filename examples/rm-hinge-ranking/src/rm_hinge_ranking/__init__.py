@@ -79,13 +79,21 @@ class HingeRankingPlugin:
         tokenizer: Tokenizer,
         cfg: DictConfig,
     ) -> dict[str, Sequence[Any]]:
-        """Read ``{"chosen": ..., "rejected": ...}`` JSON Lines into lists of token-id pairs.
+        """Read ``{"chosen": ..., "rejected": ...}`` JSON Lines (optional ``"prompt"`` before each) into token-id pairs.
 
         Either text may be a string or a list of chat messages. A pair is dropped, truncated
         or refused as a whole when one side is longer than ``model.encoder_seq_length``
         (``model.data.overlong_policy``).
         """
-        from rm_registry.engine.data import DatasetStats, ListDataset, encode_text, fit_length, read_jsonl, render_text
+        from rm_registry.engine.data import (
+            DatasetStats,
+            ListDataset,
+            encode_text,
+            fit_length,
+            join_prompt_response,
+            read_jsonl,
+            render_text,
+        )
 
         max_len = int(cfg.model.encoder_seq_length)
         policy = str(cfg.model.data.overlong_policy)
@@ -102,7 +110,11 @@ class HingeRankingPlugin:
                 for key in ("chosen", "rejected"):
                     if key not in record:
                         raise _missing_key(path, line, key, record)
-                    text = render_text(record[key], path=path, line=line, key=key)
+                    if "prompt" in record:  # TRL's explicit prompt, joined as `rm-registry score` joins it
+                        text = join_prompt_response(record["prompt"], record[key], path=path, line=line,
+                                                    response_key=key)
+                    else:
+                        text = render_text(record[key], path=path, line=line, key=key)
                     ids, cut = fit_length(
                         encode_text(tokenizer, text), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=line
                     )
