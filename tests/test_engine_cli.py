@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-TINY = [
-    "model.num_layers=2",
-    "model.hidden_size=32",
-    "model.num_attention_heads=4",
-    "model.encoder_seq_length=128",
-    "model.micro_batch_size=4",
-    "model.global_batch_size=8",
-    "trainer.rm.max_steps=4",
-    "trainer.rm.val_check_interval=2",
-    "trainer.rm.save_interval=4",
-]
-
-
-def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "rm_registry", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+from cli_helpers import TINY
+from cli_helpers import run_cli as run
 
 
 def _prefs(path: Path, n: int) -> Path:

@@ -7,37 +7,18 @@ label formats), so nothing depends on the shipped sample files.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import TINY
+from cli_helpers import run_cli as run
 
 NAMES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
 WEIGHTS = [0.3, 0.74, 0.46, 0.47, -0.33]
 MASK = -100
 ATTRS = [f"model.regression.attribute_names=[{','.join(NAMES)}]",
          f"model.regression.attribute_weights=[{','.join(str(w) for w in WEIGHTS)}]"]
-
-TINY = [
-    "model.num_layers=2",
-    "model.hidden_size=32",
-    "model.num_attention_heads=4",
-    "model.encoder_seq_length=128",
-    "model.micro_batch_size=4",
-    "model.global_batch_size=8",
-    "trainer.rm.max_steps=4",
-    "trainer.rm.val_check_interval=2",
-    "trainer.rm.save_interval=4",
-]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "rm_registry", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
 
 
 def _values(i: int) -> list[float | None]:
