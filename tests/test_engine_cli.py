@@ -238,3 +238,18 @@ def test_huggingface_tokenizer_run_carries_its_tokenizer(trained: dict[str, Path
     sc = run("score", "--checkpoint", str(out), "--data", str(texts_in), "--output", str(tmp_path / "s.jsonl"))
     assert sc.returncode == 0, sc.stderr
     assert isinstance(json.loads((tmp_path / "s.jsonl").read_text())["reward"], float)
+
+
+@pytest.mark.slow
+def test_python_api_score_policies(trained: dict[str, Path]) -> None:
+    from rm_registry import ConfigError
+    from rm_registry.engine.api import load_reward_model
+
+    rm = load_reward_model(trained["run"])
+    with pytest.raises(TypeError, match="list of texts"):
+        rm.score("a single string")
+    with pytest.warns(UserWarning, match="1 of 2 texts were longer"):
+        assert len(rm.score(["short", "x" * 500])) == 2
+    strict = load_reward_model(trained["run"], overrides=["model.data.overlong_policy=error"])
+    with pytest.raises(ConfigError, match="text 1 .*overlong_policy=error"):
+        strict.score(["short", "x" * 500])

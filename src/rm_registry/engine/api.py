@@ -96,7 +96,8 @@ class LoadedRewardModel:
     def score(self, texts: Iterable[str], *, batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
         """One JSON-ready dict per text, with a float ``reward`` (plus what the plugin adds).
 
-        Texts longer than ``model.encoder_seq_length`` are cut to fit, with a warning.
+        Texts longer than ``model.encoder_seq_length`` are cut to fit, with a warning (or refused
+        with ``model.data.overlong_policy=error``).
         """
         if isinstance(texts, str):
             raise TypeError("score() takes a list of texts; wrap a single text in a list: score([text])")
@@ -104,6 +105,12 @@ class LoadedRewardModel:
         if not encoded:
             return []
         cut = sum(was_cut for _, was_cut in encoded)
+        if cut and self.cfg.model.data.overlong_policy == "error":
+            first = next(i for i, (_, was_cut) in enumerate(encoded) if was_cut)
+            raise ConfigError(
+                f"text {first} (0-based) is longer than model.encoder_seq_length={self.cfg.model.encoder_seq_length} "
+                "and model.data.overlong_policy=error; load with model.data.overlong_policy=truncate to cut it"
+            )
         if cut:
             warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
                           f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=2)
