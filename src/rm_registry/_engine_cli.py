@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .engine._launch import first_process
 
 __all__ = ["add_subcommands"]
 
@@ -92,30 +93,19 @@ def add_subcommands(subparsers: Any) -> None:
     p.set_defaults(func=_score)
 
 
-def _is_main() -> bool:
-    """True in a single process and on global rank 0 under torchrun."""
-    from .engine import parallel
-
-    info = parallel.get_info()
-    return info is None or info.is_main
-
-
 def _quiet_unless_first_rank() -> None:
     """Under torchrun, only global rank 0 shows warnings (megatron-core's import-time notices would
     otherwise appear once per process). Errors are still printed by every rank that has one.
-
-    Reads torchrun's ``RANK`` because the warnings come while importing the engine, before
-    :func:`~rm_registry.engine.parallel.initialize` knows the rank.
     """
     import warnings
 
-    if os.environ.get("RANK", "0") not in ("", "0"):
+    if not first_process():
         warnings.simplefilter("ignore")
 
 
 def _stderr(message: str) -> None:
     """A note on stderr, from global rank 0 only under torchrun."""
-    if os.environ.get("RANK", "0") in ("", "0"):
+    if first_process():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -181,7 +171,7 @@ def _train(args: argparse.Namespace) -> int:
         _stderr(f"no --data: training on the sample data shipped with {name} ({sample['train']})")
     output = Path(args.output) if args.output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     result = train(plugin, cfg, output, resume=args.resume, progress=not args.no_progress)
-    if _is_main():
+    if first_process():
         summary: dict[str, Any] = {"output": str(result.output_dir), "checkpoint": str(result.last_checkpoint),
                                    "steps": result.steps, "seconds": round(result.seconds, 1)}
         if result.validation is not None:
@@ -200,7 +190,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _check_input_file(args.data, "--data")
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
-    if _is_main():
+    if first_process():
         if args.json:
             print(json.dumps(metrics, allow_nan=False))
         else:
@@ -232,6 +222,6 @@ def _score(args: argparse.Namespace) -> int:
     check_output_file(Path(args.output))
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)
-    if _is_main():
+    if first_process():
         _stderr(f"wrote {count} scores to {args.output}")
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .._errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from . import parallel
 from ._fs import atomic_write_text, check_output_dir
+from ._launch import first_process
 from .config import to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
@@ -189,7 +189,7 @@ def evaluate_dataset(
     for number, idx in zip(range(info.dp_rank, len(all_batches), info.dp), mine):
         batch = plugin.collate([dataset[i] for i in idx], tokenizer.pad_id)
         rewards = model(batch["tokens"].to(info.device), batch["lengths"].to(info.device))
-        outputs.append((number, rewards.float().cpu(), {k: v for k, v in batch.items()}))
+        outputs.append((number, rewards.float().cpu(), batch))
         bar.update(1)
     bar.close()
     if info.dp > 1:
@@ -407,7 +407,6 @@ def train(
     validation: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model.train()
-    step = start_step
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
@@ -493,8 +492,7 @@ def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any
 
 def _say(message: str) -> None:
     """One line on stderr that does not break a running progress bar; global rank 0 only."""
-    info = parallel.get_info()
-    if (info is not None and not info.is_main) or os.environ.get("RANK", "0") not in ("", "0"):
+    if not first_process():
         return
     from tqdm.auto import tqdm
 
