@@ -26,6 +26,7 @@ from ._errors import (
     PluginNotFoundError,
     PluginValidationError,
     RMRegistryError,
+    StorageError,
     TrainingError,
 )
 from ._hooks import register_hooks, unregister_hooks
@@ -55,6 +56,7 @@ __all__ = [
     "RMRegistryError",
     "RewardModelPlugin",
     "RewardModelType",
+    "StorageError",
     "Tokenizer",
     "TrainingError",
     "__version__",

@@ -33,7 +33,10 @@ def add_subcommands(subparsers: Any) -> None:
         "the sample data shipped with the plugin (a quick demonstration on CPU). Works under "
         "`torchrun -m rm_registry train ...` for data and tensor parallelism.",
         epilog="example: rm-registry train binary_ranking --data prefs.jsonl --validation-data val.jsonl "
-        "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4",
+        "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4. "
+        "stopping: SIGTERM or Ctrl-C stops at once (exit 143 / 130) and names the last step; run the same "
+        "command with --resume to continue from the newest checkpoint (trainer.rm.save_interval sets how often "
+        "one is saved).",
     )
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
@@ -44,8 +47,11 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--output", metavar="DIR",
                    help="run folder for config, metrics.jsonl and checkpoints (default: runs/NAME-YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its latest checkpoint (or start it over if it never "
-                        "reached one)")
+                   help="continue the run in --output from its newest intact checkpoint (a damaged newer one is "
+                        "skipped with a warning), or start it over if it never reached one")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue the run from this checkpoint folder of it, e.g. runs/rm1/checkpoints/step_0000100 "
+                        "(implies --resume; --output defaults to its run folder)")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides NAME, when two do (see `rm-registry list`)")
     p.add_argument("--test-data", metavar="JSONL", help="test data, evaluated once at the end (split 'test')")
@@ -169,8 +175,16 @@ def _train(args: argparse.Namespace) -> int:
         if cfg.model.data.data_prefix.validation is None and sample.get("validation"):
             cfg.model.data.data_prefix.validation = str(sample["validation"])
         _stderr(f"no --data: training on the sample data shipped with {name} ({sample['train']})")
-    output = Path(args.output) if args.output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(plugin, cfg, output, resume=args.resume, progress=not args.no_progress)
+    if args.output:
+        output = Path(args.output)
+    elif args.resume_from:
+        from .engine.trainer import run_folder_of
+
+        output = run_folder_of(args.resume_from)
+    else:
+        output = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = train(plugin, cfg, output, resume=args.resume or bool(args.resume_from), progress=not args.no_progress,
+                   resume_from=args.resume_from)
     if first_process():
         summary: dict[str, Any] = {"output": str(result.output_dir), "checkpoint": str(result.last_checkpoint),
                                    "steps": result.steps, "seconds": round(result.seconds, 1)}

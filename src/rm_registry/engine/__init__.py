@@ -23,10 +23,12 @@ _EXPORTS = {
     "LoadedRewardModel": "api",
     "load_reward_model": "api",
     "score_file": "api",
+    "CheckpointDamagedError": "checkpoint",
     "find_latest": "checkpoint",
     "is_complete": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "verify_checkpoint": "checkpoint",
     "build_config": "config",
     "RewardModel": "model",
     "ParallelInfo": "parallel",
@@ -41,6 +43,7 @@ _EXPORTS = {
 
 __all__ = [
     "ByteTokenizer",
+    "CheckpointDamagedError",
     "HFTokenizer",
     "LoadedRewardModel",
     "ParallelInfo",
@@ -57,6 +60,7 @@ __all__ = [
     "save_checkpoint",
     "score_file",
     "train",
+    "verify_checkpoint",
 ]
 
 

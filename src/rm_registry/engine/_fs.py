@@ -1,14 +1,22 @@
-"""Output paths: refuse an unusable ``--output`` before any work, and write files atomically."""
+"""Output paths: refuse an unusable ``--output`` before any work, and write files atomically.
+
+Every write error (disk full, no permission, read-only file system) becomes a
+:class:`~rm_registry.StorageError` naming the path and the operating system's reason, and
+files follow the process umask like any file created with ``open``.
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from .._errors import ConfigError
+from .._errors import ConfigError, StorageError
 
-__all__ = ["check_output_dir", "check_output_file", "atomic_write_text"]
+__all__ = ["check_output_dir", "check_output_file", "atomic_write_text", "atomic_write_bytes",
+           "storage_error", "writing"]
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -50,14 +58,62 @@ def check_output_file(path: Path, option: str = "--output") -> None:
     _probe(_existing_ancestor(path.parent), option, path)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def storage_error(path: str | Path, exc: OSError, doing: str = "write") -> StorageError:
+    """``exc`` as a one-line :class:`StorageError`: ``cannot write PATH: No space left on device``."""
+    err = StorageError(f"cannot {doing} {path}: {exc.strerror or exc}")
+    err.errno, err.strerror, err.filename = exc.errno, exc.strerror, str(path)
+    err.__cause__ = exc
+    return err
+
+
+@contextmanager
+def writing(path: str | Path, doing: str = "write") -> Iterator[None]:
+    """Turn an :class:`OSError` raised inside the block into a :class:`StorageError` naming ``path``.
+
+    Buffered writes fail with an ``OSError`` that names no file (``[Errno 28] No space left on
+    device``); this names the one being written.
+    """
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except StorageError:
         raise
+    except OSError as exc:
+        raise storage_error(path, exc, doing) from exc
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
+
+    The file gets the permissions ``open`` would give (``0o666`` minus the umask), not
+    ``tempfile``'s private ``0o600``. On any error the temporary file is removed and ``path`` is
+    unchanged.
+
+    Raises:
+        StorageError: the folder or file cannot be written (names ``path`` and the reason).
+    """
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o666 & ~_umask())
+                fh.write(data)
+                fh.flush()
+                if fsync:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))

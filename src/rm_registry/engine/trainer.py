@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -27,10 +28,11 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError, TrainingError
+from .._errors import ConfigError, DataError, TrainingError
+from .._signals import Stopped
 from . import checkpoint as ckpt
 from . import parallel
-from ._fs import atomic_write_text, check_output_dir
+from ._fs import atomic_write_text, check_output_dir, writing
 from ._launch import first_process
 from .config import to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
@@ -225,26 +227,57 @@ def _progress(total: int, desc: str, *, enabled: bool, initial: int = 0) -> Any:
 
 
 class _MetricsLog:
-    """``metrics.jsonl`` writer (main rank only). On resume, lines after the checkpoint's step are dropped."""
+    """``metrics.jsonl`` writer (main rank only). On resume, lines after the checkpoint's step are dropped.
+
+    The kept lines are rewritten atomically. A torn last line (the process died or the disk filled
+    while it was written) is dropped with a warning; a bad line before it is a :class:`DataError`.
+    """
 
     def __init__(self, path: Path, *, enabled: bool, keep_until_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         if keep_until_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self._fh = path.open("a", encoding="utf-8")
+            kept = [line for line, record in _read_metrics(path) if record.get("step", 0) <= keep_until_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        with writing(path):
+            self._fh = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            self._fh.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
-            self._fh.flush()
+            with writing(self.path):
+                self._fh.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+                self._fh.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # the data that failed to flush was reported by write()
+                pass
+
+
+def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` of each line of ``metrics.jsonl``; a torn last line is dropped with a warning."""
+    with writing(path, "read"):
+        lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8",
+                                                                             errors="replace").splitlines(), 1)
+                 if line.strip()]
+    out = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if number != lines[-1][0]:
+                raise DataError(path, number, f"not a JSON object ({exc}); repair or delete the line to resume") \
+                    from None
+            warnings.warn(f"{path}:{number}: dropped a torn last line (a write was interrupted)", RuntimeWarning,
+                          stacklevel=3)
+            continue
+        out.append((line, record))
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -280,16 +313,21 @@ def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, bytes |
     return files
 
 
-def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+def _check_output_dir(output_dir: Path, resume: bool, resume_from: Path | None = None) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run. Refuses to mix runs; writes nothing.
 
     With ``resume``, a run folder that never reached a complete checkpoint (interrupted early)
-    starts over; a folder that is not one of our runs is refused.
+    starts over; a folder that is not one of our runs is refused. ``resume_from`` names one
+    checkpoint folder of the run instead of its newest intact one.
     """
     check_output_dir(output_dir)
+    if resume_from is not None:
+        return _resume_checkpoint(output_dir, resume_from)
     if resume:
         try:
             return ckpt.find_latest(output_dir)
+        except ckpt.CheckpointDamagedError:
+            raise  # never start over a run whose checkpoints exist but are damaged
         except (ConfigError, FileNotFoundError) as exc:
             if (output_dir / "config.yaml").is_file() or not output_dir.exists() or not any(output_dir.iterdir()):
                 _say(f"--resume: no complete checkpoint in {output_dir}; starting the run over")
@@ -301,6 +339,30 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
             "before its first checkpoint starts over), or choose a new folder"
         )
     return None
+
+
+def _resume_checkpoint(output_dir: Path, checkpoint: Path) -> Path:
+    """``checkpoint`` if it is an intact checkpoint folder of the run in ``output_dir``."""
+    checkpoint = Path(checkpoint)
+    if not ckpt.is_complete(checkpoint):
+        raise ckpt.CheckpointNotFoundError(
+            f"--resume-from {checkpoint}: not a complete checkpoint folder (expected "
+            f"{output_dir / 'checkpoints' / 'step_XXXXXXX'})"
+        )
+    if checkpoint.resolve().parent != (output_dir / "checkpoints").resolve():
+        raise ConfigError(f"--resume-from {checkpoint}: not a checkpoint of the run in {output_dir} "
+                          f"(expected one of {output_dir / 'checkpoints'}/step_XXXXXXX)")
+    ckpt.verify_checkpoint(checkpoint)
+    return checkpoint
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint folder ``RUN/checkpoints/step_XXXXXXX`` (for ``--resume-from``)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != "checkpoints":
+        raise ConfigError(f"--resume-from {checkpoint}: expected a checkpoint folder RUN/checkpoints/step_XXXXXXX; "
+                          "give --output RUN too")
+    return checkpoint.parent.parent
 
 
 def _same_model(saved: DictConfig, cfg: DictConfig, source: str) -> None:
@@ -322,18 +384,25 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``plugin``'s architecture as configured by ``cfg`` (see :func:`~.config.build_config`).
 
     Data and config problems raise before anything is written to ``output_dir``.
 
+    Args:
+        resume: Continue the run in ``output_dir`` from its newest intact checkpoint (a damaged
+            newer one is skipped with a warning).
+        resume_from: Continue from this checkpoint folder of the run (``OUTPUT/checkpoints/step_...``).
+
     Raises:
         ConfigError: bad config, a non-empty ``output_dir`` without ``resume``, too little data.
         DataError: a bad data file (names the file and line).
+        StorageError: a file of the run cannot be written (disk full, no permission).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    resume_from = _check_output_dir(output_dir, resume)
+    resume_from = _check_output_dir(output_dir, resume, None if resume_from is None else Path(resume_from))
     if resume_from is not None:
         saved = OmegaConf.load(resume_from / "config.yaml")
         _same_model(saved, cfg, str(resume_from))
@@ -389,6 +458,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_step = int(state["step"])
+        _say(f"resuming from step {start_step} (checkpoint {resume_from})")
 
     if info.is_main:
         atomic_write_text(output_dir / "config.yaml", to_yaml(cfg))
@@ -407,6 +477,7 @@ def train(
     validation: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model.train()
+    done = start_step
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
@@ -459,6 +530,9 @@ def train(
             log.write(finite_for_json({"step": total, "split": "test", **test}))
             if info.is_main and progress:
                 _say(_summary_line(total, test).replace("validation", "test"))
+    except Stopped as exc:  # SIGTERM / Ctrl-C: the CLI says at which step, and how to go on
+        exc.step = done
+        raise
     finally:
         bar.close()
         log.close()
