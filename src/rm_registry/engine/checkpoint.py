@@ -209,7 +209,7 @@ def _write_failure(exc: BaseException, directory: Path, tmp: Path) -> StorageErr
 
     ``None`` when ``exc`` is not a write error (a stop signal, a bug): it is re-raised as it is.
     """
-    if not isinstance(exc, Exception):
+    if not isinstance(exc, (Exception, CheckpointException)):  # DCP's CheckpointException is a BaseException
         return None
     todo: list[BaseException | None] = [exc]
     seen: set[int] = set()
@@ -257,8 +257,9 @@ def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-#: Checkpoints verified by this process: (folder, marker mtime) - find_latest then load read them once.
-_VERIFIED: set[tuple[str, int]] = set()
+#: Checkpoints verified by this process, with the size, mtime and inode of each file then: find_latest
+#: and load_checkpoint read a checkpoint once, and a file changed since is checked again.
+_VERIFIED: set[tuple[str, tuple[tuple[str, int, int, int], ...]]] = set()
 
 
 def verify_checkpoint(directory: str | Path) -> None:
@@ -275,15 +276,13 @@ def verify_checkpoint(directory: str | Path) -> None:
     files = checkpoint_info(directory).get("files")
     if files is None:
         return
-    key = (str(directory.resolve()), (directory / MARKER).stat().st_mtime_ns)
-    if key in _VERIFIED:
-        return
 
     def damaged(path: Path, why: str) -> CheckpointDamagedError:
         return CheckpointDamagedError(f"{path}: damaged checkpoint file ({why})", path)
 
     if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
         raise damaged(directory / MARKER, "its list of files is not valid")
+    stats = []
     for rel in files:  # sizes first: cheap, and what truncation changes
         rel_path = Path(rel)
         if rel_path.is_absolute() or ".." in rel_path.parts:
@@ -291,10 +290,14 @@ def verify_checkpoint(directory: str | Path) -> None:
         path = directory / rel_path
         if not path.is_file():
             raise damaged(path, "missing")
-        size, saved = path.stat().st_size, files[rel].get("size")
-        if size != saved:
-            raise damaged(path, f"{size} bytes, {saved} when saved" + ("; truncated" if isinstance(saved, int)
-                                                                       and size < saved else ""))
+        stat, saved = path.stat(), files[rel].get("size")
+        if stat.st_size != saved:
+            raise damaged(path, f"{stat.st_size} bytes, {saved} when saved"
+                          + ("; truncated" if isinstance(saved, int) and stat.st_size < saved else ""))
+        stats.append((rel, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    key = (str(directory.resolve()), tuple(stats))
+    if key in _VERIFIED:  # checked by this process and unchanged since: no second read
+        return
     for rel, meta in files.items():
         if _crc32(directory / rel) != meta.get("crc32"):
             raise damaged(directory / rel, "contents differ from when it was saved: checksum mismatch")
