@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from cli_helpers import prefs
 
 from rm_registry import StorageError
 from rm_registry._cli import main
@@ -31,18 +32,11 @@ TINY = [
 ]
 
 
-def _prefs(path: Path, n: int) -> Path:
-    rows = [{"prompt": f"Q{i}: what is {i % 7}+{i % 5}?", "chosen": f" It is {i % 7 + i % 5}. Glad to help!",
-             "rejected": f" It is {i % 7 + i % 5 + 1}, go away."} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One run with checkpoints at steps 2 and 4 (copied by each test that changes it)."""
     d = tmp_path_factory.mktemp("failures")
-    data = {"train": _prefs(d / "train.jsonl", 32), "val": _prefs(d / "val.jsonl", 8)}
+    data = {"train": prefs(d / "train.jsonl", 32), "val": prefs(d / "val.jsonl", 8)}
     assert main(["train", "binary_ranking", "--data", str(data["train"]), "--validation-data", str(data["val"]),
                  "--output", str(d / "run"), "--no-progress", *TINY]) == 0
     return {"run": d / "run", **data}
