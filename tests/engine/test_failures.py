@@ -249,3 +249,21 @@ def test_unwrapped_os_error_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(engine_cli, "_evaluate", denied)
     assert main(["evaluate", "--checkpoint", str(made["run"]), "--data", str(made["val"])]) == 1
     assert capsys.readouterr().err == "rm-registry: error: /somewhere/file: Permission denied\n"
+
+
+def test_stopped_while_replacing_a_checkpoint_keeps_the_old_one(build_model: Callable[..., Any], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped between the two renames of a save that replaces a step: the previous folder comes back."""
+    target = ckpt.save_checkpoint(tmp_path / "checkpoints" / "step_0000002", build_model(), state={"step": 2})
+    real_rename = os.rename
+
+    def rename(src: Any, dst: Any) -> None:
+        if Path(src).name == ".step_0000002.tmp":  # target -> .old done, .tmp -> target not yet
+            raise KeyboardInterrupt
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save_checkpoint(target, build_model(seed=5), state={"step": 2})
+    monkeypatch.undo()
+    assert ckpt.find_latest(tmp_path) == target and sorted(p.name for p in target.parent.iterdir()) == ["step_0000002"]

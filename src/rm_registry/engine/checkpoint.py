@@ -153,6 +153,7 @@ def save_checkpoint(
         failure = _write_failure(exc, directory, tmp)  # before the removal frees the space
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
+            _undo_publish(directory)
         if failure is None:
             raise
         raise failure from None
@@ -409,6 +410,13 @@ def _publish(tmp: Path, directory: Path) -> None:
     os.rename(tmp, directory)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _undo_publish(directory: Path) -> None:
+    """Put back the checkpoint a stopped :func:`_publish` had moved aside (a save replacing a step)."""
+    old = directory.parent / f".{directory.name}.old"
+    if old.is_dir() and not directory.exists():
+        os.rename(old, directory)
 
 
 def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: bool = True) -> dict[str, Any]:
