@@ -71,6 +71,7 @@ DAMAGE: dict[str, tuple[str, Callable[[Path], None]]] = {
 }
 
 
+@pytest.mark.slow
 def test_manifest_lists_every_file_with_size_and_checksum(made: dict[str, Path]) -> None:
     folder = _step(made["run"], 4)
     files = ckpt.checkpoint_info(folder)["files"]
@@ -81,6 +82,7 @@ def test_manifest_lists_every_file_with_size_and_checksum(made: dict[str, Path])
 
 
 @pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.slow
 def test_damaged_checkpoint_is_named_and_the_run_falls_back(run: Path, made: dict[str, Path], damage: str,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     rel, spoil = DAMAGE[damage]
@@ -88,7 +90,8 @@ def test_damaged_checkpoint_is_named_and_the_run_falls_back(run: Path, made: dic
     spoil(newest / rel)
     with pytest.raises(ckpt.CheckpointDamagedError, match=rf"step_0000004/{rel}: damaged checkpoint file"):
         ckpt.verify_checkpoint(newest)
-    with pytest.warns(RuntimeWarning, match=rf"skipping a damaged checkpoint: .*step_0000004/{rel}.*using .*step_0000002"):
+    skipped = rf"skipping a damaged checkpoint: .*step_0000004/{rel}.*using .*step_0000002"
+    with pytest.warns(RuntimeWarning, match=skipped):
         assert ckpt.find_latest(run) == _step(run, 2)
 
     # The checkpoint folder itself: exit 2, one line naming the damaged file.
@@ -129,6 +132,7 @@ def test_resume_skips_a_damaged_checkpoint_and_can_be_pointed_at_one(run: Path, 
     assert "step_0000002/weights/__0_0.distcp: damaged checkpoint file" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_every_checkpoint_damaged_is_refused_not_restarted(run: Path, made: dict[str, Path],
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     for step in (2, 4):
@@ -141,7 +145,8 @@ def test_every_checkpoint_damaged_is_refused_not_restarted(run: Path, made: dict
     assert (run / "metrics.jsonl").read_text() == metrics  # nothing started over
 
 
-def test_checkpoint_saved_before_manifests_still_loads(run: Path, build_model: Callable[..., Any]) -> None:
+@pytest.mark.slow
+def test_checkpoint_saved_before_manifests_still_loads(run: Path) -> None:
     folder = _step(run, 4)
     marker = json.loads((folder / ckpt.MARKER).read_text())
     del marker["files"]
@@ -150,6 +155,7 @@ def test_checkpoint_saved_before_manifests_still_loads(run: Path, build_model: C
     assert ckpt.find_latest(run) == folder
 
 
+@pytest.mark.slow
 def test_torn_last_metrics_line_is_dropped_with_a_warning(run: Path, made: dict[str, Path],
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from rm_registry.engine.trainer import _MetricsLog
@@ -171,6 +177,7 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(run: Path, made: dict[
     assert "metrics.jsonl:2: not a JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_files_follow_the_umask(made: dict[str, Path], tmp_path: Path) -> None:
     from rm_registry.engine._fs import atomic_write_text
 
@@ -205,8 +212,9 @@ def test_full_disk_while_saving_a_checkpoint(build_model: Callable[..., Any], tm
     assert list(target.parent.iterdir()) == []  # the temporary folder is gone
 
 
-def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, made: dict[str, Path],
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow
+def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from rm_registry.engine._fs import atomic_write_text
     from rm_registry.engine.trainer import _MetricsLog
 
@@ -239,6 +247,7 @@ def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: p
     assert err == [f"rm-registry: error: cannot write {tmp_path / 'scores.jsonl'}: No space left on device"]
 
 
+@pytest.mark.slow
 def test_unwrapped_os_error_is_one_line_exit_1(monkeypatch: pytest.MonkeyPatch, made: dict[str, Path],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     import rm_registry._engine_cli as engine_cli
