@@ -31,12 +31,11 @@ def add_subcommands(subparsers: Any) -> None:
         help="train a reward model",
         description="Train a reward model of architecture NAME on JSON Lines data. With no --data, trains on "
         "the sample data shipped with the plugin (a quick demonstration on CPU). Works under "
-        "`torchrun -m rm_registry train ...` for data and tensor parallelism.",
+        "`torchrun -m rm_registry train ...` for data and tensor parallelism. SIGTERM or Ctrl-C stops the run "
+        "at once (exit 143 / 130) naming the last step; the same command with --resume continues from the newest "
+        "checkpoint (trainer.rm.save_interval sets how often one is saved).",
         epilog="example: rm-registry train binary_ranking --data prefs.jsonl --validation-data val.jsonl "
-        "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4. "
-        "stopping: SIGTERM or Ctrl-C stops at once (exit 143 / 130) and names the last step; run the same "
-        "command with --resume to continue from the newest checkpoint (trainer.rm.save_interval sets how often "
-        "one is saved).",
+        "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4",
     )
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
