@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,14 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from rm_registry.engine.parallel import _free_port
+
 SCRIPT = Path(__file__).with_name("_dp_reduce_script.py")
 CLIP = 0.05
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
