@@ -169,9 +169,9 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     Raises:
         ConfigError: no complete checkpoint there, or an override that is not allowed or invalid.
     """
-    from .hf import is_hf_folder
+    from .hf import looks_like_hf_folder
 
-    if is_hf_folder(checkpoint):
+    if looks_like_hf_folder(checkpoint):
         return _load_hf_folder(Path(checkpoint), overrides, distribution)
     path = ckpt.find_latest(Path(checkpoint))
     config_path = path / "config.yaml"

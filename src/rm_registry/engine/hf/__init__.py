@@ -25,6 +25,7 @@ _EXPORTS = {
     "family_of": "_folder",
     "folder_tokenizer": "_folder",
     "is_hf_folder": "_folder",
+    "looks_like_hf_folder": "_folder",
     "pretrained_settings": "_folder",
     "read_config": "_folder",
     "load_hf_weights": "_load",

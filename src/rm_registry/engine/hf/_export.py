@@ -37,7 +37,7 @@ __all__ = ["export_checkpoint", "export_model", "hf_folder_config", "byte_tokeni
 _KEPT = ("encoder_seq_length", "micro_batch_size", "force_head_dtype")
 _BYTE_EOS, _BYTE_PAD = "<|endoftext|>", "<|pad|>"
 #: The byte tokenizer's "role: content" rendering of conversations, as a chat template, EOS included.
-BYTE_CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}\n{% endif %}"
+BYTE_CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
                       "{{ m['role'] }}: {{ m['content'] }}{% endfor %}{{ eos_token }}")
 
 

@@ -13,7 +13,7 @@ from ..._errors import ConfigError
 from . import gpt2, llama, qwen2, qwen3
 from ._family import Family
 
-__all__ = ["FAMILIES", "family_for_config", "family_of", "is_hf_folder", "pretrained_settings", "read_config",
+__all__ = ["FAMILIES", "looks_like_hf_folder", "family_for_config", "family_of", "is_hf_folder", "pretrained_settings", "read_config",
            "folder_tokenizer", "CONFIG", "META_KEY"]
 
 CONFIG = "config.json"
@@ -28,6 +28,14 @@ def is_hf_folder(path: str | Path) -> bool:
     p = Path(path)
     return p.is_dir() and (p / CONFIG).is_file() and not (p / "checkpoint.json").exists() \
         and not (p / "config.yaml").exists() and not (p / "checkpoints").is_dir()
+
+
+def looks_like_hf_folder(path: str | Path) -> bool:
+    """Hugging Face weights or tokenizer files there (with or without ``config.json``)."""
+    p = Path(path)
+    marks = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json")
+    return p.is_dir() and (is_hf_folder(p) or (any((p / m).is_file() for m in marks)
+                                               and not (p / "checkpoint.json").exists()))
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -150,4 +158,7 @@ def apply_pretrained(cfg: Any, user_keys: Mapping[str, Any]) -> Any:
             raise ConfigError(f"{key}={user_keys[key]!r} contradicts {Path(folder) / CONFIG} ({value!r}); "
                               "with --pretrained the architecture comes from the folder, leave it unset")
         OmegaConf.update(cfg, key, value, merge=False)
+    longest = OmegaConf.select(cfg, "model.max_position_embeddings")
+    if "model.encoder_seq_length" not in user_keys and longest and cfg.model.encoder_seq_length > longest:
+        cfg.model.encoder_seq_length = longest  # the default does not fit this model's positions
     return cfg
