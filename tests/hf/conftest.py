@@ -37,3 +37,11 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str]]:
         return code, capsys.readouterr().err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def parallel_info() -> Any:
+    """megatron-core's parallel state for one process (TP=1)."""
+    from rm_registry.engine import parallel
+
+    return parallel.initialize(tensor_model_parallel_size=1, seed=1234)

@@ -198,3 +198,20 @@ def test_bad_folders_exit_2_with_one_line(case: str, hf_folder: Callable[..., Pa
                         "--output", str(run), "--no-progress")
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
         assert not run.exists()
+
+
+def test_models_built_for_import_carry_the_tensor_parallel_attributes(parallel_info: Any) -> None:
+    """Weights are not drawn when a pretrained folder will fill them, yet every parameter is marked
+    as megatron-core marks it (gradient-norm accounting and the loader's slicing read the marks)."""
+    from rm_registry import get_reward_model
+    from rm_registry.engine.config import build_config
+
+    plugin = get_reward_model("binary_ranking")
+    marks = []
+    for pretrained in (None, "some/folder"):
+        cfg = build_config(plugin, overrides=["model.hidden_size=32"])
+        cfg.pretrained_checkpoint.restore_from_path = pretrained
+        model = plugin.model_class.from_config(cfg, vocab_size=258)
+        marks.append({n: (getattr(p, "tensor_model_parallel", False), getattr(p, "partition_dim", None))
+                      for n, p in model.named_parameters()})
+    assert marks[0] == marks[1] and marks[0]["head.weight"] == (True, 1)

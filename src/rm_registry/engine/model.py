@@ -262,6 +262,26 @@ def layer_spec(normalization: str = "LayerNorm", qk_layernorm: bool = False) -> 
     return get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization)
 
 
+def _mark_tensor_parallel(module: torch.nn.Module) -> None:
+    """Set the tensor-parallel attributes (``tensor_model_parallel``, ``partition_dim``) that
+    megatron-core sets only while drawing initial weights (``perform_initialization``), so that
+    models built to be filled from a pretrained folder carry them too (gradient-norm accounting
+    and the weight loader read them)."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    for sub in module.modules():
+        if isinstance(sub, (ColumnParallelLinear, VocabParallelEmbedding)):
+            dim = 0
+        elif isinstance(sub, RowParallelLinear):
+            dim = 1
+        else:
+            continue
+        weight = getattr(sub, "weight", None)
+        if weight is not None and not hasattr(weight, "partition_dim"):
+            set_tensor_model_parallel_attributes(weight, True, dim, 1)
+
+
 class _HiddenStatesGPT(GPTModel):
     """``GPTModel`` built with ``post_process=True`` (so the final layernorm is kept) that returns
     the final hidden states ``[S, N, H]`` instead of vocabulary logits (as NeMo-Aligner does)."""
@@ -360,6 +380,8 @@ class RewardModel(MegatronModule):
             skip_bias_add=False,
             tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
+        if not config.perform_initialization:
+            _mark_tensor_parallel(self)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, *, vocab_size: int, num_outputs: int = 1) -> RewardModel:
