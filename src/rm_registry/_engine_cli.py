@@ -24,6 +24,10 @@ _OVERRIDES_HELP = (
 )
 
 
+_CHECKPOINT_HELP = ("a run folder (its latest checkpoint), one checkpoint folder, or a Hugging Face "
+                    "*ForSequenceClassification folder (see docs/pretrained.md)")
+
+
 def add_subcommands(subparsers: Any) -> None:
     """Add ``train``, ``evaluate``, ``score`` and ``export`` to the ``rm-registry`` parser."""
     p = subparsers.add_parser(
@@ -64,8 +68,7 @@ def add_subcommands(subparsers: Any) -> None:
         "checkpoint on a labelled JSON Lines file in one of its training formats.",
         epilog="example: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="JSONL", help="labelled data")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--distribution", metavar="DIST",
@@ -83,8 +86,7 @@ def add_subcommands(subparsers: Any) -> None:
         "architecture adds, e.g. `attributes`).",
         epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="JSONL", help="texts to score")
     p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
     p.add_argument("--distribution", metavar="DIST",

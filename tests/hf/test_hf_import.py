@@ -75,8 +75,7 @@ def test_score_cli_equals_transformers_with_chat_template(hf_folder: Callable[..
     assert scored == pytest.approx(want, abs=TOL)
 
 
-@pytest.mark.parametrize("config_pad", [True, False])
-def test_pad_equal_to_eos_cannot_shift_the_scored_token(hf_folder: Callable[..., Path], config_pad: bool) -> None:
+def test_pad_equal_to_eos_cannot_shift_the_scored_token(hf_folder: Callable[..., Path]) -> None:
     """pad == EOS: transformers pools the rightmost non-pad token, so a trailing EOS would be skipped;
     we then append no EOS, and both score the same (last text) token. Batched HF scoring with
     padding agrees too."""
@@ -215,3 +214,24 @@ def test_models_built_for_import_carry_the_tensor_parallel_attributes(parallel_i
         marks.append({n: (getattr(p, "tensor_model_parallel", False), getattr(p, "partition_dim", None))
                       for n, p in model.named_parameters()})
     assert marks[0] == marks[1] and marks[0]["head.weight"] == (True, 1)
+
+
+def test_configs_saved_before_the_backbone_options_load_as_the_same_model() -> None:
+    """A run saved before these keys existed reads back with today's defaults (the original
+    GPT-2-like model), so its checkpoints keep loading."""
+    from omegaconf import OmegaConf
+
+    from rm_registry.engine.config import engine_defaults, load_saved_config
+
+    old = OmegaConf.to_container(engine_defaults())
+    new_keys = ("normalization", "layernorm_epsilon", "activation", "gated_linear_unit", "num_query_groups",
+                "kv_channels", "add_bias_linear", "add_qkv_bias", "qk_layernorm", "rotary_base", "rotary_percent",
+                "rope_scaling", "rope_scaling_factor", "head_bias", "vocab_size")
+    for key in new_keys:
+        del old["model"][key]
+    del old["pretrained_checkpoint"]
+    cfg = load_saved_config(OmegaConf.to_yaml(OmegaConf.create(old)), "old/config.yaml")
+    m = cfg.model
+    assert (m.normalization, m.activation, m.gated_linear_unit, m.add_bias_linear, m.head_bias, m.qk_layernorm) == (
+        "LayerNorm", "gelu", False, True, True, False)
+    assert m.num_query_groups is None and m.kv_channels is None and m.vocab_size is None
