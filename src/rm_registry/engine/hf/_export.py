@@ -204,7 +204,7 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     output = Path(output)
     _check_target(output)
     m = loaded.cfg.model
-    if loaded.info.tp != 1:
+    if loaded.info.tp != 1 or loaded.info.world_size != 1:
         raise ConfigError("export runs in one process (tensor parallelism 1); run it without torchrun")
     if m.output_sequence or m.use_avg_pool:
         key = "model.output_sequence" if m.output_sequence else "model.use_avg_pool"
