@@ -9,6 +9,8 @@ import pytest
 import torch
 
 
+pytestmark = pytest.mark.slow  # trains tiny runs / full conformance checks (seconds each)
+
 class _Proxy:
     """The binary_ranking plugin with another model class."""
 

@@ -13,6 +13,8 @@ import torch
 
 from hf_models import FAMILIES
 
+pytestmark = pytest.mark.slow  # trains tiny runs / full conformance checks (seconds each)
+
 TEXTS = ["Hello there, how are you?", "x", "A third, longer text to score."]
 CHAT = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]
 TOL = 1e-4
