@@ -107,3 +107,21 @@ def test_full_disk_fails_in_one_line_and_the_run_resumes_once_space_is_back(tmp_
     assert f"resuming from step 2 (checkpoint {run / 'checkpoints' / 'step_0000002'})" in done.stderr
     assert json.loads(done.stdout)["checkpoint"].endswith("step_0000004")
 
+
+
+def test_library_write_errors_on_a_full_disk_are_recognised(small_disk: Path) -> None:
+    """What safetensors (export) and torch.save (megatron-core's common.pt) raise on a really full disk."""
+    import torch
+    from safetensors.torch import save_file
+
+    from rm_registry.engine._fs import write_failure
+
+    big = {"w": torch.zeros(512 * 1024)}  # 2 MiB on a 1 MiB file system
+    for write in (lambda: save_file(big, str(small_disk / "model.safetensors")),
+                  lambda: torch.save(big, small_disk / "common.pt")):
+        with pytest.raises(Exception) as info:
+            write()
+        failure = write_failure(info.value, small_disk / "out", small_disk)
+        assert failure is not None and str(failure) == f"cannot write {small_disk / 'out'}: No space left on device"
+        for leftover in small_disk.iterdir():
+            leftover.unlink()

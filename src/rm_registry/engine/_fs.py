@@ -7,7 +7,10 @@ files follow the process umask like any file created with ``open``.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +19,7 @@ from typing import Iterator
 from .._errors import ConfigError, StorageError
 
 __all__ = ["check_output_dir", "check_output_file", "atomic_write_text", "atomic_write_bytes",
-           "storage_error", "writing"]
+           "storage_error", "writing", "write_failure", "temp_dir_beside"]
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -79,6 +82,59 @@ def writing(path: str | Path, doing: str = "write") -> Iterator[None]:
         raise
     except OSError as exc:
         raise storage_error(path, exc, doing) from exc
+
+
+def write_failure(exc: BaseException, what: str | Path, where: Path) -> StorageError | None:
+    """The write error behind ``exc``, as a :class:`StorageError` naming ``what``; ``None`` if there is none.
+
+    Finds an :class:`OSError` however the library that failed wrapped it: chained, inside PyTorch
+    DCP's per-rank ``CheckpointException.failures``, as text (``os error 28`` from safetensors'
+    Rust code), or as ``torch.save``'s short-write ``RuntimeError`` (no errno: the disk holding
+    ``where`` is then checked for free space). A stop signal or a bug gives ``None``.
+    """
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno is not None:
+            return storage_error(what, err)
+        code = re.search(r"\(os error (\d+)\)", str(err))
+        if code:
+            number = int(code.group(1))
+            return storage_error(what, OSError(number, os.strerror(number)))
+        failures = getattr(err, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
+        if isinstance(failures, dict):
+            todo.extend(f[0] if isinstance(f, tuple) else f for f in failures.values())
+        todo.extend((err.__cause__, err.__context__))
+    text = str(exc)
+    if "PytorchStreamWriter" in text or "unexpected pos" in text:
+        try:
+            free = shutil.disk_usage(_existing_ancestor(where)).free
+        except OSError:
+            free = -1
+        if 0 <= free < 1 << 20:
+            return storage_error(what, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return storage_error(what, OSError(errno.EIO, f"write failed ({text.strip().splitlines()[0][:200]})"))
+    return None
+
+
+def temp_dir_beside(path: Path) -> Path:
+    """A new hidden folder ``.NAME.XXXX.tmp`` beside ``path``, with the umask's permissions (not
+    ``tempfile``'s private ``0o700``), to be filled and renamed to ``path``.
+
+    Raises:
+        StorageError: the folder cannot be created.
+    """
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def _umask() -> int:

@@ -42,9 +42,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .._errors import ConfigError, StorageError
+from .._errors import ConfigError
 from . import _cpu_compat, parallel
-from ._fs import storage_error, writing
+from ._fs import write_failure, writing
 
 __all__ = [
     "MARKER",
@@ -150,7 +150,7 @@ def save_checkpoint(
     try:
         _write_checkpoint(tmp, directory, model, rels, state, rank)
     except BaseException as exc:  # disk full, no permission, SIGTERM, Ctrl-C: no half-written folder left
-        failure = _write_failure(exc, directory, tmp)  # before the removal frees the space
+        failure = write_failure(exc, f"checkpoint {directory}", tmp)  # before the removal frees the space
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             _undo_publish(directory)
@@ -203,41 +203,6 @@ def _write_checkpoint(tmp: Path, directory: Path, model: torch.nn.Module, rels: 
         _fsync_write(tmp / MARKER, json.dumps(marker, indent=2).encode("utf-8"))
         with writing(directory):
             _publish(tmp, directory)  # the folder appears complete or not at all
-
-
-def _write_failure(exc: BaseException, directory: Path, tmp: Path) -> StorageError | None:
-    """The write error behind ``exc`` (possibly wrapped by DCP, per rank), naming the checkpoint.
-
-    ``None`` when ``exc`` is not a write error (a stop signal, a bug): it is re-raised as it is.
-    """
-    if not isinstance(exc, (Exception, CheckpointException)):  # DCP's CheckpointException is a BaseException
-        return None
-    todo: list[BaseException | None] = [exc]
-    seen: set[int] = set()
-    while todo:
-        err = todo.pop()
-        if err is None or id(err) in seen:
-            continue
-        seen.add(id(err))
-        if isinstance(err, OSError) and err.errno is not None:
-            return storage_error(f"checkpoint {directory}", err)
-        failures = getattr(err, "failures", None)  # DCP's CheckpointException: {rank: (exception, traceback)}
-        if isinstance(failures, dict):
-            todo.extend(f[0] if isinstance(f, tuple) else f for f in failures.values())
-        todo.extend((err.__cause__, err.__context__))
-    text = str(exc)
-    if "PytorchStreamWriter" in text or "unexpected pos" in text:
-        # torch.save to a path (megatron-core's common.pt) reports a short write without errno.
-        try:
-            free = shutil.disk_usage(tmp if tmp.exists() else directory.parent).free
-        except OSError:
-            free = -1
-        import errno as errnos
-
-        reason = OSError(errnos.ENOSPC, os.strerror(errnos.ENOSPC)) if 0 <= free < 1 << 20 else \
-            OSError(errnos.EIO, f"write failed ({text.strip().splitlines()[0][:200]})")
-        return storage_error(f"checkpoint {directory}", reason)
-    return None
 
 
 def _crc32(path: Path) -> str:
