@@ -32,7 +32,8 @@ from . import checkpoint as ckpt
 from . import parallel
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
-from .config import to_yaml, validate_engine_config
+from ._safe_pickle import check_contained
+from .config import load_saved_config, to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -335,7 +336,9 @@ def train(
     output_dir = Path(output_dir)
     resume_from = _check_output_dir(output_dir, resume)
     if resume_from is not None:
-        saved = OmegaConf.load(resume_from / "config.yaml")
+        check_contained(resume_from)
+        saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
+                                  str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
 
     tokenizer = load_tokenizer(cfg)
