@@ -36,14 +36,17 @@ def _torch_save_bytes(obj: Any) -> bytes:
 
 
 def object_item(ckpt: Path, shard: str = "__0_0.distcp") -> tuple[Any, Any]:
-    """(metadata, storage key) of an object (bytes) item of ``weights/shard`` -- megatron's ``_extra_state``."""
+    """(metadata, storage key) of an item of ``weights/shard``: an object (bytes) item -- megatron's
+    ``_extra_state``, which DCP reads with ``torch.load(weights_only=False)`` -- if the shard has one,
+    else a tensor item."""
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata
 
     metadata = pickle.loads((ckpt / "weights" / ".metadata").read_bytes())  # our own, trusted file
-    for key, info in metadata.storage_data.items():
-        if info.relative_path == shard and isinstance(metadata.state_dict_metadata[key.fqn], BytesStorageMetadata):
-            return metadata, key
-    raise AssertionError(f"no object item in {shard}: the test must craft another file")
+    keys = sorted((not isinstance(metadata.state_dict_metadata[key.fqn], BytesStorageMetadata), i, key)
+                  for i, (key, info) in enumerate(metadata.storage_data.items()) if info.relative_path == shard)
+    if not keys:
+        raise AssertionError(f"no item in {shard}: the test must craft another file")
+    return metadata, keys[0][2]
 
 
 def craft(ckpt: Path, rel: str, marker: Path) -> str:

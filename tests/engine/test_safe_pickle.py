@@ -245,6 +245,13 @@ def test_paths_out_of_the_folder_are_refused(run: dict[str, Path], tmp_path: Pat
         _safe_pickle.check_checkpoint(ckpt)
     shutil.rmtree(ckpt)
     shutil.copytree(run["resumed"], ckpt)
+    # a loader of megatron-core other than the one whose files are checked
+    meta_json = ckpt / "weights" / "metadata.json"
+    original = meta_json.read_text()
+    meta_json.write_text(original.replace('"torch_dist"', '"zarr"'))
+    with pytest.raises(UnsafeCheckpointError, match="sharded_backend='zarr'; only 'torch_dist' checkpoints"):
+        _safe_pickle.check_checkpoint(ckpt)
+    meta_json.write_text(original)
     # a symlink out of the folder (the tokenizer) is refused by the API before anything is read
     outside = tmp_path / "elsewhere"
     shutil.copytree(ckpt / "tokenizer", outside)

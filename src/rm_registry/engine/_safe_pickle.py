@@ -35,6 +35,7 @@ Hugging Face ``pytorch_model.bin``): checked as above, then loaded with ``weight
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import re
@@ -313,6 +314,23 @@ def check_contained(root: str | Path) -> None:
                 raise _refuse(root, f"{path.relative_to(root)} is a symlink to {target}, outside the folder")
 
 
+#: megatron-core's ``weights/metadata.json`` names the loader it picks; the only one checked here.
+_BACKENDS = {"sharded_backend": "torch_dist", "common_backend": "torch"}
+
+
+def _check_backends(path: Path) -> None:
+    if not path.is_file():
+        return  # megatron-core refuses the folder itself
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable ({exc})") from None
+    for key, expected in _BACKENDS.items():
+        if not isinstance(config, dict) or config.get(key) != expected:
+            got = config.get(key) if isinstance(config, dict) else config
+            raise _refuse(path, f"{key}={got!r}; only {expected!r} checkpoints are checked, so only those are loaded")
+
+
 def check_checkpoint(directory: str | Path) -> None:
     """Check every pickle of an rm-registry checkpoint folder, and that nothing leads outside it.
 
@@ -327,6 +345,7 @@ def check_checkpoint(directory: str | Path) -> None:
     directory = Path(directory)
     check_contained(directory)
     weights = directory / "weights"
+    _check_backends(weights / "metadata.json")
     metadata_files = sorted(weights.glob("*.metadata")) if weights.is_dir() else []
     for meta_path in metadata_files:
         metadata = check_dcp_metadata(meta_path)
