@@ -133,10 +133,11 @@ def referenced_globals(ckpt: Path) -> dict[str, set[str]]:
 def assert_allow_list_covers(ckpt: Path) -> dict[str, set[str]]:
     """Fails naming any global our own save wrote that the allow-list lacks."""
     found = referenced_globals(ckpt)
-    data_types = _safe_pickle._torch_data_globals()
-    missing = {kind: sorted(g for g in names if g not in allowed and g not in data_types)
-               for (kind, names), allowed in zip(found.items(), (_safe_pickle.DCP_METADATA_GLOBALS,
-                                                                 _safe_pickle.TORCH_SAVE_GLOBALS))}
+    dtypes, storages = _safe_pickle._torch_dtypes(), _safe_pickle._torch_storages()
+    missing = {"metadata": sorted(g for g in found["metadata"]
+                                  if g not in _safe_pickle.DCP_METADATA_GLOBALS and g not in dtypes),
+               "torch.save": sorted(g for g in found["torch.save"]
+                                    if g not in _safe_pickle.TORCH_SAVE_GLOBALS and g not in dtypes | storages)}
     assert missing == {"metadata": [], "torch.save": []}, (
         f"{ckpt}: our own save wrote globals the allow-list of rm_registry/engine/_safe_pickle.py lacks "
         f"(a torch or megatron-core upgrade?): {missing}; add them if they are plain data")

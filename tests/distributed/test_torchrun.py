@@ -162,9 +162,13 @@ def test_one_rank_logs_and_writes(runs: dict[str, Any], layout: str) -> None:
     assert sorted(p.name for p in (ckpt / "state").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
 
 
-@pytest.mark.parametrize("layout", ["tp2", "dp2"])
-def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], layout: str, tmp_path: Path) -> None:
-    """What two ranks save is covered by the allow-list; a payload in rank 1's shard is refused."""
+@pytest.mark.parametrize(("layout", "rank1_file"), [("tp2", "weights/__1_0.distcp"), ("dp2", "state/rank_00001.pt")])
+def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], layout: str, rank1_file: str,
+                                                         tmp_path: Path) -> None:
+    """What two ranks save is covered by the allow-list; a payload in a file rank 1 wrote is refused.
+
+    (Under DP=2 rank 0 writes every weight shard: the weights are replicated.)
+    """
     from rm_registry import UnsafeCheckpointError
     from rm_registry.engine import _safe_pickle
 
@@ -173,7 +177,7 @@ def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], l
     _safe_pickle.check_checkpoint(ckpt)
     copy, marker = tmp_path / "ckpt", tmp_path / "PWNED"
     shutil.copytree(ckpt, copy)
-    where = craft(copy, "weights/__1_0.distcp", marker)
+    where = craft(copy, rank1_file, marker)
     with pytest.raises(UnsafeCheckpointError) as exc:
         _safe_pickle.check_checkpoint(copy)
     assert str(exc.value) == refusal(where) and not marker.exists()

@@ -13,9 +13,9 @@ Three files of our checkpoint format are pickles, because the libraries undernea
 
 :func:`check_checkpoint` reads every one of them with a restricted :class:`pickle.Unpickler`
 *before* megatron-core or torch opens them. Its ``find_class`` resolves only the globals of
-:data:`DCP_METADATA_GLOBALS` / :data:`TORCH_SAVE_GLOBALS` (plus torch's dtypes and typed storage
-classes); any other global -- ``os.system``, ``builtins.eval``, a class of some installed
-package -- raises :class:`~rm_registry.UnsafeCheckpointError` at the moment the pickle names it,
+:data:`DCP_METADATA_GLOBALS` / :data:`TORCH_SAVE_GLOBALS` (plus torch's dtypes, and its typed
+storage classes in archives); any other global -- ``os.system``, ``builtins.eval``, a class of
+some installed package -- raises :class:`~rm_registry.UnsafeCheckpointError` at the moment the pickle names it,
 before anything is called or constructed. ``torch.save`` archives are checked without building
 anything at all: allowed globals resolve to inert stand-ins and tensor storages are not read.
 The archive is opened with torch's own zip reader (what ``torch.load`` uses), and only the
@@ -91,21 +91,26 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 @lru_cache(maxsize=1)
-def _torch_data_globals() -> frozenset[str]:
-    """``torch.float32``..., ``torch.FloatStorage``...: names of data types, never callables that act."""
+def _torch_dtypes() -> frozenset[str]:
+    """``torch.float32``, ``torch.bfloat16``...: allowed in every pickle (plain constants)."""
     import torch
 
-    names = set()
-    for name, value in vars(torch).items():
-        if isinstance(value, torch.dtype) or (
-            isinstance(value, type) and issubclass(value, torch.storage.TypedStorage) and name.endswith("Storage")
-        ):
-            names.add(f"torch.{name}")
-    return frozenset(names)
+    return frozenset(f"torch.{name}" for name, value in vars(torch).items() if isinstance(value, torch.dtype))
+
+
+@lru_cache(maxsize=1)
+def _torch_storages() -> frozenset[str]:
+    """``torch.FloatStorage``...: allowed in ``torch.save`` archives, which are checked without building anything."""
+    import torch
+
+    return frozenset(f"torch.{name}" for name, value in vars(torch).items()
+                     if isinstance(value, type) and issubclass(value, torch.storage.TypedStorage))
 
 
 def _allowed(full_name: str, explicit: frozenset[str]) -> bool:
-    return full_name in explicit or full_name in _torch_data_globals()
+    if full_name in explicit or full_name in _torch_dtypes():
+        return True
+    return explicit is TORCH_SAVE_GLOBALS and full_name in _torch_storages()
 
 
 def _refuse(path: str | Path, what: str) -> UnsafeCheckpointError:
