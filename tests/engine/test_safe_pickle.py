@@ -264,6 +264,10 @@ def test_paths_out_of_the_folder_are_refused(run: dict[str, Path], tmp_path: Pat
     # ... while the folder itself may be a link, and links inside it are fine
     (ckpt / "tokenizer").unlink()
     shutil.copytree(outside, ckpt / "tokenizer")
+    os.mkfifo(ckpt / "weights" / "pipe")  # reading it would never end
+    with pytest.raises(UnsafeCheckpointError, match=r"weights/pipe is neither a file nor a folder"):
+        _safe_pickle.check_checkpoint(ckpt)
+    (ckpt / "weights" / "pipe").unlink()
     (ckpt / "config-link.yaml").symlink_to(ckpt / "config.yaml")
     (tmp_path / "latest").symlink_to(ckpt)
     _safe_pickle.check_checkpoint(tmp_path / "latest")

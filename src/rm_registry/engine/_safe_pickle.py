@@ -305,10 +305,11 @@ def check_contained(root: str | Path) -> None:
     """Refuse a checkpoint or model folder holding a symlink that leads outside of it.
 
     The folder itself may be a symlink (``latest -> step_0000300``); what is inside it must
-    stay inside it, so that loading never reads another file of the machine.
+    stay inside it, so that loading never reads another file of the machine. Named pipes and
+    devices (a read that never ends) are refused too.
 
     Raises:
-        UnsafeCheckpointError: naming the link and where it leads.
+        UnsafeCheckpointError: naming the link and where it leads, or the odd file.
     """
     root = Path(root)
     real_root = root.resolve()
@@ -317,6 +318,8 @@ def check_contained(root: str | Path) -> None:
             target = path.resolve()
             if target != real_root and real_root not in target.parents:
                 raise _refuse(root, f"{path.relative_to(root)} is a symlink to {target}, outside the folder")
+        elif not (path.is_file() or path.is_dir()):
+            raise _refuse(root, f"{path.relative_to(root)} is neither a file nor a folder (a named pipe or device?)")
 
 
 #: megatron-core's ``weights/metadata.json`` names the loader it picks; the only one checked here.
