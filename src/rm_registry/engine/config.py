@@ -346,10 +346,10 @@ def load_saved_config(text: str, source: str) -> DictConfig:
         cfg = OmegaConf.create(text)
     except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise ConfigError(f"{source}: unreadable config: {' '.join(str(exc).split())}") from None
-    if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
-        raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
-    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():  # before anything resolves
         if "${" in str(value):
             raise ConfigError(f"{source}: {key}={value!r} is an interpolation; a saved config holds resolved "
                               "values only, so this one was not written by rm-registry")
+    if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
+        raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
     return cfg
