@@ -287,3 +287,17 @@ def test_saved_config_is_data(run: dict[str, Path], tmp_path: Path, capsys: pyte
     config.write_text(text.replace("reward_model_type: binary_ranking", "reward_model_type: ${oc.env:HOME}"))
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(run["validation"])]) == 2
     assert "model.reward_model_type='${oc.env:HOME}' is an interpolation" in capsys.readouterr().err
+
+
+def test_hf_pytorch_model_bin_is_checked(tmp_path: Path) -> None:
+    """An HF folder's ``pytorch_model.bin`` goes through safe_torch_load: a payload is refused, tensors load."""
+    from rm_registry.engine.hf._io import WeightFiles
+
+    marker = tmp_path / "ran"
+    torch.save({"score.weight": torch.ones(1, 4), "x": Payload(marker)}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(UnsafeCheckpointError) as exc:
+        WeightFiles(tmp_path)
+    assert str(exc.value) == refusal(str(tmp_path / "pytorch_model.bin")) and not marker.exists()
+    torch.save({"score.weight": torch.ones(1, 4)}, tmp_path / "pytorch_model.bin")
+    files = WeightFiles(tmp_path)
+    assert files.names() == {"score.weight"} and torch.equal(files.get("score.weight"), torch.ones(1, 4))

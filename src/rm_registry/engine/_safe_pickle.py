@@ -248,7 +248,7 @@ def check_torch_file(path: str | Path, *, offset: int = 0, length: int | None = 
             _check_torch_archive(io.BufferedReader(_Window(fh, offset, length)), label)  # type: ignore[arg-type]
 
 
-def safe_torch_load(path: str | Path, *, map_location: Any = "cpu") -> Any:
+def safe_torch_load(path: str | Path, *, map_location: Any = "cpu", mmap: bool = False) -> Any:
     """``torch.load`` a file from someone else: :func:`check_torch_file`, then ``weights_only=True``.
 
     Use this for every pickled torch file that did not come from this process, for example a
@@ -261,7 +261,7 @@ def safe_torch_load(path: str | Path, *, map_location: Any = "cpu") -> Any:
     import torch
 
     check_torch_file(path)
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
 
 
 def check_dcp_metadata(path: str | Path) -> Any:

@@ -377,6 +377,11 @@ def train(
 
     parallel.manual_seed(int(cfg.seed))  # the same weights whatever ran before in this process
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
+    if pretrained and resume_from is None:
+        from .hf import load_hf_weights
+
+        load_hf_weights(model, pretrained, cfg, require_head=False, progress=progress and info.is_main)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
     start_step = 0
