@@ -28,6 +28,7 @@ from ._errors import (
     RMRegistryError,
     StorageError,
     TrainingError,
+    UnsafeCheckpointError,
 )
 from ._hooks import register_hooks, unregister_hooks
 from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
@@ -59,6 +60,7 @@ __all__ = [
     "StorageError",
     "Tokenizer",
     "TrainingError",
+    "UnsafeCheckpointError",
     "__version__",
     "get_reward_model",
     "hookimpl",

@@ -42,8 +42,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .._errors import ConfigError
-from . import _cpu_compat, parallel
+from .._errors import ConfigError, UnsafeCheckpointError
+from . import _cpu_compat, _safe_pickle, parallel
 from ._fs import write_failure, writing
 
 __all__ = [
@@ -388,8 +388,9 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
 
     With ``state=False`` (scoring, evaluation) only the weights are read and ``{}`` is returned.
-    The state files are read with ``torch.load(weights_only=True)``: tensors, numbers and
-    containers only, never arbitrary pickled objects.
+    A checkpoint is data, never code: before megatron-core or torch opens the folder, every
+    pickle in it is checked against an allow-list (:mod:`._safe_pickle`) and symlinks leading
+    out of it are refused; the state files are then read with ``torch.load(weights_only=True)``.
 
     Every rank must call this. The weights reshard to the current layout. The returned state is
     the one this rank saved when the layout (world size and tensor-parallel size) is unchanged;
@@ -399,13 +400,16 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     Raises:
         CheckpointNotFoundError: ``directory`` is not a complete checkpoint.
         CheckpointDamagedError: a file differs from what was saved (see :func:`verify_checkpoint`).
+        UnsafeCheckpointError: a pickle references a global that is not checkpoint data (it
+            would run code), or a path leads outside the folder. Nothing was executed.
         ConfigError: the weights do not fit ``model`` (a different architecture or size).
     """
     from megatron.core import dist_checkpointing
 
     directory = Path(directory)
     info = checkpoint_info(directory)
-    verify_checkpoint(directory)
+    verify_checkpoint(directory)  # damage is named as damage (sizes and CRC-32s recorded at save time)
+    _safe_pickle.check_checkpoint(directory)  # every pickle against the allow-list, before torch opens one
     try:
         loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory / "weights"))
         model.load_state_dict(loaded, strict=True)
@@ -426,11 +430,13 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
     try:
-        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        saved: dict[str, Any] = _safe_pickle.safe_torch_load(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:  # truncated or foreign file: name it, no traceback from torch
         raise CheckpointNotFoundError(
             f"{path}: unreadable trainer state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "resume from an earlier checkpoint folder or start a new run"
+            "resume from an earlier checkpoint (train --resume-from RUN/checkpoints/step_XXXXXXX) or start a new run"
         ) from None
     if not same:
         warnings.warn(
