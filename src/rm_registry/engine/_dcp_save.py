@@ -29,6 +29,15 @@ from megatron.core.dist_checkpointing.strategies.torch import (
 __all__ = ["InProcessSaveStrategy"]
 
 
+class _Writer(dcp.FileSystemWriter):
+    """PyTorch's writer, recording its folder in ``.metadata`` as a ``str`` like megatron-core's writer
+    does (PyTorch's records a ``pathlib`` object, which the checkpoint allow-list does not admit)."""
+
+    @property
+    def checkpoint_id(self) -> str:
+        return str(self.path)
+
+
 class InProcessSaveStrategy(TorchDistSaveShardedStrategy):
     """``torch_dist`` (version 1) saving without helper processes; pass as ``sharded_strategy``."""
 
@@ -40,8 +49,7 @@ class InProcessSaveStrategy(TorchDistSaveShardedStrategy):
         sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
             sharded_state_dict, self.keep_only_main_replica
         )
-        writer = dcp.FileSystemWriter(str(checkpoint_dir), single_file_per_rank=True, sync_files=True,
-                                      thread_count=1)
+        writer = _Writer(str(checkpoint_dir), single_file_per_rank=True, sync_files=True, thread_count=1)
         planner = MCoreSavePlanner(dedup_replicated_tensors=not self.keep_only_main_replica,
                                    flatten_state_dict=False)
         dcp.save(mcore_to_pyt_state_dict(sharded_state_dict, False), storage_writer=writer, planner=planner)
