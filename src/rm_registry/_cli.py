@@ -347,7 +347,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _signals.die_with_launcher()
         try:
             with _signals.stop_on_signals():
-                return _main(argv)
+                try:
+                    return _main(argv)
+                except Exception:
+                    _signals.grace_for_stop()  # a peer stopped first under torchrun: our signal is coming
+                    raise
         except _signals.Stopped as exc:  # SIGTERM or SIGINT: one line (from rank 0 under torchrun)
             from .engine._launch import first_process  # cheap: no torch
 

@@ -18,9 +18,12 @@ import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-__all__ = ["Stopped", "stop_on_signals", "die_with_launcher"]
+__all__ = ["Stopped", "stop_on_signals", "grace_for_stop", "die_with_launcher", "current_step"]
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+#: Optimizer steps done by the training loop running in this process (None outside training).
+current_step: int | None = None
 
 
 class Stopped(KeyboardInterrupt):
@@ -33,7 +36,7 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = int(signum)
-        self.step: int | None = None
+        self.step: int | None = current_step
 
     @property
     def signal_name(self) -> str:
@@ -68,6 +71,8 @@ def stop_on_signals() -> Iterator[None]:
             raised = True
             raise Stopped(signum)
 
+    global current_step
+    current_step = None
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     for sig in _STOP_SIGNALS:
         if sig == signal.SIGINT and previous[sig] is signal.SIG_IGN:  # e.g. started with `nohup ... &`
@@ -78,6 +83,23 @@ def stop_on_signals() -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def grace_for_stop(seconds: float = 3.0) -> None:
+    """Under torchrun, after an unexpected error: wait briefly for this worker's own stop signal.
+
+    torchrun forwards SIGTERM to its workers one after the other. A worker that stops first
+    breaks the collective its peers are in (gloo: ``Connection closed by peer``) before their
+    own SIGTERM arrives; waiting here lets that signal raise :class:`Stopped` (reported as the
+    stop it is) instead of the peer's error with a traceback. Elsewhere this returns at once.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
+        return
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the handler raises Stopped here when the signal comes
 
 
 def die_with_launcher() -> None:

@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError, TrainingError
-from .._signals import Stopped
+from .. import _signals
 from . import checkpoint as ckpt
 from . import parallel
 from ._fs import atomic_write_text, check_output_dir, writing
@@ -492,7 +492,7 @@ def train(
     validation: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model.train()
-    done = start_step
+    done = _signals.current_step = start_step  # a stop signal reports the steps done
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
@@ -522,7 +522,7 @@ def train(
             scheduler.step()
             sums["tokens"], sums["padded_tokens"] = float(tokens), float(padded)
             means = _dp_mean(sums, info)
-            done = step + 1
+            done = _signals.current_step = step + 1
             if done % log_every == 0 or done == total:
                 seconds = time.perf_counter() - t0
                 record = {"step": done, "split": "train", **{k: v for k, v in means.items()
@@ -545,9 +545,6 @@ def train(
             log.write(finite_for_json({"step": total, "split": "test", **test}))
             if info.is_main and progress:
                 _say(_summary_line(total, test).replace("validation", "test"))
-    except Stopped as exc:  # SIGTERM / Ctrl-C: the CLI says at which step, and how to go on
-        exc.step = done
-        raise
     finally:
         bar.close()
         log.close()
