@@ -112,6 +112,11 @@ def _stderr(message: str) -> None:
 def _plugin_name(args: argparse.Namespace) -> str:
     if args.name:
         return str(args.name)
+    from .engine.config import override_type
+
+    set_on_command_line = override_type(args.overrides)
+    if set_on_command_line:
+        return set_on_command_line
     if args.config:
         from omegaconf import OmegaConf
 
@@ -159,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.config import build_config
     from .engine.trainer import train
 
-    cfg = build_config(plugin, config_file=args.config, overrides=args.overrides,
+    cfg = build_config(plugin, config_file=args.config, overrides=args.overrides, report=True,
                        data_paths={"train": args.data, "validation": args.validation_data, "test": args.test_data})
     if cfg.model.data.data_prefix.train is None:
         sample = dict(plugin.sample_data())
@@ -169,8 +174,8 @@ def _train(args: argparse.Namespace) -> int:
         if cfg.model.data.data_prefix.validation is None and sample.get("validation"):
             cfg.model.data.data_prefix.validation = str(sample["validation"])
         _stderr(f"no --data: training on the sample data shipped with {name} ({sample['train']})")
-    output = Path(args.output) if args.output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(plugin, cfg, output, resume=args.resume, progress=not args.no_progress)
+    output, resume = _output_and_resume(args, cfg, name)
+    result = train(plugin, cfg, output, resume=resume, progress=not args.no_progress)
     if first_process():
         summary: dict[str, Any] = {"output": str(result.output_dir), "checkpoint": str(result.last_checkpoint),
                                    "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -180,6 +185,20 @@ def _train(args: argparse.Namespace) -> int:
             summary["test"] = result.test
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[Path, bool]:
+    """The run folder (--output, else NeMo's exp_manager.explicit_log_dir, else runs/NAME-time) and
+    whether to resume (--resume, or exp_manager.resume_if_exists as in NeMo-Aligner)."""
+    explicit = cfg.exp_manager.explicit_log_dir
+    if args.output:
+        output = Path(args.output)
+    elif explicit:
+        output = Path(str(explicit))
+        _stderr(f"run folder: {output} (exp_manager.explicit_log_dir)")
+    else:
+        output = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return output, bool(args.resume or cfg.exp_manager.resume_if_exists)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
