@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError
 from . import parallel
+from ._nemo_compat import recompute_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from megatron.core.transformer.spec_utils import ModuleSpec
@@ -173,6 +174,7 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
         use_cpu_initialization=True,
         perform_initialization=True,
         sequence_parallel=False,
+        **recompute_options(cfg),  # NeMo's activations_checkpoint_* keys
     )
 
 
