@@ -143,6 +143,11 @@ NEMO_KEYS: dict[str, _Rule] = {
 }
 
 
+#: NeMo-Aligner's ``model.regression`` keys: its config carries them for every reward_model_type.
+_REGRESSION_KEYS = frozenset(f"model.regression.{k}" for k in (
+    "num_attributes", "merge_attributes", "attribute_weights", "loss_mask_val", "loss_func", "load_rm_head_weights"))
+
+
 def _rule(key: str) -> _Rule | None:
     if key in NEMO_KEYS:
         return NEMO_KEYS[key]
@@ -265,7 +270,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             notes.mapped.append("model.data.seq_length -> model.encoder_seq_length (they must agree)")
             continue
         rule = _rule(key)
-        if rule is None and key.startswith("model.regression.") and base is not None and not has_regression:
+        if rule is None and key in _REGRESSION_KEYS and base is not None and not has_regression:
             notes.ignored.append(key)  # NeMo's config carries this section for every reward_model_type
             continue
         if rule is None:
@@ -334,7 +339,7 @@ def parse_hydra_overrides(items: Iterable[str]) -> list[HydraOverride]:
         except HydraException as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(
-                f"override {text!r}: cannot parse it ({first}); Hydra syntax: key=value, +key=value, ++key=value, "
+                f"override {text!r}: the value is not valid ({first}); Hydra syntax: key=value, +key=value, ++key=value, "
                 "~key, lists [a,b], dicts {k: v}, quote values with spaces"
             ) from None
         if ov.is_sweep_override():
