@@ -164,14 +164,14 @@ class CompatNotes:
     """What :func:`translate` did, reported once at start by :meth:`report`."""
 
     ignored: list[str] = field(default_factory=list)
-    mapped: list[str] = field(default_factory=list)
+    mapped: dict[str, str] = field(default_factory=dict)  # NeMo key -> what it became (the last layer wins)
 
     def extend(self, other: CompatNotes) -> None:
         self.ignored += [k for k in other.ignored if k not in self.ignored]
-        self.mapped += [m for m in other.mapped if m not in self.mapped]
+        self.mapped.update(other.mapped)
 
     def lines(self) -> list[str]:
-        out = [f"NeMo-Aligner key {m}" for m in self.mapped]
+        out = [f"NeMo-Aligner key {m}" for m in self.mapped.values()]
         if self.ignored:
             out.append(
                 f"warning: ignoring NeMo-Aligner keys with no effect here ({len(self.ignored)}): "
@@ -267,7 +267,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             )
         if key == "model.data.seq_length":
             _check_seq_length(_resolved(view, key, raw), view, source)
-            notes.mapped.append("model.data.seq_length -> model.encoder_seq_length (they must agree)")
+            notes.mapped[key] = "model.data.seq_length -> model.encoder_seq_length (they must agree)"
             continue
         rule = _rule(key)
         if rule is None and key in _REGRESSION_KEYS and base is not None and not has_regression:
@@ -291,7 +291,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             new = rule.convert(value) if rule.convert else value
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:
-                notes.mapped.append(f"{key}={value} -> {target}={new}")
+                notes.mapped[key] = f"{key}={value} -> {target}={new}"
         else:  # pragma: no cover - no "refuse" rule today; kept for completeness
             raise ConfigError(f"{key} ({source}): {rule.why}")
     return OmegaConf.to_container(out, resolve=False), notes  # type: ignore[return-value]
