@@ -19,7 +19,7 @@ from .engine._launch import first_process
 __all__ = ["add_subcommands"]
 
 _OVERRIDES_HELP = (
-    "config overrides, key=value in OmegaConf dot-list syntax, e.g. trainer.rm.max_steps=300 "
+    "config overrides in Hydra syntax (key=value, +key=value, ++key=value, ~key), e.g. trainer.rm.max_steps=300 "
     "model.optim.lr=1e-4 \"model.regression.attribute_names=[a,b]\"; `rm-registry info NAME --config` lists the keys"
 )
 
@@ -38,11 +38,13 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
                         "else binary_ranking")
-    p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full default one")
+    p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full "
+                   "default one; NeMo-Aligner's training_rm.yaml is accepted as it is (docs/migrating-from-nemo-aligner.md)")
     p.add_argument("--data", metavar="JSONL", help="training data (default: the plugin's sample data)")
     p.add_argument("--validation-data", metavar="JSONL", help="validation data")
     p.add_argument("--output", metavar="DIR",
-                   help="run folder for config, metrics.jsonl and checkpoints (default: runs/NAME-YYYYmmdd-HHMMSS)")
+                   help="run folder for config, metrics.jsonl and checkpoints (default: exp_manager.explicit_log_dir, "
+                        "else runs/NAME-YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its latest checkpoint (or start it over if it never "
                         "reached one)")

@@ -208,10 +208,11 @@ class RegressionSettings:
         loss_func = section.get("loss_func", "regression")  # absent in configs saved before it existed
         if loss_func not in LOSS_FUNCS:
             raise ConfigError(f"{SECTION}.loss_func={loss_func!r}: expected one of {', '.join(LOSS_FUNCS)}")
-        if loss_func in BT_LOSSES and len(names) <= BT_ATTRIBUTE_INDEX:
+        at = names[BT_ATTRIBUTE_INDEX] if len(names) > BT_ATTRIBUTE_INDEX else None
+        if loss_func in BT_LOSSES and at not in ("helpfulness", f"attr_{BT_ATTRIBUTE_INDEX}"):
             raise ConfigError(
                 f"{SECTION}.loss_func={loss_func}: the reward is read at attribute {BT_ATTRIBUTE_INDEX} (helpfulness in "
-                f"SteerLM order) but there are {len(names)} attributes; set {SECTION}.num_attributes=9"
+                f"SteerLM order) but the attributes are {', '.join(names)}; set {SECTION}.num_attributes=9"
             )
         head = section.get("load_rm_head_weights", False)
         if not isinstance(head, bool):
