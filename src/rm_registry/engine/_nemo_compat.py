@@ -412,29 +412,33 @@ def validate_nemo_keys(cfg: DictConfig) -> None:
     from ._splits import normalize_prefix
 
     recompute_options(cfg)
-    m = cfg.model
-    if m.sequence_parallel and int(m.tensor_model_parallel_size) > 1:
+
+    def sel(key: str, default: Any = None) -> Any:  # configs saved before these keys existed lack them
+        return OmegaConf.select(cfg, key, default=default)
+
+    if sel("model.sequence_parallel", False) and int(cfg.model.tensor_model_parallel_size) > 1:
         raise ConfigError(
             "model.sequence_parallel=true with model.tensor_model_parallel_size>1 is not supported: the reward is read "
             "at each sequence's last token, which sequence parallelism scatters over ranks; set "
             "model.sequence_parallel=false (activation recomputation also saves memory)"
         )
-    constant = m.optim.sched.constant_steps
+    constant = sel("model.optim.sched.constant_steps", 0)
     if isinstance(constant, bool) or not isinstance(constant, int) or constant < 0:
         raise ConfigError(f"model.optim.sched.constant_steps={constant!r}: expected a whole number >= 0")
-    _limit_val_batches(cfg.trainer.rm.limit_val_batches)
-    for split, value in m.data.data_prefix.items():
+    _limit_val_batches(sel("trainer.rm.limit_val_batches"))
+    for split, value in (sel("model.data.data_prefix") or {}).items():
         normalize_prefix(str(split), value)
-    params = cfg.exp_manager.checkpoint_callback_params
-    top_k = params.save_top_k
+    top_k = sel("exp_manager.checkpoint_callback_params.save_top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < -1 or top_k == 0):
         raise ConfigError(f"exp_manager.checkpoint_callback_params.save_top_k={top_k!r}: expected k >= 1, -1 or null "
                           "(keep every checkpoint)")
-    if params.mode not in ("min", "max"):
-        raise ConfigError(f"exp_manager.checkpoint_callback_params.mode={params.mode!r}: expected min or max")
-    if not str(params.monitor).startswith("val_"):
-        raise ConfigError(f"exp_manager.checkpoint_callback_params.monitor={params.monitor!r}: expected val_<metric> "
+    mode = sel("exp_manager.checkpoint_callback_params.mode", "min")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"exp_manager.checkpoint_callback_params.mode={mode!r}: expected min or max")
+    monitor = sel("exp_manager.checkpoint_callback_params.monitor", "val_loss")
+    if not str(monitor).startswith("val_"):
+        raise ConfigError(f"exp_manager.checkpoint_callback_params.monitor={monitor!r}: expected val_<metric> "
                           "(a validation metric, e.g. val_loss or val_accuracy)")
-    kwargs = cfg.exp_manager.wandb_logger_kwargs
+    kwargs = sel("exp_manager.wandb_logger_kwargs")
     if kwargs is not None and not isinstance(kwargs, DictConfig):
         raise ConfigError(f"exp_manager.wandb_logger_kwargs={kwargs!r}: expected a mapping (project, name, ...)")
