@@ -72,15 +72,18 @@ def test_rm_sh_with_stock_training_rm_yaml(tmp_path: Path) -> None:
     })
     assert "++model.activations_checkpoint_granularity=full" in overrides and len(overrides) == 31
     overrides = [o.replace("=/results", f"={results}") for o in overrides]
-    proc = _run("train", "--config", str(STOCK), "--no-progress", *overrides, *TINY_MODEL)
+    extra = f"++model.data.data_prefix.validation_twice=[{data},{data}]"  # NeMo's extra validation set, two files
+    proc = _run("train", "--config", str(STOCK), "--no-progress", *overrides, *TINY_MODEL, extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "trainer.devices" in warnings[0] and "model.dist_ckpt_load_strictness" in warnings[0]
     assert "NeMo-Aligner key trainer.precision=bf16 -> model.params_dtype=bfloat16" in proc.stderr
     # exp_manager.explicit_log_dir is the run folder; trained, validated and tested (max_steps=1)
     records = _metrics(results)
-    assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (1, "validation"), (1, "test")]
+    assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (1, "validation"), (1, "validation_twice"),
+                                                          (1, "test")]
     assert records[1]["num_samples"] == 16 and set(records[1]["attributes"]) >= {"quality", "helpfulness", "verbosity"}
+    assert records[2]["num_samples"] == 32 and records[2]["loss"] == pytest.approx(records[1]["loss"], rel=1e-3)
     assert (results / "checkpoints" / "step_0000001").is_dir()
     saved = (results / "config.yaml").read_text()
     for line in ("activations_checkpoint_granularity: full", "num_attributes: 9", "constant_steps: 0"):
