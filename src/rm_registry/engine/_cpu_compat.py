@@ -268,18 +268,20 @@ def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
 
 
 def patch_recompute_rng() -> None:
-    """Without CUDA, make megatron's CUDA RNG get/set in ``tensor_parallel.random`` no-ops (idempotent)."""
+    """Without CUDA, make ``tensor_parallel.random``'s save/restore of all RNG states (used by
+    recomputation) skip the CUDA generator; the CPU generator and the tracker are kept (idempotent)."""
     from megatron.core.tensor_parallel import random as mrandom
 
-    if getattr(mrandom._get_cuda_rng_state, "_rm_registry_cpu_patch", False):
+    if getattr(mrandom._get_all_rng_states, "_rm_registry_cpu_patch", False):
         return
 
-    def get_state(*args: Any, **kwargs: Any) -> torch.Tensor:
-        return torch.empty(0, dtype=torch.uint8)
+    def get_all() -> tuple[torch.Tensor, None, dict[str, Any]]:
+        return torch.get_rng_state(), None, mrandom.get_cuda_rng_tracker().get_states()
 
-    def set_state(*args: Any, **kwargs: Any) -> None:
-        return None
+    def set_all(cpu_rng_state: torch.Tensor, cuda_rng_state: Any, tracker_states: dict[str, Any]) -> None:
+        torch.set_rng_state(cpu_rng_state)
+        mrandom.get_cuda_rng_tracker().set_states(tracker_states)
 
-    get_state._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
-    mrandom._get_cuda_rng_state = get_state
-    mrandom._set_cuda_rng_state = set_state
+    get_all._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
+    mrandom._get_all_rng_states = get_all
+    mrandom._set_all_rng_states = set_all
