@@ -6,9 +6,9 @@ be given to ``rm-registry train`` as they are:
 
 * :data:`NEMO_KEYS` says, for every NeMo-Aligner key that is not also one of ours, what happens to
   it: **mapped** onto our key (said once at start), **ignored** (no meaning on this engine: cluster
-  layout, apex and communication options, ``.nemo`` file handling; listed in ONE warning line),
-  **neutral** (accepted only at the value that changes nothing, refused otherwise with the reason),
-  or **refused** (the run would differ and we cannot honour it). Keys that NeMo-Aligner's reward
+  layout, apex and communication options, ``.nemo`` file handling; listed in ONE warning line), or
+  **neutral** (accepted only at the value that changes nothing; any other value would change the
+  run and cannot be honoured, so it is refused with the reason). Keys that NeMo-Aligner's reward
   model shares with us (``model.micro_batch_size``, ``trainer.rm.max_steps``, ...) are ordinary
   keys of ``defaults.yaml`` and do what they did.
 * :func:`parse_hydra_overrides` reads ``key=value``, ``+key=value``, ``++key=value``, ``~key`` and
@@ -64,7 +64,7 @@ def _optimizer(value: Any) -> str:
 class _Rule:
     """What happens to one NeMo-Aligner key (a glob pattern over the dotted key)."""
 
-    kind: str  # "map" | "ignore" | "neutral" | "refuse"
+    kind: str  # "map" | "ignore" | "neutral"
     why: str
     target: str | None = None  # map: our key (None: the same key)
     convert: Callable[[Any], Any] | None = None  # map: value conversion
@@ -286,14 +286,12 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
                 allowed = " or ".join(repr(a) if a is not None else "null" for a in rule.allowed)
                 raise ConfigError(f"{key}={value!r} ({source}): {rule.why}; only {allowed} is accepted")
             notes.ignored.append(key)
-        elif rule.kind == "map":
+        else:  # map
             target = rule.target or key
             new = rule.convert(value) if rule.convert else value
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:
                 notes.mapped[key] = f"{key}={value} -> {target}={new}"
-        else:  # pragma: no cover - no "refuse" rule today; kept for completeness
-            raise ConfigError(f"{key} ({source}): {rule.why}")
     return OmegaConf.to_container(out, resolve=False), notes  # type: ignore[return-value]
 
 
