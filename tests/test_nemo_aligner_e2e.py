@@ -128,6 +128,7 @@ def test_helpsteer2_preference_recipe_beats_chance(tmp_path: Path) -> None:
                 env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    print("HelpSteer2-Preference validation:", summary["validation"])  # shown with pytest -s
     assert summary["validation"]["pairs"] == 60 and summary["validation"]["accuracy"] >= 0.75, summary
     assert summary["validation"]["chosen_reward"] > summary["validation"]["rejected_reward"]
 
