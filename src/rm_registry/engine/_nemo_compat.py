@@ -109,7 +109,6 @@ NEMO_KEYS: dict[str, _Rule] = {
     "exp_manager.checkpoint_callback_params.filename": _ignore("checkpoint folders are named step_NNNNNNN"),
     "exp_manager.checkpoint_callback_params.model_parallel_size": _ignore(_CLUSTER),
     "exp_manager.checkpoint_callback_params.save_last": _ignore("the latest checkpoint is always kept"),
-    "pretrained_checkpoint.restore_from_path": _neutral(_NEMO_FILE, None),
     "model.mcore_gpt": _neutral("the backbone is always megatron-core's GPTModel", True),
     "model.share_embeddings_and_output_weights": _ignore("a reward model has no vocabulary projection"),
     "model.megatron_amp_O2": _ignore(_APEX),
@@ -199,18 +198,14 @@ def _resolved(view: DictConfig | None, key: str, raw: Any) -> Any:
 
 
 def _check_pretrained(value: Any, source: str) -> None:
-    if value is None:
-        return
-    path = str(value)
-    if path.endswith(".nemo"):
+    """``pretrained_checkpoint.restore_from_path`` is ours (a Hugging Face folder, ``engine/hf``); a
+    ``.nemo`` file, what NeMo-Aligner took there, gets a clear refusal."""
+    if isinstance(value, str) and value.rstrip("/").endswith(".nemo"):
         raise ConfigError(
-            f"pretrained_checkpoint.restore_from_path={path} ({source}): .nemo files are not read yet; convert the "
-            "model to a Hugging Face folder (NeMo's export scripts) and pass it with --pretrained DIR"
+            f"pretrained_checkpoint.restore_from_path={value} ({source}): .nemo files are not read yet; convert the "
+            "model to a Hugging Face folder (NeMo's export scripts) and pass it with --pretrained DIR "
+            "(docs/pretrained.md)"
         )
-    raise ConfigError(
-        f"pretrained_checkpoint.restore_from_path={path} ({source}): start from pretrained weights with "
-        "--pretrained DIR (a Hugging Face model folder) instead"
-    )
 
 
 def _check_seq_length(value: Any, view: DictConfig | None, source: str) -> None:
@@ -265,6 +260,8 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
                 "\"model.data.data_prefix={train: [train.jsonl], validation: [val.jsonl]}\" (splitting one "
                 "prefix with model.data.splits_string is not supported)"
             )
+        if key == "pretrained_checkpoint.restore_from_path":
+            _check_pretrained(_resolved(view, key, raw), source)
         if key == "model.data.seq_length":
             _check_seq_length(_resolved(view, key, raw), view, source)
             notes.mapped[key] = "model.data.seq_length -> model.encoder_seq_length (they must agree)"
@@ -280,8 +277,6 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
         if rule.kind == "ignore":
             notes.ignored.append(key)
         elif rule.kind == "neutral":
-            if key == "pretrained_checkpoint.restore_from_path":
-                _check_pretrained(value, source)
             if value not in rule.allowed:
                 allowed = " or ".join(repr(a) if a is not None else "null" for a in rule.allowed)
                 raise ConfigError(f"{key}={value!r} ({source}): {rule.why}; only {allowed} is accepted")

@@ -48,6 +48,8 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 _DTYPES = ("float32", "bfloat16", "float16")
 _TOKENIZER_LIBRARIES = ("byte", "huggingface")
 _POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+_NORMALIZATIONS = ("LayerNorm", "RMSNorm")  # model.NORMALIZATIONS (this module does not import torch)
+_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")  # model.ACTIVATIONS
 _SCHEDULERS = ("CosineAnnealing", "constant")
 _OPTIMIZERS = ("adamw", "adam")
 
@@ -257,13 +259,21 @@ def build_config(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
         written = list(flatten(OmegaConf.to_container(layer, resolve=False)))
-        cfg = _merge_nemo(cfg, layer, str(path), notes)
+        cfg, user_set = _merge_nemo(cfg, layer, str(path), notes)
+    else:
+        user_set = []
     if overrides:
-        layer = parse_overrides(overrides, defaults=defaults_tree, written=written)
-        cfg = _merge_nemo(cfg, layer, "command line", notes)
+        override_layer = parse_overrides(overrides, defaults=defaults_tree, written=written)
+        cfg, more = _merge_nemo(cfg, override_layer, "command line", notes)
+        user_set += more
     if override_type(overrides) not in (None, plugin.name):
         raise ConfigError(f"model.reward_model_type={override_type(overrides)!r} (command line) but the "
                           f"architecture is {plugin.name!r}")
+    if OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None):
+        from .hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
+
+        user_keys = {key: OmegaConf.select(cfg, key, default=None) for key in user_set}
+        cfg = apply_pretrained(cfg, user_keys)
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:
@@ -285,11 +295,15 @@ def override_type(overrides: Iterable[str]) -> str | None:
     return str(found[-1]) if found else None
 
 
-def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNotes) -> DictConfig:
-    """Translate NeMo-Aligner keys of ``layer`` (see ``_nemo_compat``), then :func:`merge_closed`."""
+def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNotes) -> tuple[DictConfig, list[str]]:
+    """Translate NeMo-Aligner keys of ``layer`` (see ``_nemo_compat``), then :func:`merge_closed`.
+
+    Returns:
+        The merged config and the (translated) keys the layer set.
+    """
     plain, layer_notes = translate(OmegaConf.to_container(layer, resolve=False), source, cfg)  # type: ignore[arg-type]
     notes.extend(layer_notes)
-    return merge_closed(cfg, OmegaConf.create(plain), source)
+    return merge_closed(cfg, OmegaConf.create(plain), source), list(flatten(plain))
 
 
 def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:
@@ -328,7 +342,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             )
     if m.encoder_seq_length < 2:
         raise ConfigError(f"model.encoder_seq_length={m.encoder_seq_length}: need at least 2 (a token and EOS)")
-    if m.hidden_size % m.num_attention_heads:
+    if m.get("kv_channels") is None and m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}"
         )
@@ -347,6 +361,8 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
     _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
+    _choice(cfg, "model.normalization", _NORMALIZATIONS)
+    _choice(cfg, "model.activation", _ACTIVATIONS)
     _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
         raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
@@ -402,4 +418,7 @@ def load_saved_config(text: str, source: str) -> DictConfig:
         raise ConfigError(f"{source}: unreadable config: {exc}") from None
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
-    return cfg
+    # Keys added to the engine after the run was saved take their defaults (today's model).
+    merged = OmegaConf.merge(engine_defaults(), cfg)
+    assert isinstance(merged, DictConfig)
+    return merged
