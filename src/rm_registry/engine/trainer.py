@@ -33,6 +33,7 @@ from . import parallel
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
 from ._loggers import attach_loggers, check_loggers
+from ._safe_pickle import check_contained
 from ._splits import build_split_datasets, normalize_prefix
 from ._topk import keep_top_k
 from .config import load_saved_config, to_yaml, validate_engine_config
@@ -356,7 +357,9 @@ def train(
     output_dir = Path(output_dir)
     resume_from = _check_output_dir(output_dir, resume)
     if resume_from is not None:
-        saved = load_saved_config((resume_from / "config.yaml").read_text(), str(resume_from / "config.yaml"))
+        check_contained(resume_from)
+        saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
+                                  str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
 
     tokenizer = load_tokenizer(cfg)
