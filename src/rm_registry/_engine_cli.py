@@ -1,4 +1,5 @@
-"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``.
+"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score`` (and ``serve``, from
+:mod:`rm_registry.serve`).
 
 Importing this module is cheap (no torch): the engine is imported inside the handlers.
 Handlers return the exit code; our errors are turned into one-line messages by ``_cli.main``
@@ -91,6 +92,10 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
     p.set_defaults(func=_score)
+
+    from .serve._cli import add_serve_subcommand
+
+    add_serve_subcommand(subparsers)
 
 
 def _quiet_unless_first_rank() -> None:
