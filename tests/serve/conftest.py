@@ -26,7 +26,7 @@ PAIRS = [(f"Q{i}: what is {i % 7}+{i % 5}?", f" It is {i % 7 + i % 5 + i % 2}." 
 TEXTS = [p + r for p, r in PAIRS]
 TOL = 1e-5
 STARTUP_TIMEOUT = 300.0
-_LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
+_LISTENING = re.compile(r"on http://127\.0\.0\.1:(\d+) \(pid (\d+),")
 
 
 def free_port() -> int:
@@ -72,14 +72,16 @@ class Server:
                 continue
             m = _LISTENING.search(line)
             if m:
+                self.serving_pid = int(m.group(2))  # rank 0 under torchrun
                 return int(m.group(1))
         self.kill()
         raise AssertionError(f"server did not start (exit {self.proc.poll()}):\n{''.join(self.stderr)[-4000:]}")
 
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then the exit code (killed, and the test failed, if it does not exit in time)."""
+    def terminate(self, timeout: float = 60.0, *, pid: int | None = None) -> int:
+        """SIGTERM (to ``pid``, default the process started), then the exit code of the process started
+        (killed, and the test failed, if it does not exit in time)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            os.kill(pid or self.proc.pid, signal.SIGTERM)
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:

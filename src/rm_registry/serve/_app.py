@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -107,7 +108,7 @@ def run_server(model: LoadedRewardModel, options: ServeOptions) -> int:
 
     def announce() -> None:
         print(f"rm-registry serve: serving {model.checkpoint} as {options.served_model_name!r} on "
-              f"http://{shown}:{port} (K={runner.num_outputs}, batching "
+              f"http://{shown}:{port} (pid {os.getpid()}, K={runner.num_outputs}, batching "
               f"{'on' if options.batching else 'off'}; SIGTERM or Ctrl-C stops)", file=sys.stderr, flush=True)
 
     app = build_app(service, on_ready=announce)
