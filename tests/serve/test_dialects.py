@@ -110,3 +110,51 @@ def test_health_and_metrics(server: Server) -> None:
                  "rm_registry_tokens_per_second", "rm_registry_tokens_total"):
         assert name in text, name
     assert 'rm_registry_requests_total{route="/get_reward",status="200"}' in text
+
+
+@pytest.fixture(scope="module")
+def regression_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tiny multi-attribute (K = 5) checkpoint trained on the plugin's sample data, and its scores."""
+    import json
+
+    from cli_helpers import TINY, run_cli
+
+    d = tmp_path_factory.mktemp("serve_regression")
+    proc = run_cli("train", "regression", "--output", str(d / "rm"), "--no-progress", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = d / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    proc = run_cli("score", "--checkpoint", str(d / "rm"), "--data", str(data), "--output", str(d / "s.jsonl"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (d / "s.jsonl").read_text().splitlines()]
+    return {"checkpoint": d / "rm", "rows": rows}
+
+
+def test_multi_output_architecture(regression_run: dict[str, Any]) -> None:
+    rows = regression_run["rows"]
+    names = list(rows[0]["attributes"])
+    assert len(names) > 1
+    srv = Server(["--checkpoint", str(regression_run["checkpoint"])])
+    try:
+        body = httpx.post(f"{srv.url}/get_reward", json={"query": TEXTS}).json()
+        _close(body["rewards"], [r["reward"] for r in rows])  # the weighted scalar of `score`
+        assert list(body["extra_logs"]) == names
+        for name in names:
+            _close(body["extra_logs"][name], [r["attributes"][name] for r in rows])
+        pooled = httpx.post(f"{srv.url}/pooling", json={"input": TEXTS}).json()["data"]
+        for got, row in zip(pooled, rows):
+            _close(got["data"], [row["attributes"][n] for n in names])
+        classified = httpx.post(f"{srv.url}/classify", json={"input": TEXTS[:2], "use_activation": False}).json()
+        first = classified["data"][0]
+        assert first["num_classes"] == len(names) and first["label"] in names
+        assert first["label"] == max(rows[0]["attributes"], key=rows[0]["attributes"].get)
+        assert abs(sum(httpx.post(f"{srv.url}/classify", json={"input": TEXTS[0]}).json()["data"][0]["probs"]) - 1) < 1e-9
+        kserve = httpx.post(f"{srv.url}/v2/models/reward_model/infer", json={"inputs": [
+            {"name": "sentences", "shape": [2, 1], "datatype": "BYTES", "data": TEXTS[:2]}]}).json()["outputs"][0]
+        assert kserve["shape"] == [2, len(names)]
+        _close(kserve["data"], [row["attributes"][n] for row in rows[:2] for n in names])
+        refused = httpx.post(f"{srv.url}/score", json={"queries": "a", "documents": ["b"]})
+        assert refused.status_code == 400 and "one output" in refused.json()["error"]
+        assert srv.terminate() == 0
+    finally:
+        srv.kill()
