@@ -21,7 +21,6 @@ in a temporary folder (weights do not matter for speed).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
@@ -96,34 +95,54 @@ def _start(checkpoint: str, extra: list[str], env: dict[str, str]) -> tuple[subp
     raise SystemExit(f"server did not start (exit {proc.wait()})")
 
 
-async def _load(url: str, texts: list[str], clients: int) -> tuple[float, list[float], list[float]]:
-    """Every text once, one per request, from ``clients`` concurrent clients: seconds, latencies, rewards."""
-    import httpx
+def _load(url: str, texts: list[str], clients: int) -> tuple[float, list[float], list[float]]:
+    """Every text once, one per request, from ``clients`` concurrent clients (threads, each with its own
+    keep-alive connection; the standard library's client costs little CPU, so that on a small machine
+    the load generator is not what limits the server): seconds, latencies, rewards."""
+    import http.client
+    import threading
+    from urllib.parse import urlsplit
 
+    where = urlsplit(url)
     rewards: list[float] = [0.0] * len(texts)
     latencies: list[float] = []
-    todo = iter(range(min(clients, len(texts))))  # warm-up: connections, first batches
+    lock = threading.Lock()
 
-    async def client(http: httpx.AsyncClient) -> None:
-        for i in todo:
+    def client(todo: Any) -> None:
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=600)
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                break
             started = time.perf_counter()
-            r = await http.post("/get_reward", json={"query": [texts[i]]})
+            conn.request("POST", "/get_reward", body=json.dumps({"query": [texts[i]]}), headers=headers)
+            response = conn.getresponse()
+            body = response.read()
             latencies.append(time.perf_counter() - started)
-            r.raise_for_status()
-            rewards[i] = r.json()["rewards"][0]
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
+            rewards[i] = json.loads(body)["rewards"][0]
+        conn.close()
 
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=clients)) as http:
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        todo = iter(range(len(texts)))
-        latencies.clear()
+    def run(todo: Any) -> float:
+        threads = [threading.Thread(target=client, args=(todo,)) for _ in range(clients)]
         started = time.perf_counter()
-        await asyncio.gather(*(client(http) for _ in range(clients)))
-        seconds = time.perf_counter() - started
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - started
+
+    run(iter(range(min(clients, len(texts)))))  # warm-up
+    latencies.clear()
+    seconds = run(iter(range(len(texts))))
     return seconds, latencies, rewards
 
 
 def _serve(url: str, texts: list[str], clients: int) -> dict[str, Any]:
-    seconds, latencies, rewards = asyncio.run(_load(url, texts, clients))
+    seconds, latencies, rewards = _load(url, texts, clients)
     q = statistics.quantiles(latencies, n=100)
     return {"texts_per_s": len(texts) / seconds, "p50_ms": 1000 * q[49], "p99_ms": 1000 * q[98],
             "rewards": rewards}

@@ -97,18 +97,25 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def train_and_score(d: Path, architecture: str, records: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Train a tiny ``architecture`` checkpoint in ``d / "rm"`` (on its sample data) and score ``records``
+    with `rm-registry score`: the reference rows."""
+    proc = run_cli("train", architecture, "--output", str(d / "rm"), "--no-progress", *TINY)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = d / "texts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    proc = run_cli("score", "--checkpoint", str(d / "rm"), "--data", str(data), "--output", str(d / "scores.jsonl"),
+                   "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in (d / "scores.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="session")
 def served_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A tiny trained checkpoint, the texts, and `rm-registry score`'s rewards for them (the reference)."""
     d = tmp_path_factory.mktemp("serve")
-    proc = run_cli("train", "binary_ranking", "--output", str(d / "rm"), "--no-progress", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = d / "texts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in PAIRS))
-    proc = run_cli("score", "--checkpoint", str(d / "rm"), "--data", str(data), "--output", str(d / "scores.jsonl"),
-                   "--no-progress")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rewards = [json.loads(line)["reward"] for line in (d / "scores.jsonl").read_text().splitlines()]
+    rows = train_and_score(d, "binary_ranking", [{"prompt": p, "response": r} for p, r in PAIRS])
+    rewards = [row["reward"] for row in rows]
     assert len(rewards) == len(TEXTS) and len({round(r, 5) for r in rewards}) > 8  # a permutation would show
     return {"checkpoint": d / "rm", "rewards": rewards, "dir": d}
 

@@ -124,3 +124,17 @@ def test_keepalive_runs_on_the_worker_when_idle() -> None:
 def test_invalid_settings_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), **{"max_batch_tokens": 10, "max_wait_ms": 1, **bad})
+
+
+def test_texts_of_very_different_lengths_go_to_different_batches() -> None:
+    forward = Recorder()
+
+    async def main() -> None:
+        b = DynamicBatcher(forward, max_batch_tokens=100_000, max_wait_ms=50, max_padding_tokens=50)
+        b.start()
+        requests = [_request(1, length, tag) for tag, length in enumerate([100, 10, 12, 101, 11, 102, 10, 100])]
+        await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+
+    _run(main())
+    assert [[len(ids) for ids in batch] for batch in forward.batches] == [[10, 10, 11, 12], [100, 100, 101, 102]]

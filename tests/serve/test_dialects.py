@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import PAIRS, TEXTS, TOL, Server
+from conftest import PAIRS, TEXTS, TOL, Server, train_and_score
 
 pytestmark = pytest.mark.slow
 
@@ -114,19 +114,9 @@ def test_health_and_metrics(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def regression_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A tiny multi-attribute (K = 5) checkpoint trained on the plugin's sample data, and its scores."""
-    import json
-
-    from cli_helpers import TINY, run_cli
-
+    """A tiny multi-attribute checkpoint trained on the plugin's sample data, and its scores."""
     d = tmp_path_factory.mktemp("serve_regression")
-    proc = run_cli("train", "regression", "--output", str(d / "rm"), "--no-progress", *TINY)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = d / "texts.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
-    proc = run_cli("score", "--checkpoint", str(d / "rm"), "--data", str(data), "--output", str(d / "s.jsonl"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (d / "s.jsonl").read_text().splitlines()]
+    rows = train_and_score(d, "regression", [{"text": t} for t in TEXTS])
     return {"checkpoint": d / "rm", "rows": rows}
 
 
@@ -148,7 +138,8 @@ def test_multi_output_architecture(regression_run: dict[str, Any]) -> None:
         first = classified["data"][0]
         assert first["num_classes"] == len(names) and first["label"] in names
         assert first["label"] == max(rows[0]["attributes"], key=rows[0]["attributes"].get)
-        assert abs(sum(httpx.post(f"{srv.url}/classify", json={"input": TEXTS[0]}).json()["data"][0]["probs"]) - 1) < 1e-9
+        softmax = httpx.post(f"{srv.url}/classify", json={"input": TEXTS[0]}).json()["data"][0]["probs"]
+        assert abs(sum(softmax) - 1) < 1e-9 and all(0 < p < 1 for p in softmax)
         kserve = httpx.post(f"{srv.url}/v2/models/reward_model/infer", json={"inputs": [
             {"name": "sentences", "shape": [2, 1], "datatype": "BYTES", "data": TEXTS[:2]}]}).json()["outputs"][0]
         assert kserve["shape"] == [2, len(names)]

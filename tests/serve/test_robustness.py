@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 import httpx
 import pytest
-from conftest import PAIRS, TEXTS, TOL, Server
+from conftest import TEXTS, TOL, Server
 
 pytestmark = pytest.mark.slow
 

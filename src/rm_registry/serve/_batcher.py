@@ -3,9 +3,12 @@
 Requests put their encoded texts in a queue and await futures. A single task on the event loop
 waits for the first text, then up to ``max_wait_ms`` for more (or until ``max_batch_tokens`` are
 queued), takes everything queued, sorts it by length and cuts it into batches whose padded size
-(texts x longest) stays under ``max_batch_tokens``. Each batch runs on one worker thread, so the event
-loop keeps accepting requests while the model computes, and texts that arrive meanwhile form the
-next batches. A batch that raises fails only its own texts (the requests get HTTP 500).
+(texts x longest) stays under ``max_batch_tokens`` and whose padding (the tokens added to make the
+texts of a batch as long as its longest) stays under ``max_padding_tokens``: texts of similar
+length go together, so little compute is spent on padding, as when scoring a sorted file offline.
+Each batch runs on one worker thread, so the event loop keeps accepting requests while the model
+computes, and texts that arrive meanwhile form the next batches. A batch that raises fails only its
+own texts (the requests get HTTP 500).
 
 With ``batching=False`` every request is one forward pass of its own texts (what OpenRLHF's
 server does), for comparison.
@@ -50,21 +53,27 @@ class DynamicBatcher:
         max_batch_tokens: Budget of padded tokens (texts x longest) per forward pass; a single text
             longer than the budget runs alone.
         max_wait_ms: How long the first queued text waits for company when the model is idle.
+        max_padding_tokens: Padding tokens a batch may carry; a text whose length would add more
+            starts the next batch. Small values mean more, tighter passes.
         batching: ``False``: one forward pass per request.
         keepalive: Called on the worker thread after ``keepalive_s`` idle seconds (tensor-parallel
             followers must hear from rank 0 before their process group times out).
     """
 
     def __init__(self, forward: Callable[[list[list[int]]], Sequence[Any]], *, max_batch_tokens: int,
-                 max_wait_ms: float, batching: bool = True, metrics: ServerMetrics | None = None,
+                 max_wait_ms: float, max_padding_tokens: int = 1024, batching: bool = True,
+                 metrics: ServerMetrics | None = None,
                  keepalive: Callable[[], None] | None = None, keepalive_s: float = 60.0) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens={max_batch_tokens}: expected a positive number")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={max_wait_ms}: expected >= 0")
+        if max_padding_tokens < 0:
+            raise ValueError(f"max_padding_tokens={max_padding_tokens}: expected >= 0")
         self.forward = forward
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
+        self.max_padding_tokens = max_padding_tokens
         self.batching = batching
         self.metrics = metrics
         self.keepalive = keepalive
@@ -159,15 +168,20 @@ class DynamicBatcher:
                 items.append(self._pending.popleft())
         self._pending_tokens -= sum(len(item.ids) for item in items)
         self._set_depth()
+        if not self.batching:
+            items.sort(key=lambda item: len(item.ids))
         batches: list[list[_Item]] = []
         current: list[_Item] = []
+        tokens = 0  # real tokens in current
         for item in items:
-            # sorted by length, so the padded width of current + item is len(item.ids)
-            width = max(len(item.ids), max((len(i.ids) for i in current), default=0))
-            if current and (len(current) + 1) * width > self.max_batch_tokens:
+            width = len(item.ids)  # sorted by length: the padded width of current + item
+            padding = len(current) * width - tokens
+            too_much_padding = self.batching and padding > self.max_padding_tokens
+            if current and ((len(current) + 1) * width > self.max_batch_tokens or too_much_padding):
                 batches.append(current)
-                current = []
+                current, tokens = [], 0
             current.append(item)
+            tokens += width
         if current:
             batches.append(current)
         return batches

@@ -39,6 +39,10 @@ def add_serve_subcommand(subparsers: Any) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
                    help="padded tokens (texts x longest text) per forward pass (default 16384); a longer single "
                         "text runs alone")
+    p.add_argument("--max-padding-tokens", type=int, default=1024, metavar="N",
+                   help="padding tokens a forward pass may carry: queued texts are sorted by length and a text "
+                        "that would add more padding starts the next pass (default 1024; lower it on CPUs, "
+                        "where padding costs as much as text, raise it on GPUs, where each pass has a fixed cost)")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long an idle server waits for more texts before a forward pass (default 5)")
     p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, metavar="N",
@@ -78,7 +82,8 @@ def _serve(args: argparse.Namespace) -> int:
     _check_extra()
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     options = ServeOptions(host=args.host, port=args.port, api_key=api_key, max_batch_tokens=args.max_batch_tokens,
-                           max_wait_ms=args.max_wait_ms, max_request_bytes=args.max_request_bytes,
+                           max_padding_tokens=args.max_padding_tokens, max_wait_ms=args.max_wait_ms,
+                           max_request_bytes=args.max_request_bytes,
                            batching=not args.no_batching, served_model_name=args.served_model_name,
                            access_log=args.access_log)
 

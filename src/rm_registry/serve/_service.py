@@ -35,6 +35,8 @@ class ServeOptions:
         port: TCP port (0: any free port, printed at start).
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_batch_tokens: Padded tokens (texts x longest) per forward pass.
+        max_padding_tokens: Padding tokens a forward pass may carry (texts of similar length go
+            together).
         max_wait_ms: How long an idle server waits for more texts before a forward pass.
         max_request_bytes: Largest request body accepted (413 above).
         batching: ``False``: one forward pass per request (no batching across requests).
@@ -46,6 +48,7 @@ class ServeOptions:
     port: int = 8000
     api_key: str | None = None
     max_batch_tokens: int = 16384
+    max_padding_tokens: int = 1024
     max_wait_ms: float = 5.0
     max_request_bytes: int = 16 * 1024 * 1024
     batching: bool = True
@@ -59,6 +62,8 @@ class ServeOptions:
             raise ConfigError(f"--port={self.port}: expected 0..65535")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"--max-batch-tokens={self.max_batch_tokens}: expected a positive number")
+        if self.max_padding_tokens < 0:
+            raise ConfigError(f"--max-padding-tokens={self.max_padding_tokens}: expected a number >= 0")
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms={self.max_wait_ms}: expected a number >= 0")
         if self.max_request_bytes < 1:
@@ -78,7 +83,8 @@ class Service:
         self.options = options
         self.metrics = ServerMetrics()
         self.batcher = DynamicBatcher(runner.forward, max_batch_tokens=options.max_batch_tokens,
-                                      max_wait_ms=options.max_wait_ms, batching=options.batching,
+                                      max_wait_ms=options.max_wait_ms,
+                                      max_padding_tokens=options.max_padding_tokens, batching=options.batching,
                                       metrics=self.metrics, keepalive=runner.keepalive)
         self.ready = False
         self.created = int(time.time())

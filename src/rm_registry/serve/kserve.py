@@ -18,7 +18,7 @@ import json
 import struct
 from typing import TYPE_CHECKING, Any
 
-from ._http import RequestError, parse_json_object, read_body
+from ._http import RequestError, parse_json_object, read_body, text_list
 from ._service import Service, endpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,12 +122,7 @@ def _sentences(body: dict[str, Any], binary: bytes) -> list[str]:
         texts = _flatten(tensor["data"], f"{where}.data")
     if len(texts) != shape[0]:
         raise RequestError(400, f"{where}.shape", f"{shape!r} but {len(texts)} elements were sent")
-    for j, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise RequestError(400, f"{where}.data[{j}]", f"expected a string, got {type(text).__name__}")
-        if not text:
-            raise RequestError(400, f"{where}.data[{j}]", "empty string; there is nothing to score")
-    return texts
+    return text_list(texts, f"{where}.data")
 
 
 def _wants_binary(body: dict[str, Any]) -> bool:
