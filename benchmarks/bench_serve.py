@@ -14,7 +14,7 @@ changes during the run (shared CI runners) skews all three alike. Every process 
 
     python benchmarks/bench_serve.py [--checkpoint RUN] [--texts 512] [--clients 64] [--rounds 3]
 
-Without --checkpoint a small binary_ranking model (4 layers, hidden 256) is trained for one step
+Without --checkpoint a small binary_ranking model (2 layers, hidden 64) is trained for one step
 in a temporary folder (weights do not matter for speed).
 """
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SMALL = ["model.num_layers=4", "model.hidden_size=256", "model.num_attention_heads=8",
+SMALL = ["model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
          "model.encoder_seq_length=256", "model.micro_batch_size=8", "model.global_batch_size=8",
          "trainer.rm.max_steps=1", "trainer.rm.save_interval=1", "trainer.rm.val_check_interval=1"]
 _BANNER = re.compile(r"on http://127\.0\.0\.1:(\d+) ")
@@ -159,6 +159,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=64, help="concurrent single-text clients")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of every process")
+    parser.add_argument("--serve-args", default="", help="extra flags of the batching server, e.g. "
+                                                         "\"--max-padding-tokens 256\"")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
@@ -176,7 +178,7 @@ def main() -> None:
         data = d / "texts.jsonl"
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
         offline_proc = Offline(checkpoint, data, d / "scores.jsonl", env)
-        servers = {"batched": _start(checkpoint, [], env), "unbatched": _start(checkpoint, ["--no-batching"], env)}
+        servers = {"batched": _start(checkpoint, args.serve_args.split(), env), "unbatched": _start(checkpoint, ["--no-batching"], env)}
         try:
             for _ in range(args.rounds):
                 seconds, offline_rewards = offline_proc.run()
@@ -194,6 +196,7 @@ def main() -> None:
     batched, unbatched = _median(runs["batched"]), _median(runs["unbatched"])
     offline = len(texts) / statistics.median(offline_times)
     result = {"texts": len(texts), "clients": args.clients, "rounds": args.rounds, "threads": args.threads,
+              "serve_args": args.serve_args,
               "serve": batched, "serve_no_batching": unbatched,
               "offline_score_texts_per_s": offline,
               "batching_speedup": batched["texts_per_s"] / unbatched["texts_per_s"],
