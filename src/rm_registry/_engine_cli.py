@@ -74,9 +74,10 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "score",
         help="score texts with a checkpoint",
-        description="Score JSON Lines texts ({\"text\": ...} or {\"prompt\": ..., \"response\": ...} per line) "
-        "and write one JSON object per input line, in order, with a float `reward` (and what the "
-        "architecture adds, e.g. `attributes`).",
+        description="Score JSON Lines texts ({\"text\": ...} or {\"prompt\": ..., \"response\": ...} per line, "
+        "or what the architecture reads, e.g. a prompt with several responses) and write one JSON object per "
+        "input line, in order, with a float `reward` (and what the architecture adds, e.g. `attributes`, "
+        "or its own per-record output).",
         epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR",
@@ -213,12 +214,13 @@ def _score(args: argparse.Namespace) -> int:
     _quiet_unless_first_rank()
     from ._errors import ConfigError
     from .engine._fs import check_output_file
-    from .engine.api import load_reward_model, read_score_inputs, score_file
+    from .engine.api import checkpoint_plugin, load_reward_model, read_score_records, score_file
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive number")
     _check_input_file(args.data, "--data")
-    read_score_inputs(args.data)  # refuse bad input before loading anything
+    # Refuse bad input before building the model; the plugin decides what a line holds.
+    read_score_records(args.data, checkpoint_plugin(args.checkpoint, distribution=args.distribution))
     check_output_file(Path(args.output))
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)

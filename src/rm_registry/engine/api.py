@@ -23,19 +23,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError
-from .._registry import get_reward_model
+from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
-from . import parallel
 from ._fs import atomic_write_text, check_output_file
 from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
-from .data import encode_text, fit_length, join_prompt_response, pad_batch, read_jsonl, render_text
+from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
-from .trainer import _progress, evaluate_dataset
+from .progress import progress_bar
+from .trainer import evaluate_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin, Tokenizer
 
-__all__ = ["LoadedRewardModel", "load_reward_model", "read_score_inputs", "score_file"]
+__all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_score_inputs", "read_score_records",
+           "score_file"]
 
 #: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
 LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy")
@@ -66,7 +67,7 @@ class LoadedRewardModel:
         mine = list(range(self.info.dp_rank, len(chunks), self.info.dp))
         self.model.eval()
         results: list[tuple[list[int], torch.Tensor]] = []
-        bar = _progress(len(mine), "score", enabled=progress and self.info.is_main)
+        bar = progress_bar(len(mine), "score", enabled=progress and self.info.is_main)
         for c in mine:
             tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
             out = self.model(tokens.to(self.info.device), lengths.to(self.info.device))
@@ -134,20 +135,20 @@ class LoadedRewardModel:
                                 progress=progress)
 
 
-def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin_name: str) -> DictConfig:
+def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin: RewardModelPlugin) -> DictConfig:
     """Merge the overrides allowed at load time, checked like training overrides."""
     items = list(overrides)
     if not items:
         return cfg
     layer = parse_overrides(items)
-    own = f"model.{plugin_name}."
+    own = f"model.{plugin.name}."
     for key in flatten(OmegaConf.to_container(layer)):
         if key not in LOAD_OVERRIDES and not key.startswith(own):
             raise ConfigError(
                 f"override {key!r}: when loading a checkpoint only {', '.join(LOAD_OVERRIDES)} and the "
                 f"architecture's own keys ({own}*) may be set; the rest describes the trained model"
             )
-    return merge_closed(cfg, layer, "command line")
+    return merge_closed(cfg, layer, "command line", _contract.config_types(plugin))
 
 
 def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
@@ -175,9 +176,9 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     cfg = load_saved_config(config_path.read_text(), str(config_path))
     cfg.model.tensor_model_parallel_size = 1
     cfg.model.pipeline_model_parallel_size = 1
-    plugin = get_reward_model(str(cfg.model.reward_model_type), distribution=distribution)
+    plugin = _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
     overrides = list(overrides)
-    cfg = _load_overrides(cfg, overrides, plugin.name)
+    cfg = _load_overrides(cfg, overrides, plugin)
     if isinstance(cfg.model.micro_batch_size, int):  # no optimizer steps here: one batch is one pass
         cfg.model.global_batch_size = cfg.model.micro_batch_size
     validate_engine_config(cfg)
@@ -205,42 +206,63 @@ def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
     """``(line, text)`` pairs to score from JSON Lines: ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` per line.
 
     The prompt and the response are joined as in training (:func:`~.data.join_prompt_response`:
-    two strings are concatenated as they are). Values may be chat message lists.
+    two strings are concatenated as they are). Values may be chat message lists. This is the
+    default input of ``score``; :func:`read_score_records` applies a plugin's own ``score_texts``.
 
     Raises:
         DataError: naming the file, the line and the problem.
     """
-    texts = []
-    for line, rec in read_jsonl(path):
-        if "text" in rec:
-            texts.append((line, render_text(rec["text"], path=path, line=line, key="text")))
-        elif "prompt" in rec and "response" in rec:
-            texts.append((line, join_prompt_response(rec["prompt"], rec["response"], path=path, line=line)))
-        else:
-            raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(rec)}")
-    return texts
+    return [(line, texts[0]) for line, texts in read_score_records(path, None)]
+
+
+def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> list[tuple[int, list[str]]]:
+    """``(line, texts)`` per line of a ``score`` input file: the texts ``plugin.score_texts`` reads
+    (a group of one or more), or one text by the default rule (:func:`read_score_inputs`).
+
+    Raises:
+        DataError: naming the file, the line and the problem.
+    """
+    return [(line, _contract.score_texts(plugin, rec, path=path, line=line)) for line, rec in read_jsonl(path)]
+
+
+def checkpoint_plugin(checkpoint: str | Path, *, distribution: str | None = None) -> RewardModelPlugin:
+    """The installed plugin of a checkpoint (or run folder), without building the model.
+
+    Raises:
+        ConfigError: no complete checkpoint there.
+        PluginNotFoundError: its architecture is not installed (naming the distribution to install).
+    """
+    path = ckpt.find_latest(Path(checkpoint))
+    cfg = load_saved_config((path / "config.yaml").read_text(), str(path / "config.yaml"))
+    return _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
 
 
 def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *,
                batch_size: int | None = None, progress: bool = True) -> int:
     """Score every line of ``data`` and write one JSON object per line to ``output``, in input order.
 
-    ``output`` is written atomically (a temporary file renamed into place) by the main rank, so a
-    failure never leaves a partial file. Returns the number of lines scored.
+    Each line is one record: the texts of ``plugin.score_texts`` (default: one ``text`` or
+    ``prompt`` + ``response``) are scored together and ``plugin.score_records`` (default: today's
+    ``score_outputs`` object) makes its one output object. ``output`` is written atomically (a
+    temporary file renamed into place) by the main rank, so a failure never leaves a partial
+    file. Returns the number of lines scored.
     """
     check_output_file(Path(output))
-    records = read_score_inputs(data)
+    records = read_score_records(data, model.plugin)
     ids: list[list[int]] = []
     too_long = 0
-    for line, text in records:
-        encoded, cut = model.encode(text)
-        if cut:
-            too_long += 1
-            if model.cfg.model.data.overlong_policy == "error":
-                fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
-                           eos_id=model.tokenizer.eos_id, path=data, line=line)
-        ids.append(encoded)
-    results = model.plugin.score_outputs(model.rewards(ids, batch_size=batch_size, progress=progress), model.cfg)
+    for line, texts in records:
+        for number, text in enumerate(texts):
+            encoded, cut = model.encode(text)
+            if cut:
+                too_long += 1
+                if model.cfg.model.data.overlong_policy == "error":
+                    key = f"text {number} of the line" if len(texts) > 1 else None
+                    fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
+                               eos_id=model.tokenizer.eos_id, path=data, line=line, key=key)
+            ids.append(encoded)
+    rewards = model.rewards(ids, batch_size=batch_size, progress=progress)
+    results = _contract.score_records(model.plugin, rewards, [len(texts) for _, texts in records], model.cfg)
     if model.info.is_main:
         atomic_write_text(Path(output), "".join(json.dumps(r) + "\n" for r in results))
         if too_long:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .._errors import ConfigError, PluginLoadError
+from . import _contract
 from .data import OVERLONG_POLICIES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULTS_PATH",
+    "ENGINE_NULL_TYPES",
     "build_config",
     "engine_defaults",
     "flatten",
@@ -89,8 +91,51 @@ def _sections(known: dict[str, Any]) -> set[str]:
     return {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
 
 
-def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -> None:
-    """Refuse a layer value whose kind differs from the default's (null defaults accept anything)."""
+#: Types of the engine's keys whose default is null (plugins declare theirs with ``config_types()``).
+ENGINE_NULL_TYPES: dict[str, Any] = {
+    "model.ffn_hidden_size": int,
+    "model.max_position_embeddings": int,
+    "model.force_head_dtype": str,
+    "model.tokenizer.path": str,
+    "model.data.data_prefix.train": str,
+    "model.data.data_prefix.validation": str,
+    "model.data.data_prefix.test": str,
+    "trainer.rm.limit_val_batches": int,
+}
+
+_TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "bool", list: "list", dict: "mapping"}
+
+
+def _type_ok(value: Any, spec: Any) -> bool:
+    """Whether ``value`` fits a declared type (or tuple of types); ``float`` accepts whole numbers."""
+    for t in spec if isinstance(spec, tuple) else (spec,):
+        if t is bool and isinstance(value, bool):
+            return True
+        if isinstance(value, bool):
+            continue
+        if t is float and isinstance(value, (int, float)):
+            return True
+        if t is int and isinstance(value, float) and value.is_integer():
+            return True
+        if t in (list, tuple) and isinstance(value, (list, tuple)):
+            return True
+        if t is dict and isinstance(value, Mapping):
+            return True
+        if isinstance(t, type) and t not in (list, tuple, dict) and isinstance(value, t):
+            return True
+    return False
+
+
+def _type_name(spec: Any) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in (spec if isinstance(spec, tuple) else (spec,)))
+
+
+def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str,
+                 types: Mapping[str, Any] | None = None) -> None:
+    """Refuse a layer value whose kind differs from the default's, or from the declared type of a
+    null default (``types``: :data:`ENGINE_NULL_TYPES` plus the plugin's ``config_types()``); other
+    null defaults accept anything."""
+    types = {**ENGINE_NULL_TYPES, **(types or {})}
     sections = _sections(defaults)
     for key, value in flatten(layer).items():
         if key in sections and not isinstance(value, Mapping):
@@ -102,7 +147,11 @@ def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -
         if key not in defaults:
             continue  # unknown keys are reported by _unknown_keys
         default = defaults[key]
-        if default is None or value is None:
+        if value is None:
+            continue
+        if default is None:
+            if key in types and not _type_ok(value, types[key]):
+                raise ConfigError(f"{key}={value!r} ({source}): expected a {_type_name(types[key])}, got a {_kind(value)}")
             continue
         want, got = _kind(default), _kind(value)
         if want != got and not (want == "mapping" and got == "mapping"):
@@ -128,7 +177,11 @@ def _unknown_keys(known: dict[str, Any], layer: dict[str, Any]) -> list[str]:
     return unknown
 
 
-def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+def merge_closed(base: DictConfig, layer: DictConfig, source: str, types: Mapping[str, Any] | None = None) -> DictConfig:
+    """Merge ``layer`` over ``base``, refusing unknown keys and values of the wrong type (naming them).
+
+    ``types``: declared types of keys whose default is null (a plugin's ``config_types()``).
+    """
     defaults = flatten(OmegaConf.to_container(base, resolve=False))
     plain = OmegaConf.to_container(layer, resolve=False)
     unknown = _unknown_keys(defaults, plain)  # type: ignore[arg-type]
@@ -141,7 +194,7 @@ def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} ({source}); "
             "`rm-registry info NAME --config` lists the keys this architecture accepts"
         )
-    _check_types(defaults, plain, source)  # type: ignore[arg-type]
+    _check_types(defaults, plain, source, types)  # type: ignore[arg-type]
     OmegaConf.set_struct(base, True)
     try:
         merged = OmegaConf.merge(base, layer)
@@ -178,7 +231,12 @@ def build_config(
     overrides: Iterable[str] = (),
     data_paths: Mapping[str, str | Path | None] | None = None,
 ) -> DictConfig:
-    """Merge the layers for ``plugin`` and validate the result.
+    """Merge the layers for ``plugin``, validate the result and resolve the plugin's open values.
+
+    Validation is complete: the engine's keys (:func:`validate_engine_config`), then
+    ``plugin.validate_config(cfg)``, then the optional ``plugin.resolve_config(cfg)``; callers need
+    not call ``validate_config`` again. Keys with a null default are type-checked against
+    :data:`ENGINE_NULL_TYPES` and the plugin's optional ``config_types()``.
 
     Args:
         plugin: The architecture; its name becomes ``model.reward_model_type``.
@@ -203,6 +261,7 @@ def build_config(
         raise ConfigError(f"plugin {plugin.name!r}: default_config() is not a valid config tree: {exc}") from None
     cfg = OmegaConf.merge(cfg, plugin_layer)  # open: the plugin adds its own section
     assert isinstance(cfg, DictConfig)
+    types = _contract.config_types(plugin)
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -219,9 +278,9 @@ def build_config(
             raise ConfigError(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
-        cfg = merge_closed(cfg, layer, str(path))
+        cfg = merge_closed(cfg, layer, str(path), types)
     if overrides:
-        cfg = merge_closed(cfg, parse_overrides(overrides), "command line")
+        cfg = merge_closed(cfg, parse_overrides(overrides), "command line", types)
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:
@@ -229,6 +288,7 @@ def build_config(
     OmegaConf.set_struct(cfg, True)
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)
     return cfg
 
 
