@@ -220,7 +220,12 @@ def _score(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive number")
     _check_input_file(args.data, "--data")
     # Refuse bad input before building the model; the plugin decides what a line holds.
-    read_score_records(args.data, checkpoint_plugin(args.checkpoint, distribution=args.distribution))
+    try:
+        plugin = checkpoint_plugin(args.checkpoint, distribution=args.distribution)
+    except ConfigError:  # no checkpoint there: report the input's own problems first, then that
+        read_score_records(args.data, None)
+        raise
+    read_score_records(args.data, plugin)
     check_output_file(Path(args.output))
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)

@@ -85,6 +85,10 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> di
                             f"{sample['train']}; need at least 4")
     _check_stats(plugin, train)
     done("datasets")
+    for name, check in (("config_types", _check_config_types), ("resolve_config", _check_resolve_config)):
+        if hasattr(plugin, name):
+            check(plugin)
+            done(name)
 
     parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
     parallel.manual_seed(int(cfg.seed))
@@ -138,10 +142,6 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> di
     done("scoring (score_outputs, score_records)")
     _check_determinism(plugin, cfg, tokenizer, samples, rewards)
     done("determinism")
-    for name, check in (("config_types", _check_config_types), ("resolve_config", _check_resolve_config)):
-        if hasattr(plugin, name):
-            check(plugin)
-            done(name)
 
     if checkpoint:
         _check_checkpoint(plugin, model, cfg, tokenizer, tokens, lengths, rewards)
