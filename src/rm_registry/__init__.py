@@ -29,7 +29,7 @@ from ._errors import (
     TrainingError,
 )
 from ._hooks import register_hooks, unregister_hooks
-from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
+from ._protocol import OptionalMembers, PluginInfo, RewardModelPlugin, Tokenizer
 from ._registry import (
     ENTRY_POINT_GROUP,
     get_reward_model,
@@ -46,6 +46,7 @@ __all__ = [
     "REWARD_MODEL_CLASS_DICT",
     "ConfigError",
     "DataError",
+    "OptionalMembers",
     "PluginConflictError",
     "PluginDisabledError",
     "PluginInfo",
