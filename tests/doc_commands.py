@@ -17,7 +17,7 @@ files the docs use as examples: ``prefs.jsonl``, ``val.jsonl``, ``texts.jsonl``,
   in one Python process for all pages (megatron-core is imported once); ``train`` gets a tiny
   model and 2 steps appended (:data:`TINY`), which win over the command's own values. Leading
   ``NAME=value`` words set environment variables. Exit status 0 expected.
-- ``torchrun ... -m rm_registry train|evaluate|score ARGS``: not launched (tests/distributed does
+- ``torchrun ... -m rm_registry train|evaluate|score ARGS`` (and ``rm-registry launch ...``): not launched (tests/distributed does
   real launches); the layout and, for ``train``, the whole config are checked for the process
   count the command asks for, which is where such an example fails as written. A ``train`` is
   then run in one process (tiny, tensor parallelism 1) so that the commands after it find its
@@ -129,12 +129,25 @@ def kind(command: str) -> str:
     _, words = _split(command)
     if not words:
         return "other"
+    if words[0] in ("rm-registry", ".venv/bin/rm-registry") and words[1:2] == ["launch"]:
+        return "torchrun"  # the same launch, through rm-registry
     if words[0] in ("rm-registry", ".venv/bin/rm-registry") or words[:3] in (["python", "-m", "rm_registry"],
                                                                              ["python3", "-m", "rm_registry"]):
         return "cli"
     if words[0] == "torchrun" and "-m" in words and words[words.index("-m") + 1] == "rm_registry":
         return "torchrun"
     return "other"
+
+
+def _launch_parts(command: str) -> tuple[list[str], list[str]]:
+    """``(launcher options, rm-registry arguments)`` of ``torchrun ... -m rm_registry ARGS`` or
+    ``rm-registry launch OPTIONS COMMAND ARGS``."""
+    _, words = _split(command)
+    if words[0] == "torchrun":
+        at = words.index("-m")
+        return words[1:at], words[at + 2:]
+    at = next(i for i, w in enumerate(words) if w in ("train", "evaluate", "score"))
+    return words[2:at], words[at:]
 
 
 def cli_args(command: str) -> tuple[dict[str, str], list[str]]:
@@ -188,9 +201,8 @@ def _run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str]:
 
 
 def _launched_args(command: str) -> list[str]:
-    """What torchrun passes to ``-m rm_registry``."""
-    _, words = _split(command)
-    return words[words.index("-m") + 2:]
+    """What each launched process runs (``rm-registry ARGS``)."""
+    return _launch_parts(command)[1]
 
 
 def _parse_only(args: list[str]) -> tuple[int, str]:
@@ -212,9 +224,7 @@ def _check_torchrun(command: str) -> tuple[int, str]:
     from rm_registry.engine import parallel
     from rm_registry.engine.config import build_config, parse_overrides, validate_engine_config
 
-    _, words = _split(command)
-    at = words.index("-m")
-    launcher, args = words[1:at], words[at + 2:]
+    launcher, args = _launch_parts(command)
     opts = dict(zip(launcher[::2], launcher[1::2]))
     world = int(opts.get("--nproc-per-node", 1)) * int(opts.get("--nnodes", 1))
     overrides = [a for a in args if "=" in a and not a.startswith("-")]

@@ -369,6 +369,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except _BAD_INPUT as exc:
         _error(exc)
         return 2
+    args.raw_argv = list(argv)  # for commands that pass their arguments on (`launch`)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

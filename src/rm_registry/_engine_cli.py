@@ -93,6 +93,10 @@ def add_subcommands(subparsers: Any) -> None:
                    help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
     p.set_defaults(func=_score)
 
+    from ._launcher import add_launch
+
+    add_launch(subparsers)
+
 
 def _quiet_unless_first_rank() -> None:
     """Under torchrun, only global rank 0 shows warnings (megatron-core's import-time notices would

@@ -65,11 +65,13 @@ class MetricMeans:
                 self.sums[name] += weight * float(value)
             self.weight += weight
 
-    def reduce(self, info: ParallelInfo, totals: Mapping[str, float] | None = None) -> dict[str, float]:
+    def reduce(self, info: ParallelInfo, totals: Mapping[str, float] | None = None, *,
+               group: Any = None) -> dict[str, float]:
         """Weighted means over this rank's batches and every data-parallel rank (same on all ranks).
 
         ``totals`` (``tokens``, ...) are summed over the ranks instead. A metric whose batches all
-        had weight 0 is NaN (logged as null).
+        had weight 0 is NaN (logged as null). ``group``: the data-parallel process group
+        (default: megatron-core's).
 
         Raises:
             TrainingError: the ranks report different metric names, naming them per rank.
@@ -78,9 +80,10 @@ class MetricMeans:
         totals = dict(totals or {})
         vec = torch.tensor([*(self.sums[n] for n in names), self.weight, *totals.values()], dtype=torch.float64)
         if info.dp > 1:
-            from megatron.core import parallel_state
+            if group is None:
+                from megatron.core import parallel_state
 
-            group = parallel_state.get_data_parallel_group()
+                group = parallel_state.get_data_parallel_group()
             self._same_names_on_every_rank(names, info, group)
             vec = vec.to(info.device)
             torch.distributed.all_reduce(vec, group=group)
