@@ -185,7 +185,7 @@ def test_cli_trains_with_metrics_weighted_by_group(trained: dict[str, Any]) -> N
 
 
 @pytest.mark.slow
-def test_cli_check_evaluate_and_score_records(trained: dict[str, Any], site: Path) -> None:
+def test_cli_check_evaluate_and_score_records(trained: dict[str, Any], site: Path, plugin: Any) -> None:
     env = env_with(site)
     check = run_cli("check", "plackett_luce", env=env)
     assert check.returncode == 0 and f"ok   plackett_luce ({DIST} {VERSION})" in check.stdout, check.stdout + check.stderr
@@ -214,6 +214,14 @@ def test_cli_check_evaluate_and_score_records(trained: dict[str, Any], site: Pat
     for r in rows:
         assert sorted(r["ranking"]) == list(range(len(r["rewards"])))
         assert [r["rewards"][i] for i in r["ranking"]] == sorted(r["rewards"], reverse=True)
+
+    # The Python API gives the same per-record outputs.
+    from rm_registry.engine import load_reward_model
+
+    api = load_reward_model(trained["run"]).score_records(
+        [json.loads(line) for line in texts.read_text().splitlines()], batch_size=2)
+    assert [r["ranking"] for r in api] == [r["ranking"] for r in rows]
+    assert all(a == pytest.approx(b, abs=1e-5) for x, y in zip(api, rows) for a, b in zip(x["rewards"], y["rewards"]))
 
     bad = run_cli("score", "--checkpoint", str(trained["run"]), "--data", str(sample.with_name("nope.jsonl")),
                   "--output", str(trained["dir"] / "x.jsonl"), env=env)

@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -102,9 +102,30 @@ class LoadedRewardModel:
         """
         if isinstance(texts, str):
             raise TypeError("score() takes a list of texts; wrap a single text in a list: score([text])")
-        encoded = [self.encode(t) for t in texts]
-        if not encoded:
+        ids = self._encode_all(list(texts))
+        if not ids:
             return []
+        return self.plugin.score_outputs(self.rewards(ids, batch_size=batch_size, progress=progress), self.cfg)
+
+    def score_records(self, records: Iterable[Mapping[str, Any]], *, batch_size: int | None = None,
+                      progress: bool = False) -> list[dict[str, Any]]:
+        """One JSON-ready dict per record, as ``rm-registry score`` writes one per input line.
+
+        A record is what one line of a score input file holds: ``{"text": ...}`` or
+        ``{"prompt": ..., "response": ...}``, or what the plugin's ``score_texts`` reads (a
+        prompt with several responses, ...); the plugin's ``score_records`` makes each output
+        (default: :meth:`score`'s object). Over-long texts are handled as in :meth:`score`.
+        """
+        groups = [_contract.score_texts(self.plugin, r, path="<records>", line=i) for i, r in enumerate(records, 1)]
+        ids = self._encode_all([text for group in groups for text in group])
+        if not ids:
+            return []
+        rewards = self.rewards(ids, batch_size=batch_size, progress=progress)
+        return _contract.score_records(self.plugin, rewards, [len(g) for g in groups], self.cfg)
+
+    def _encode_all(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of every text; over-long ones cut with a warning, or refused under policy ``error``."""
+        encoded = [self.encode(t) for t in texts]
         cut = sum(was_cut for _, was_cut in encoded)
         if cut and self.cfg.model.data.overlong_policy == "error":
             first = next(i for i, (_, was_cut) in enumerate(encoded) if was_cut)
@@ -114,9 +135,8 @@ class LoadedRewardModel:
             )
         if cut:
             warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
-                          f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=2)
-        rewards = self.rewards([ids for ids, _ in encoded], batch_size=batch_size, progress=progress)
-        return self.plugin.score_outputs(rewards, self.cfg)
+                          f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=3)
+        return [ids for ids, _ in encoded]
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
