@@ -225,3 +225,40 @@ def test_protocol_check_covers_the_optional_members_present(fake_plugin_cls: Any
     assert any("'evaluation_batch_keys' must be a tuple of str" in p for p in problems)
     assert any(p.startswith("'metric_weight' cannot be called as metric_weight(batch, cfg)") for p in problems)
     assert any(p.startswith("'score_texts' cannot be called as score_texts(record, path, line)") for p in problems)
+
+
+def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
+        parallel_info: Any, build_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rm_registry.engine import trainer
+    from rm_registry.engine.config import build_config
+    from rm_registry.engine.tokenizer import ByteTokenizer
+
+    plugin = rm_registry.get_reward_model("binary_ranking")
+    cfg = build_config(plugin, overrides=["model.micro_batch_size=3", "model.global_batch_size=3",
+                                          "model.encoder_seq_length=32", "model.data.overlong_policy=truncate"])
+    tok = ByteTokenizer()
+    dataset = plugin.build_datasets({"validation": plugin.sample_data()["validation"]}, tok, cfg)["validation"]
+    dataset.samples = dataset.samples[:7]
+    moved: list[set[str]] = []
+    real = trainer._to_device
+
+    def spy(batch: Any, device: Any) -> Any:
+        moved.append({k for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        return real(batch, device)
+
+    seen: list[Any] = []
+    original = type(plugin).evaluation_metrics
+
+    def metrics(self: Any, outputs: Any, cfg: Any) -> Any:
+        seen.extend(outputs)
+        return original(self, outputs, cfg)
+
+    monkeypatch.setattr(trainer, "_to_device", spy)
+    monkeypatch.setattr(type(plugin), "evaluation_metrics", metrics)
+    result = trainer.evaluate_dataset(plugin, build_model(), dataset, cfg, tok, parallel_info)
+    assert result["num_pairs"] == 7
+    assert moved == [{"tokens", "lengths", "margin", "has_margin"}] * 3  # every tensor, every batch (3 + 3 + 1)
+    assert [set(b) for _, b in seen] == [{"lengths", "margin", "has_margin"}] * 3  # no tokens kept or gathered
+    assert all(v.device.type == "cpu" for _, b in seen for v in b.values())
