@@ -203,6 +203,7 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
         cfg.model.global_batch_size = cfg.model.micro_batch_size
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)  # checkpoints saved before it resolved get the same values
     tokenizer = tokenizer_from_dir(path / "tokenizer")
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
