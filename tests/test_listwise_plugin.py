@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from cli_helpers import TINY, run_cli
 
 import rm_registry
 from rm_registry import ConfigError, DataError
+from rm_registry.engine.parallel import _free_port
 from rm_registry.testing import ConformanceError, check_plugin, fake_distribution
 
 SOURCE = Path(__file__).parent / "listwise" / "rm_plackett_luce.py"
@@ -252,11 +252,6 @@ def test_checkpoint_names_the_distribution_to_install_and_warns_on_another_versi
 
 # --------------------------------------------------------------------------------- torchrun, DP=2
 
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.slow

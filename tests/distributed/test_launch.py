@@ -4,20 +4,16 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from rm_registry.engine.parallel import _free_port
+
 pytestmark = pytest.mark.slow
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_failing_launch_ends_with_one_line_and_the_exit_code(tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+#: Small enough that every step clips (the gradient norms of these runs are around 3-4).
+CLIP = 0.5
 #: Same seed and global batch in every run; micro-batch 2 so that one process accumulates 4
 #: micro-batches, a DP=2 rank 2, and a TP=2 rank 4 (on the same data as its partner).
 TINY = [
@@ -37,6 +39,7 @@ TINY = [
     "trainer.rm.max_steps=4",
     "trainer.rm.val_check_interval=2",
     "trainer.rm.save_interval=4",
+    f"trainer.rm.gradient_clip_val={CLIP}",
 ]
 LOSS_RTOL = 1e-3
 OUTPUT_TOL = 1e-4
@@ -128,6 +131,12 @@ def test_losses_match_single_process_step_by_step(runs: dict[str, Any], layout: 
     assert worst <= LOSS_RTOL, f"{layout}: losses {got} vs one process {reference} (worst relative {worst:.2e})"
     # The model did learn something, so equal losses are not equal by standing still.
     assert reference[-1][1] < reference[0][1]
+    # Every step clipped, and the norm logged is that of the whole step's gradient before clipping
+    # (after the DP all-reduce, over all TP shards): the single process's.
+    norms = {run: [r["grad_norm"] for r in _metrics(runs[run]) if r["split"] == "train"] for run in ("single", layout)}
+    assert all(n > 2 * CLIP for n in norms["single"]), norms
+    worst = max(_rel(a, b) for a, b in zip(norms[layout], norms["single"]))
+    assert worst <= LOSS_RTOL, f"{layout}: gradient norms {norms[layout]} vs one process {norms['single']}"
     # Validation during training (split across DP ranks, or TP-sharded) agrees as well.
     val_ref = [r for r in _metrics(runs["single"]) if r["split"] == "validation"]
     val_got = [r for r in _metrics(runs[layout]) if r["split"] == "validation"]

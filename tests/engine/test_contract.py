@@ -5,8 +5,6 @@ members in the protocol check."""
 from __future__ import annotations
 
 import math
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -44,42 +42,6 @@ def test_a_batch_with_other_metric_names_stops_training_naming_them() -> None:
     acc.add({"loss": 1.0, "accuracy": 0.5}, 1.0)
     with pytest.raises(TrainingError, match=r"step 7: .*only in the first: accuracy; only in the other: acc\b"):
         acc.add({"loss": 0.0, "acc": 0.0}, 1.0)
-
-
-def _rank_main(rank: int, port: int, names: list[list[str]], out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    acc = MetricMeans("step 1")
-    acc.add(dict.fromkeys(names[rank], 1.0), float(rank + 1))
-    try:
-        result = repr(acc.reduce(_info(2, rank), totals={"tokens": 5.0}, group=dist.group.WORLD))
-    except TrainingError as exc:
-        result = f"TrainingError: {exc}"
-    Path(out, f"rank{rank}").write_text(result)
-    dist.destroy_process_group()
-
-
-def _two_ranks(names: list[list[str]], tmp_path: Path) -> list[str]:
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank_main, args=(port, names, str(tmp_path)), nprocs=2)
-    return [(tmp_path / f"rank{r}").read_text() for r in range(2)]
-
-
-@pytest.mark.slow
-def test_data_parallel_ranks_reduce_by_name_and_refuse_different_names(tmp_path: Path) -> None:
-    import ast
-
-    same = [ast.literal_eval(text) for text in _two_ranks([["loss", "acc"], ["acc", "loss"]], tmp_path)]
-    assert same[0] == same[1] == {"loss": 1.0, "acc": 1.0, "tokens": 10.0}  # (weights 1 and 2, values 1)
-    differ = _two_ranks([["loss", "acc"], ["loss"]], tmp_path)
-    for text in differ:  # every rank stops, naming each rank's names
-        assert text.startswith("TrainingError: step 1: data-parallel ranks returned different metric names")
-        assert "rank 0: acc, loss; data-parallel rank 1: loss" in text
 
 
 def test_every_batch_tensor_goes_to_the_device_and_metrics_get_what_they_read() -> None:

@@ -110,15 +110,23 @@ def _global_batch(n: int, step: int, gbs: int, seed: int, shuffle: bool) -> list
     return _epoch_order(n, epoch, seed, shuffle)[pos * gbs : (pos + 1) * gbs].tolist()
 
 
-def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo) -> None:
-    """Average gradients over the data-parallel group (one flat buffer)."""
-    if info.dp == 1:
-        return
+def _dp_group() -> Any:
+    """megatron-core's data-parallel process group."""
     from megatron.core import parallel_state
 
+    return parallel_state.get_data_parallel_group()
+
+
+def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo, group: Any = None) -> None:
+    """Average gradients over the data-parallel group (one flat buffer).
+
+    ``group``: the process group of the ``info.dp`` data-parallel ranks; default :func:`_dp_group`.
+    """
+    if info.dp == 1:
+        return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    torch.distributed.all_reduce(flat, group=_dp_group() if group is None else group)
     flat /= info.dp
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
