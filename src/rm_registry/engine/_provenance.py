@@ -25,7 +25,7 @@ from .._registry import IN_PROCESS, get_reward_model, plugin_distribution
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin
 
-__all__ = ["PLUGIN_FILE", "plugin_for_checkpoint", "plugin_record"]
+__all__ = ["PLUGIN_FILE", "plugin_for_checkpoint", "plugin_record", "read_record", "warn_if_other_version"]
 
 #: The file of a checkpoint folder that records the plugin distribution.
 PLUGIN_FILE = "plugin.json"
@@ -96,14 +96,21 @@ def plugin_for_checkpoint(checkpoint: Path, name: str, *, distribution: str | No
             raise
         raise PluginNotFoundError(f"{checkpoint}: architecture {name!r} is not available here ({exc}); "
                                   f"{_install_hint(record)}") from None
-    if record is not None and record.get("distribution") not in (None, IN_PROCESS):
-        now = plugin_record(plugin)
-        if now["distribution"] == record["distribution"] and now["version"] != record.get("version"):
-            warnings.warn(
-                f"{checkpoint} was trained with {record['distribution']} {record.get('version')}, but "
-                f"{now['version']} is installed; its rewards may differ if the plugin changed "
-                f"(pip install {record['distribution']}=={record.get('version')} to use the same version)",
-                UserWarning,
-                stacklevel=2,
-            )
+    warn_if_other_version(checkpoint, plugin)
     return plugin
+
+
+def warn_if_other_version(checkpoint: Path, plugin: RewardModelPlugin) -> None:
+    """Warn when ``plugin``'s installed version differs from the one that saved ``checkpoint``."""
+    record = read_record(checkpoint)
+    if record is None or record.get("distribution") in (None, IN_PROCESS):
+        return
+    now = plugin_record(plugin)
+    if now["distribution"] == record["distribution"] and now["version"] != record.get("version"):
+        warnings.warn(
+            f"{checkpoint} was trained with {record['distribution']} {record.get('version')}, but "
+            f"{now['version']} is installed; its rewards may differ if the plugin changed "
+            f"(pip install {record['distribution']}=={record.get('version')} to use the same version)",
+            UserWarning,
+            stacklevel=3,
+        )

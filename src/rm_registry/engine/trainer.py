@@ -320,6 +320,7 @@ def train(
     if resume_from is not None:
         saved = OmegaConf.load(resume_from / "config.yaml")
         _same_model(saved, cfg, str(resume_from))
+        _provenance.warn_if_other_version(resume_from, plugin)
 
     tokenizer = load_tokenizer(cfg)
     paths = {k: v for k, v in cfg.model.data.data_prefix.items() if v}
