@@ -289,6 +289,18 @@ class OptionalMembers(Protocol):
         """
         ...
 
+    def output_names(self, cfg: DictConfig) -> list[str]:
+        """Names of the K head outputs, in order (the ``id2label`` of a Hugging Face export).
+
+        Default: ``reward`` for K = 1, else ``LABEL_0`` ... (see docs/pretrained.md).
+        """
+        ...
+
+    def config_for_output_names(self, names: Sequence[str]) -> Mapping[str, Any]:
+        """The config layer for a Hugging Face reward model whose outputs have these names
+        (scoring a foreign ``*ForSequenceClassification`` folder with K > 1). Default: none."""
+        ...
+
 
 #: Optional members, in :class:`OptionalMembers`; checked when present.
 OPTIONAL_MEMBERS: tuple[str, ...] = (
@@ -298,6 +310,8 @@ OPTIONAL_MEMBERS: tuple[str, ...] = (
     "score_records",
     "config_types",
     "resolve_config",
+    "output_names",
+    "config_for_output_names",
 )
 
 

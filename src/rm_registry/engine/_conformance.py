@@ -13,7 +13,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -25,16 +25,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .._protocol import RewardModelPlugin
 
-#: Export round trip, for engines that can export (the ``hf`` export): when set, a callable
-#: ``(plugin, model, cfg, tokenizer, folder) -> reloaded model`` that exports ``model`` into
-#: ``folder`` and loads it back; the kit then requires the reloaded model's rewards to equal the
-#: original's. ``None`` (no exporter in this engine): the check is reported as skipped.
-EXPORT_ROUND_TRIP: Callable[..., Any] | None = None
-
 #: Relative and absolute tolerance when the same samples are evaluated in different batchings.
 _EVAL_TOL = 1e-4
 
-__all__ = ["TINY_OVERRIDES", "check_behaviour", "EXPORT_ROUND_TRIP"]
+__all__ = ["TINY_OVERRIDES", "check_behaviour"]
 
 #: The tiny model every check uses (2 layers, hidden 32): seconds on one CPU core.
 TINY_OVERRIDES = (
@@ -54,10 +48,10 @@ def _fail(plugin: RewardModelPlugin, message: str) -> AssertionError:
     return AssertionError(f"plugin {plugin.name!r}: {message}")
 
 
-def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> dict[str, Any]:
+def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, export: bool = True) -> dict[str, Any]:
     """Build, forward, loss, backward, learning, evaluation, scoring and a checkpoint round trip,
     on batches of 1 to 4 samples and on the empty batch; determinism; the optional members the
-    plugin defines; the export round trip where the engine has one.
+    plugin defines; the Hugging Face export round trip (export, import, same rewards).
 
     Needs the plugin's :meth:`sample_data` (a ``train`` file with at least 4 usable samples).
 
@@ -90,7 +84,7 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> di
             check(plugin)
             done(name)
 
-    parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
+    info = parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
     parallel.manual_seed(int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size)
     if not isinstance(model, torch.nn.Module):
@@ -146,13 +140,11 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> di
     if checkpoint:
         _check_checkpoint(plugin, model, cfg, tokenizer, tokens, lengths, rewards)
         done("checkpoint round trip")
-    if EXPORT_ROUND_TRIP is None:
-        report["skipped"]["export round trip"] = "this engine has no exporter"
+    if export:
+        _check_export(plugin, cfg, tokenizer, model, info, tokens, lengths, rewards)
+        done("Hugging Face export round trip")
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            reloaded = EXPORT_ROUND_TRIP(plugin, model, cfg, tokenizer, Path(tmp))
-            _same_rewards(plugin, rewards, reloaded, tokens, lengths, "export round trip")
-        done("export round trip")
+        report["skipped"]["Hugging Face export round trip"] = "export=False"
     return report
 
 
@@ -383,3 +375,33 @@ def _check_checkpoint(plugin: RewardModelPlugin, model: torch.nn.Module, cfg: Di
         reloaded = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size)
         ckpt.load_checkpoint(path, reloaded)
         _same_rewards(plugin, rewards, reloaded, tokens, lengths, "checkpoint round trip")
+
+
+def _check_export(plugin: RewardModelPlugin, cfg: Any, tokenizer: Any, model: torch.nn.Module, info: Any,
+                  tokens: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor) -> None:
+    """Export to a Hugging Face folder, import it back the way ``--checkpoint <folder>`` does, and
+    compare the rewards (1e-5: the head's bias is folded into the final norm on export)."""
+    from omegaconf import OmegaConf
+
+    from .._errors import ConfigError
+    from .api import LoadedRewardModel
+    from .hf import apply_pretrained, export_model, load_hf_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "hf"
+        loaded = LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
+        try:
+            export_model(loaded, folder)
+            again_cfg = OmegaConf.merge(cfg, {"pretrained_checkpoint": {"restore_from_path": str(folder)}})
+            apply_pretrained(again_cfg, {})
+            again = plugin.model_class.from_config(again_cfg, vocab_size=tokenizer.vocab_size)
+            load_hf_weights(again, folder, again_cfg, require_head=True)
+        except ConfigError as exc:
+            raise _fail(plugin, f"Hugging Face export round trip failed: {exc}") from None
+        again.eval()
+        with torch.no_grad():
+            imported = again(tokens, lengths)
+        if imported.shape != rewards.shape or not torch.allclose(imported, rewards, atol=1e-5, rtol=0):
+            diff = float((imported - rewards).abs().max()) if imported.shape == rewards.shape else float("nan")
+            raise _fail(plugin, f"Hugging Face export round trip changed the rewards (max difference {diff:g}; "
+                                f"shapes {tuple(rewards.shape)} -> {tuple(imported.shape)})")

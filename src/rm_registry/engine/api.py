@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError
+from .._registry import get_reward_model
 from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
 from ._fs import atomic_write_text, check_output_file
@@ -173,7 +174,8 @@ def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin: RewardMod
 
 def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
                       distribution: str | None = None) -> LoadedRewardModel:
-    """Load a run folder (its latest complete checkpoint) or one checkpoint folder.
+    """Load a run folder (its latest complete checkpoint), one checkpoint folder, or a Hugging Face
+    ``*ForSequenceClassification`` folder (see docs/pretrained.md).
 
     Only the weights are read (not the optimizer state). The model is built for the current
     layout: one process by default, or ``model.tensor_model_parallel_size=N`` under torchrun,
@@ -189,6 +191,10 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     Raises:
         ConfigError: no complete checkpoint there, or an override that is not allowed or invalid.
     """
+    from .hf import looks_like_hf_folder
+
+    if looks_like_hf_folder(checkpoint):
+        return _load_hf_folder(Path(checkpoint), overrides, distribution)
     path = ckpt.find_latest(Path(checkpoint))
     config_path = path / "config.yaml"
     if not config_path.is_file():
@@ -223,6 +229,56 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
 
 
+def _hf_folder_plugin(folder: Path, distribution: str | None) -> tuple[RewardModelPlugin, dict[str, Any], list[str], int]:
+    """The architecture of a Hugging Face folder (``rm_registry`` section of our exports; otherwise
+    ``binary_ranking`` for one label, else ``regression``), with its config, label names and K."""
+    from .hf import read_config
+
+    hf = read_config(folder)
+    meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
+    labels = hf.get("id2label") if isinstance(hf.get("id2label"), dict) else {}
+    names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else []
+    k = len(names) or int(hf.get("num_labels", 1))
+    name = meta.get("reward_model_type") or ("binary_ranking" if k == 1 else "regression")
+    return get_reward_model(str(name), distribution=distribution), hf, names, k
+
+
+def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | None) -> LoadedRewardModel:
+    """A Hugging Face reward-model folder: the architecture from its ``config.json`` (``rm_registry``
+    section of our exports; otherwise ``binary_ranking`` for one label, else the plugin that
+    accepts the labels' names), the weights converted on the fly."""
+    from .config import build_config
+    from .hf import apply_pretrained, load_hf_weights
+
+    plugin, hf, names, k = _hf_folder_plugin(folder, distribution)
+    meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
+    cfg = build_config(plugin)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pretrained_checkpoint.restore_from_path = str(folder)
+    cfg.model.encoder_seq_length = int(hf.get("max_position_embeddings") or hf.get("n_positions") or 2048)
+    OmegaConf.set_struct(cfg, True)
+    apply_pretrained(cfg, {})
+    if meta.get("model"):
+        cfg = merge_closed(cfg, OmegaConf.create({"model": meta["model"]}), f"{folder / 'config.json'} rm_registry")
+    elif k > 1 and callable(getattr(plugin, "config_for_output_names", None)):
+        cfg = merge_closed(cfg, OmegaConf.create(plugin.config_for_output_names(names)),  # type: ignore[attr-defined]
+                           f"{folder / 'config.json'} id2label")
+    cfg = _load_overrides(cfg, overrides, plugin)
+    cfg.model.global_batch_size = cfg.model.micro_batch_size
+    validate_engine_config(cfg)
+    plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)
+    from .hf import folder_tokenizer
+
+    tokenizer = folder_tokenizer(folder)
+    info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
+                               pipeline_model_parallel_size=1, seed=int(cfg.seed))
+    model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    load_hf_weights(model, folder, cfg, require_head=True)
+    model.eval()
+    return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
+
+
 def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
     """``(line, text)`` pairs to score from JSON Lines: ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` per line.
 
@@ -247,12 +303,16 @@ def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> li
 
 
 def checkpoint_plugin(checkpoint: str | Path, *, distribution: str | None = None) -> RewardModelPlugin:
-    """The installed plugin of a checkpoint (or run folder), without building the model.
+    """The installed plugin of a checkpoint (run, checkpoint or Hugging Face folder), without building the model.
 
     Raises:
         ConfigError: no complete checkpoint there.
         PluginNotFoundError: its architecture is not installed (naming the distribution to install).
     """
+    from .hf import looks_like_hf_folder
+
+    if looks_like_hf_folder(checkpoint):
+        return _hf_folder_plugin(Path(checkpoint), distribution)[0]
     path = ckpt.find_latest(Path(checkpoint))
     cfg = load_saved_config((path / "config.yaml").read_text(), str(path / "config.yaml"))
     return _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)

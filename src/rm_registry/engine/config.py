@@ -48,6 +48,8 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 _DTYPES = ("float32", "bfloat16", "float16")
 _TOKENIZER_LIBRARIES = ("byte", "huggingface")
 _POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+_NORMALIZATIONS = ("LayerNorm", "RMSNorm")  # model.NORMALIZATIONS (this module does not import torch)
+_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")  # model.ACTIVATIONS
 _SCHEDULERS = ("CosineAnnealing", "constant")
 _OPTIMIZERS = ("adamw", "adam")
 
@@ -279,8 +281,17 @@ def build_config(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
         cfg = merge_closed(cfg, layer, str(path), types)
+        user_keys = flatten(OmegaConf.to_container(layer, resolve=True))
+    else:
+        user_keys = {}
     if overrides:
-        cfg = merge_closed(cfg, parse_overrides(overrides), "command line", types)
+        override_layer = parse_overrides(overrides)
+        cfg = merge_closed(cfg, override_layer, "command line", types)
+        user_keys.update(flatten(OmegaConf.to_container(override_layer, resolve=True)))
+    if OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None):
+        from .hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
+
+        cfg = apply_pretrained(cfg, user_keys)
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:
@@ -328,7 +339,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             )
     if m.encoder_seq_length < 2:
         raise ConfigError(f"model.encoder_seq_length={m.encoder_seq_length}: need at least 2 (a token and EOS)")
-    if m.hidden_size % m.num_attention_heads:
+    if m.get("kv_channels") is None and m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}"
         )
@@ -347,6 +358,8 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
     _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
+    _choice(cfg, "model.normalization", _NORMALIZATIONS)
+    _choice(cfg, "model.activation", _ACTIVATIONS)
     _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
         raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
@@ -403,4 +416,7 @@ def load_saved_config(text: str, source: str) -> DictConfig:
         raise ConfigError(f"{source}: unreadable config: {exc}") from None
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
-    return cfg
+    # Keys added to the engine after the run was saved take their defaults (today's model).
+    merged = OmegaConf.merge(engine_defaults(), cfg)
+    assert isinstance(merged, DictConfig)
+    return merged

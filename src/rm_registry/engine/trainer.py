@@ -33,8 +33,8 @@ from . import checkpoint as ckpt
 from ._metrics import MetricMeans
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
+from .config import load_saved_config, to_yaml, validate_engine_config
 from .progress import progress_bar as _progress
-from .config import to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -318,7 +318,7 @@ def train(
     output_dir = Path(output_dir)
     resume_from = _check_output_dir(output_dir, resume)
     if resume_from is not None:
-        saved = OmegaConf.load(resume_from / "config.yaml")
+        saved = load_saved_config((resume_from / "config.yaml").read_text(), str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
         _provenance.warn_if_other_version(resume_from, plugin)
 
@@ -351,6 +351,11 @@ def train(
 
     parallel.manual_seed(int(cfg.seed))  # the same weights whatever ran before in this process
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
+    if pretrained and resume_from is None:
+        from .hf import load_hf_weights
+
+        load_hf_weights(model, pretrained, cfg, require_head=False, progress=progress and info.is_main)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
     start_step = 0

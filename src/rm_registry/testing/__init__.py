@@ -127,8 +127,9 @@ def check_plugin(plugin: Any, *, behaviour: bool = True) -> ConformanceReport:
     1. :func:`check_protocol` (required members, and the optional ones present).
     2. If ``behaviour`` and the ``[megatron]`` extra is installed: ``model_class`` resolves to a
        class with ``from_config``, then ``rm_registry.engine._conformance.check_behaviour`` on a
-       tiny CPU model. When the extra or that module is missing, the behaviour part is skipped
-       with a warning.
+       tiny CPU model (build, forward, loss, backward, batches of every size and the empty one,
+       evaluation, scoring, determinism, checkpoint and Hugging Face export round trips). When the
+       extra or that module is missing, the behaviour part is skipped with a warning.
 
     Returns:
         A :class:`ConformanceReport`: the optional members present, the checks run and skipped.
