@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from checkpoint_payloads import assert_allow_list_covers, craft, refusal
 
 pytestmark = pytest.mark.slow
 
@@ -167,6 +169,27 @@ def test_one_rank_logs_and_writes(runs: dict[str, Any], layout: str) -> None:
     tp = 2 if layout == "tp2" else 1
     assert (marker["world_size"], marker["tensor_model_parallel_size"], marker["data_parallel_size"]) == (2, tp, 2 // tp)
     assert sorted(p.name for p in (ckpt / "state").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+
+
+@pytest.mark.parametrize(("layout", "rank1_file"), [("tp2", "weights/__1_0.distcp"), ("dp2", "state/rank_00001.pt")])
+def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], layout: str, rank1_file: str,
+                                                         tmp_path: Path) -> None:
+    """What two ranks save is covered by the allow-list; a payload in a file rank 1 wrote is refused.
+
+    (Under DP=2 rank 0 writes every weight shard: the weights are replicated.)
+    """
+    from rm_registry import UnsafeCheckpointError
+    from rm_registry.engine import _safe_pickle
+
+    ckpt = runs[layout] / "checkpoints" / "step_0000004"
+    assert_allow_list_covers(ckpt)
+    _safe_pickle.check_checkpoint(ckpt)
+    copy, marker = tmp_path / "ckpt", tmp_path / "PWNED"
+    shutil.copytree(ckpt, copy)
+    where = craft(copy, rank1_file, marker)
+    with pytest.raises(UnsafeCheckpointError) as exc:
+        _safe_pickle.check_checkpoint(copy)
+    assert str(exc.value) == refusal(where) and not marker.exists()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ from .._registry import get_reward_model
 from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
 from ._fs import atomic_write_text, check_output_file
+from ._safe_pickle import check_contained
 from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
@@ -190,12 +191,15 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
 
     Raises:
         ConfigError: no complete checkpoint there, or an override that is not allowed or invalid.
+        UnsafeCheckpointError: the folder holds a pickle that is not checkpoint data, or a path
+            leading out of it (see docs/security.md); nothing of it was executed.
     """
     from .hf import looks_like_hf_folder
 
     if looks_like_hf_folder(checkpoint):
         return _load_hf_folder(Path(checkpoint), overrides, distribution)
     path = ckpt.find_latest(Path(checkpoint))
+    check_contained(path)  # no file of the folder may lead elsewhere; pickles: ckpt.load_checkpoint
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{path}: no config.yaml in this checkpoint")

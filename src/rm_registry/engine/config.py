@@ -409,11 +409,20 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def load_saved_config(text: str, source: str) -> DictConfig:
-    """Read a config stored by :func:`to_yaml` (from a checkpoint folder)."""
+    """Read a config stored by :func:`to_yaml` (from a checkpoint folder), as data only.
+
+    OmegaConf parses YAML with a safe loader (no ``!!python/...`` tags, alias bombs refused).
+    Interpolations (``${oc.env:SECRET}``) are refused: :func:`to_yaml` stores resolved values, so
+    a saved config never has one, and resolving one would read the environment of the loader.
+    """
     try:
         cfg = OmegaConf.create(text)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: unreadable config: {exc}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: unreadable config: {' '.join(str(exc).split())}") from None
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():  # before anything resolves
+        if "${" in str(value):
+            raise ConfigError(f"{source}: {key}={value!r} is an interpolation; a saved config holds resolved "
+                              "values only, so this one was not written by rm-registry")
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
     # Keys added to the engine after the run was saved take their defaults (today's model).

@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from ._metrics import MetricMeans
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
+from ._safe_pickle import check_contained
 from .config import load_saved_config, to_yaml, validate_engine_config
 from .progress import progress_bar as _progress
 from .tokenizer import load_tokenizer, tokenizer_to_dir
@@ -318,7 +319,9 @@ def train(
     output_dir = Path(output_dir)
     resume_from = _check_output_dir(output_dir, resume)
     if resume_from is not None:
-        saved = load_saved_config((resume_from / "config.yaml").read_text(), str(resume_from / "config.yaml"))
+        check_contained(resume_from)
+        saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
+                                  str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
         _provenance.warn_if_other_version(resume_from, plugin)
 

@@ -3,7 +3,8 @@
 Reading opens a shard only for the tensors it needs and closes it again, so memory-mapped pages
 do not pile up: the peak during an import is the model plus about one tensor (large tensors are
 read in row blocks straight into the destination). ``pytorch_model.bin`` is read only with
-``torch.load(weights_only=True)`` (never arbitrary pickled objects).
+:func:`~.._safe_pickle.safe_torch_load`: its pickle checked against the allow-list of plain
+tensor data, then ``torch.load(weights_only=True)`` (never arbitrary pickled objects).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Iterator
 
 import torch
 
-from ..._errors import ConfigError
+from ..._errors import ConfigError, UnsafeCheckpointError
+from .._safe_pickle import safe_torch_load
 
 __all__ = ["WeightFiles"]
 
@@ -73,7 +75,9 @@ class WeightFiles:
 
     def _load_bin(self, file: Path) -> None:
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            state = safe_torch_load(file, mmap=True)
+        except UnsafeCheckpointError:
+            raise
         except Exception as exc:
             raise ConfigError(f"{file}: refused: it is not loadable with torch.load(weights_only=True) ({exc}); "
                               "convert it to safetensors") from None
