@@ -318,7 +318,8 @@ def checkpoint_plugin(checkpoint: str | Path, *, distribution: str | None = None
     if looks_like_hf_folder(checkpoint):
         return _hf_folder_plugin(Path(checkpoint), distribution)[0]
     path = ckpt.find_latest(Path(checkpoint))
-    cfg = load_saved_config((path / "config.yaml").read_text(), str(path / "config.yaml"))
+    check_contained(path)  # as load_reward_model: nothing read from it may lead elsewhere
+    cfg = load_saved_config((path / "config.yaml").read_text(encoding="utf-8"), str(path / "config.yaml"))
     return _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
 
 
