@@ -33,7 +33,10 @@ from . import checkpoint as ckpt
 from ._metrics import MetricMeans
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
+from ._loggers import attach_loggers, check_loggers
 from ._safe_pickle import check_contained
+from ._splits import build_split_datasets, normalize_prefix
+from ._topk import keep_top_k
 from .config import load_saved_config, to_yaml, validate_engine_config
 from .progress import progress_bar as _progress
 from .tokenizer import load_tokenizer, tokenizer_to_dir
@@ -82,16 +85,27 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to ``model.optim.lr``, then cosine decay to ``sched.min_lr`` (or constant)."""
+    """Linear warmup to ``model.optim.lr``, then cosine decay to ``sched.min_lr`` (or constant).
+
+    With ``sched.constant_steps`` (NeMo-Aligner's CosineAnnealing), the decay ends that many steps
+    before the last step and ``min_lr`` holds for the rest; when it leaves no decay steps, the
+    rate drops to ``min_lr`` right after warmup, as in NeMo.
+    """
     sched = cfg.model.optim.sched
     lr, min_lr, warmup = float(cfg.model.optim.lr), float(sched.min_lr), int(sched.warmup_steps)
+
+    # NeMo's CosineAnnealing hold phase: the last `constant_steps` steps stay at min_lr.
+    constant = int(OmegaConf.select(sched, "constant_steps", default=0) or 0)
+    decay = total_steps - warmup - constant
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         if sched.name == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if constant and step >= warmup + max(0, decay):
+            return min_lr / lr
+        progress = min(1.0, (step - warmup) / max(1, decay))
         return (min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))) / lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -326,11 +340,12 @@ def train(
         _provenance.warn_if_other_version(resume_from, plugin)
 
     tokenizer = load_tokenizer(cfg)
-    paths = {k: v for k, v in cfg.model.data.data_prefix.items() if v}
-    if "train" not in paths:
+    if not normalize_prefix("train", cfg.model.data.data_prefix.get("train")):
         raise ConfigError("no training data: pass --data FILE or set model.data.data_prefix.train")
-    datasets = plugin.build_datasets(paths, tokenizer, cfg)
-    train_ds, val_ds, test_ds = datasets["train"], datasets.get("validation"), datasets.get("test")
+    check_loggers(cfg)
+    datasets, paths = build_split_datasets(plugin, cfg.model.data.data_prefix, tokenizer, cfg)
+    train_ds, test_ds = datasets["train"], datasets.get("test")
+    val_sets = _validation_sets(datasets)
     stats = {split: _stats_dict(ds) for split, ds in datasets.items()}
     gbs, mbs = int(cfg.model.global_batch_size), int(cfg.model.micro_batch_size)
     if len(train_ds) < gbs:
@@ -388,11 +403,12 @@ def train(
         _report_data(stats, paths)
     # A resumed run keeps the log up to its checkpoint; a run started over drops the old lines.
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
+    log = attach_loggers(log, cfg, output_dir, enabled=info.is_main)
+    _schedule_note(cfg, total)
     files = checkpoint_files(cfg, tokenizer, plugin)
     seed, shuffle = int(cfg.seed), bool(rm.train_random_sampler)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
-    limit_val = rm.limit_val_batches
 
     bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
     last_ckpt: Path | None = resume_from
@@ -436,14 +452,11 @@ def train(
                 log.write(finite_for_json(record))
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-            if val_ds is not None and len(val_ds) and (done % val_every == 0 or done == total):
-                validation = evaluate_dataset(plugin, model, val_ds, cfg, tokenizer, info,
-                                              limit_batches=limit_val)
-                log.write(finite_for_json({"step": done, "split": "validation", **validation}))
-                if info.is_main and progress:
-                    _say(_summary_line(done, validation))
+            if val_sets and (done % val_every == 0 or done == total):
+                validation = _validate(plugin, model, val_sets, cfg, tokenizer, info, log, done, progress)
             if done % save_every == 0 or done == total:
                 last_ckpt = _save(output_dir, done, model, optimizer, scheduler, files, info)
+                keep_top_k(output_dir, last_ckpt, validation, cfg, enabled=info.is_main)
         if test_ds is not None and len(test_ds):
             test = evaluate_dataset(plugin, model, test_ds, cfg, tokenizer, info)
             log.write(finite_for_json({"step": total, "split": "test", **test}))
@@ -454,6 +467,54 @@ def train(
         log.close()
     return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=total, validation=validation,
                        test=test, data_stats=stats, seconds=time.perf_counter() - started)
+
+
+def _validation_sets(datasets: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-empty validation sets: ``validation`` first, then NeMo's extra ``validation_<name>`` sets."""
+    names = sorted((k for k in datasets if k == "validation" or k.startswith("validation_")), key=lambda k: (k != "validation", k))
+    return {k: datasets[k] for k in names if len(datasets[k])}
+
+
+def _val_view(dataset: Sequence[Any], cfg: DictConfig) -> Sequence[Any]:
+    """The part of a validation set that is evaluated (NeMo's ``limit_val_batches``, ``val_random_sampler``).
+
+    ``limit_val_batches``: null or 1.0 every sample; an integer N the first N global batches
+    (``N * model.global_batch_size`` samples); a fraction f the first ``f * len`` samples. With
+    ``val_random_sampler`` the samples are taken in a seeded random order instead.
+    """
+    rm, n = cfg.trainer.rm, len(dataset)
+    limit = rm.limit_val_batches
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        keep = n
+    elif isinstance(limit, float):
+        keep = max(1, int(n * limit))
+    else:
+        keep = min(n, int(limit) * int(cfg.model.global_batch_size))
+    if keep == n and not rm.get("val_random_sampler", False):
+        return dataset
+    order = _epoch_order(n, 0, int(cfg.seed), bool(rm.get("val_random_sampler", False)))[:keep].tolist()
+    return [dataset[i] for i in order]
+
+
+def _validate(plugin: RewardModelPlugin, model: torch.nn.Module, val_sets: Mapping[str, Any], cfg: DictConfig,
+              tokenizer: Tokenizer, info: parallel.ParallelInfo, log: Any, step: int, progress: bool) -> dict[str, Any]:
+    """Evaluate every validation set, log each under its split name; the main set's metrics."""
+    results = {}
+    for name, dataset in val_sets.items():
+        metrics = evaluate_dataset(plugin, model, _val_view(dataset, cfg), cfg, tokenizer, info)
+        log.write(finite_for_json({"step": step, "split": name, **metrics}))
+        if info.is_main and progress:
+            _say(_summary_line(step, metrics).replace("validation", name))
+        results[name] = metrics
+    return results.get("validation") or next(iter(results.values()))
+
+
+def _schedule_note(cfg: DictConfig, total: int) -> None:
+    sched = cfg.model.optim.sched
+    constant = int(OmegaConf.select(sched, "constant_steps", default=0) or 0)
+    if sched.name == "CosineAnnealing" and constant and constant >= total - int(sched.warmup_steps):
+        _say(f"model.optim.sched.constant_steps={constant} leaves no decay steps in this {total}-step run: the learning "
+             f"rate holds at min_lr={sched.min_lr} after warmup (as in NeMo-Aligner)")
 
 
 def _save(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
