@@ -1,4 +1,5 @@
-"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``, ``export``.
+"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``, ``export`` (and
+``serve``, from :mod:`rm_registry.serve`).
 
 Importing this module is cheap (no torch): the engine is imported inside the handlers.
 Handlers return the exit code; our errors are turned into one-line messages by ``_cli.main``
@@ -117,6 +118,10 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.set_defaults(func=_export)
+
+    from .serve._cli import add_serve_subcommand
+
+    add_serve_subcommand(subparsers)
 
     from ._launcher import add_launch
 
