@@ -26,9 +26,12 @@ TINY = [
 ]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``python -m rm_registry ARGS`` in a subprocess, as a user runs it (stdout and stderr captured)."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m rm_registry ARGS`` in a subprocess, as a user runs it (stdout and stderr captured).
+
+    ``env``: variables to set on top of this process's environment (e.g. ``PYTHONPATH``).
+    """
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, "-m", "rm_registry", *args], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=600)
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from doc_commands import blocks as shell_blocks
+from doc_commands import kind
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"
@@ -122,3 +124,43 @@ def test_docs_links_point_at_existing_files() -> None:
             if not (page.parent / target).exists():
                 missing.append(f"{page.relative_to(REPO)} -> {target}")
     assert not missing, "broken links: " + ", ".join(missing)
+
+
+# ---------------------------------------------------------------------- shell commands of the docs
+# Every shell command in the docs runs as written in the tests, or says why not (see doc_commands).
+
+
+def test_every_shell_block_is_run_or_says_why_not() -> None:
+    problems = []
+    for block in shell_blocks():
+        if block.lang not in ("bash", "sh", "shell", "console"):
+            problems.append(f"{block.where}: a block of commands without a language: tag it ```bash (or ```console)")
+        if block.marker is None:
+            problems.append(f"{block.where}: mark it <!-- run --> (the tests run it), or <!-- not run: REASON -->")
+        elif block.marker in ("not run", "check") and not block.reason:
+            problems.append(f"{block.where}: <!-- {block.marker}: --> needs the reason")
+        if block.marker in ("run", "check"):
+            for command in block.commands:
+                if kind(command) == "other":
+                    problems.append(f"{block.where}: cannot run {command!r} here; mark the block <!-- not run: REASON -->")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.slow
+def test_doc_shell_commands_run_as_written(tmp_path: Path) -> None:
+    """Run every ``run`` block (and check every ``check`` block), page by page, in one process."""
+    import json
+
+    plan = [{"where": b.where, "marker": b.marker, "command": c, "kind": kind(c),
+             "folder": str(tmp_path / b.page.replace(".md", ""))}
+            for b in shell_blocks() if b.marker in ("run", "check") for c in b.commands]
+    assert len(plan) >= 20, plan  # the docs' commands were found
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    env = {k: v for k, v in os.environ.items() if k not in ("RM_REGISTRY_DISABLE", "PYTHONPATH")}
+    proc = subprocess.run([sys.executable, str(REPO / "tests" / "doc_commands.py"), str(tmp_path / "plan.json")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    failed = [f"docs/{r['where']}: exit {r['code']}: {r['command']}\n    {r['stderr'].strip()[-600:]}"
+              for r in results if r["code"] != 0]
+    assert not failed, "\n".join(failed)

@@ -31,7 +31,7 @@ from ._errors import (
     UnsafeCheckpointError,
 )
 from ._hooks import register_hooks, unregister_hooks
-from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
+from ._protocol import OptionalMembers, PluginInfo, RewardModelPlugin, Tokenizer
 from ._registry import (
     ENTRY_POINT_GROUP,
     get_reward_model,
@@ -48,6 +48,7 @@ __all__ = [
     "REWARD_MODEL_CLASS_DICT",
     "ConfigError",
     "DataError",
+    "OptionalMembers",
     "PluginConflictError",
     "PluginDisabledError",
     "PluginInfo",

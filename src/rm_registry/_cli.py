@@ -181,8 +181,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 # ... except megatron-core's and torch's known-harmless ones (dozens per plugin).
                 _engine_warnings.install()
                 plugin = _registry.get_reward_model(info.name, distribution=info.distribution)
-                testing.check_plugin(plugin, behaviour=not args.protocol_only)
+                report = testing.check_plugin(plugin, behaviour=not args.protocol_only)
             notes = [_one_line(w.message) for w in caught]
+            if report.optional_members:
+                notes.insert(0, f"optional members: {', '.join(report.optional_members)}")
         except RMRegistryError as exc:
             reasons.append(str(exc) if isinstance(exc, testing.ConformanceError) else _one_line(exc))
             notes = []
@@ -383,6 +385,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except _BAD_INPUT as exc:
         _error(exc)
         return 2
+    args.raw_argv = list(argv)  # for commands that pass their arguments on (`launch`)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

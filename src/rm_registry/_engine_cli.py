@@ -89,9 +89,10 @@ def add_subcommands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "score",
         help="score texts with a checkpoint",
-        description="Score JSON Lines texts ({\"text\": ...} or {\"prompt\": ..., \"response\": ...} per line) "
-        "and write one JSON object per input line, in order, with a float `reward` (and what the "
-        "architecture adds, e.g. `attributes`).",
+        description="Score JSON Lines texts ({\"text\": ...} or {\"prompt\": ..., \"response\": ...} per line, "
+        "or what the architecture reads, e.g. a prompt with several responses) and write one JSON object per "
+        "input line, in order, with a float `reward` (and what the architecture adds, e.g. `attributes`, "
+        "or its own per-record output).",
         epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
@@ -126,6 +127,10 @@ def add_subcommands(subparsers: Any) -> None:
     from .serve._cli import add_serve_subcommand
 
     add_serve_subcommand(subparsers)
+
+    from ._launcher import add_launch
+
+    add_launch(subparsers)
 
 
 def _quiet_unless_first_rank() -> None:
@@ -278,12 +283,18 @@ def _score(args: argparse.Namespace) -> int:
     _quiet_unless_first_rank()
     from ._errors import ConfigError
     from .engine._fs import check_output_file
-    from .engine.api import load_reward_model, read_score_inputs, score_file
+    from .engine.api import checkpoint_plugin, load_reward_model, read_score_records, score_file
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size}: expected a positive number")
     _check_input_file(args.data, "--data")
-    read_score_inputs(args.data)  # refuse bad input before loading anything
+    # Refuse bad input before building the model; the plugin decides what a line holds.
+    try:
+        plugin = checkpoint_plugin(args.checkpoint, distribution=args.distribution)
+    except ConfigError:  # no checkpoint there: report the input's own problems first, then that
+        read_score_records(args.data, None)
+        raise
+    read_score_records(args.data, plugin)
     check_output_file(Path(args.output))
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)

@@ -4,6 +4,27 @@ Importing this module never imports torch: tensor types appear only in annotatio
 (``from __future__ import annotations``), so the registry can check plugins cheaply.
 
 Shapes used below:
+    B: number of samples (records) in a batch, as :meth:`RewardModelPlugin.build_datasets` made
+       them: a pair, a labelled text, a prompt with K ranked responses...
+    N: number of sequences in the batch, in any grouping the plugin chooses: one per sample
+       (regression), ``2 * B`` with the B chosen sequences first and the B rejected ones after
+       them (pairs, as NeMo-Aligner concatenates), or ``sum(list_sizes)`` for groups of varying
+       size (a listwise plugin). The engine never assumes a grouping: it runs the model on
+       ``tokens [N, S]`` and hands the rewards back with the batch.
+    S: the longest sequence in the batch (batches are padded to it, not to ``seq_length``).
+    K: the number of reward outputs of the head (1 for Bradley-Terry, the number of
+       attributes for regression).
+
+Beyond ``tokens`` and ``lengths`` a batch may carry any tensors of any first dimension
+(``labels [B, K]``, ``margins [B]``, ``list_sizes [B]``, ...) and plain Python values. The engine
+never reshapes or splits them; the one rule for where they live is in
+:class:`RewardModelPlugin` (``collate``).
+
+Optional members (:class:`OptionalMembers`, listed in :data:`OPTIONAL_MEMBERS`) extend the
+contract; a plugin that defines none of them behaves exactly as before they existed.
+from __future__ import annotations``), so the registry can check plugins cheaply.
+
+Shapes used below:
     N: number of sequences in a batch (for pairwise data, ``2 * P`` with the P chosen
        sequences first and the P rejected ones after them, as NeMo-Aligner concatenates).
     S: the longest sequence in the batch (batches are padded to it, not to ``seq_length``).
@@ -21,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
     from omegaconf import DictConfig
 
-__all__ = ["RewardModelPlugin", "Tokenizer", "PluginInfo", "PROTOCOL_MEMBERS"]
+__all__ = ["OPTIONAL_MEMBERS", "OptionalMembers", "PROTOCOL_MEMBERS", "PluginInfo", "RewardModelPlugin", "Tokenizer"]
 
 
 @runtime_checkable
@@ -55,14 +76,19 @@ class RewardModelPlugin(Protocol):
     The engine (``rm_registry.engine``) drives a plugin like this::
 
         cfg = merged config (engine defaults <- plugin.default_config() <- YAML <- overrides)
-        plugin.validate_config(cfg)
+        plugin.validate_config(cfg)          # build_config() calls it (and resolve_config, if any)
         model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size)
         datasets = plugin.build_datasets({"train": path, ...}, tokenizer, cfg)
-        batch = plugin.collate(samples, pad_id=tokenizer.pad_id)   # tokens [N, S], lengths [N], ...
+        batch = plugin.collate(samples, pad_id=tokenizer.pad_id)   # tokens [N, S], lengths [N], extras
+        batch = every tensor of batch moved to the model's device
         rewards = model(batch["tokens"], batch["lengths"])            # [N, K]
-        loss, metrics = plugin.loss(rewards, batch, cfg)
-        plugin.evaluation_metrics([(rewards, batch), ...], cfg)      # whole validation set
-        plugin.score_outputs(rewards, cfg)                            # one dict per scored text
+        loss, metrics = plugin.loss(rewards, batch, cfg)             # training
+        plugin.evaluation_metrics([(rewards, batch), ...], cfg)      # whole validation set, on CPU
+        plugin.score_outputs(rewards, cfg)                            # one dict per scored text, on CPU
+
+    Metrics of ``loss`` are averaged over micro-batches and data-parallel ranks **by name**,
+    weighted by :meth:`OptionalMembers.metric_weight` (1 per batch by default): every batch must
+    return the same metric names, or training stops naming the names that differ.
     """
 
     #: Registry name, equal to the entry-point name (``binary_ranking``, ``regression``).
@@ -122,8 +148,11 @@ class RewardModelPlugin(Protocol):
 
         Returns:
             One dataset per split present in ``data_paths``: a sequence of samples that
-            :meth:`collate` understands, with an attribute ``stats`` (a dict with at least
-            ``read``, ``kept``, ``truncated`` and ``dropped`` counts).
+            :meth:`collate` understands, with an attribute ``stats`` holding at least ``read``,
+            ``kept``, ``truncated`` and ``dropped`` counts: a
+            :class:`rm_registry.engine.data.DatasetStats` (what
+            :class:`~rm_registry.engine.data.ListDataset` carries), or a plain dict with
+            those keys. Counts are in samples (a dropped pair or group counts once).
 
         Raises:
             rm_registry.DataError: naming the file, the line and the problem, before any
@@ -134,9 +163,16 @@ class RewardModelPlugin(Protocol):
     def collate(self, samples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
         """Make one batch from samples, padded to the longest sequence.
 
+        ``samples`` may be empty (a batch where nothing counts); the batch then has
+        ``tokens [0, 0]`` and ``lengths [0]``, and :meth:`loss` must still give a finite loss.
+
         Returns:
-            At least ``tokens`` ``[N, S]`` int64 and ``lengths`` ``[N]`` int64, plus whatever
-            :meth:`loss` needs (labels ``[B, K]``, margins ``[P]``, ...).
+            At least ``tokens`` ``[N, S]`` int64 and ``lengths`` ``[N]`` int64 (N sequences in
+            the plugin's own grouping), plus whatever :meth:`loss` needs: tensors of any first
+            dimension (``labels [B, K]``, ``margins [B]``, ``list_sizes [B]``) and plain values.
+            The engine moves **every tensor** of the batch to the model's device before calling
+            the model and :meth:`loss` (training and evaluation alike), and hands
+            :meth:`evaluation_metrics` CPU tensors.
         """
         ...
 
@@ -152,9 +188,10 @@ class RewardModelPlugin(Protocol):
 
         Returns:
             ``(loss, metrics)``: ``loss`` a 0-dim tensor with grad; ``metrics`` plain floats
-            (the engine logs them to ``metrics.jsonl`` with ``split == "train"``). The loss
-            must be finite even when nothing in the batch counts (for example all labels
-            masked): then it is ``0`` and still connected to the graph.
+            (the engine logs them to ``metrics.jsonl`` with ``split == "train"``), **the same
+            names for every batch**, the empty one included. The loss must be finite even when
+            nothing in the batch counts (an empty batch, all labels masked): then it is ``0``
+            and still connected to the graph.
         """
         ...
 
@@ -166,21 +203,116 @@ class RewardModelPlugin(Protocol):
         """Metrics over a whole evaluation set.
 
         Args:
-            outputs: ``(rewards [N, K], batch)`` for every batch of the set, in order.
+            outputs: ``(rewards [N, K], batch)`` for every batch of the set, in order, on the
+                CPU. ``batch`` holds the keys of :attr:`OptionalMembers.evaluation_batch_keys`
+                (by default every key but ``tokens``, which is large and rarely needed). Under
+                data parallelism only these are gathered from the other ranks. May be empty
+                (an empty set).
 
         Returns:
-            JSON-serialisable metrics, including ``loss``. Printed by ``evaluate --json`` and
-            logged with ``split == "validation"``.
+            JSON-serialisable metrics, including ``loss`` (``None`` for an empty set), with
+            every batch weighted by what it holds, not by batch. Printed by
+            ``evaluate --json`` and logged with ``split == "validation"``.
         """
         ...
 
     def score_outputs(self, rewards: torch.Tensor, cfg: DictConfig) -> list[dict[str, Any]]:
-        """Turn rewards ``[B, K]`` of B scored texts into one JSON object each.
+        """Turn rewards ``[B, K]`` of B scored texts into one JSON object each (CPU tensors).
 
         Each object has a float ``reward`` (the scalar an RLHF loop uses) and may add more
-        (``attributes`` for regression).
+        (``attributes`` for regression). Used for every text when the plugin has no
+        :meth:`OptionalMembers.score_records`.
         """
         ...
+
+
+class OptionalMembers(Protocol):
+    """Members a plugin *may* define; the engine uses the documented default when one is absent.
+
+    ``rm_registry.testing.check_plugin`` reports which are present and checks those that are.
+    """
+
+    #: Batch keys :meth:`RewardModelPlugin.evaluation_metrics` reads (``tokens`` and
+    #: ``lengths`` included only if listed). Default: every key but ``tokens``. Only these keys
+    #: are kept on the CPU for the whole set and gathered across data-parallel ranks.
+    evaluation_batch_keys: tuple[str, ...]
+
+    def metric_weight(self, batch: Mapping[str, Any], cfg: DictConfig) -> float:
+        """How much this batch's :meth:`~RewardModelPlugin.loss` metrics count in the logged mean.
+
+        Training metrics are averaged by name over micro-batches and data-parallel ranks as
+        ``sum(weight * value) / sum(weight)``; a batch of weight 0 does not count. Return the
+        number of things the metrics average over (pairs, groups, labelled entries).
+        Default: 1 per batch (every micro-batch counts the same).
+        """
+        ...
+
+    def score_texts(self, record: Mapping[str, Any], *, path: str, line: int) -> list[str]:
+        """The texts to score for one line of a ``score`` input file (a group of one or more).
+
+        Default: ``[record["text"]]``, or the prompt joined with ``record["response"]``
+        (:func:`rm_registry.engine.data.join_prompt_response`). A listwise plugin may read
+        ``{"prompt": ..., "responses": [...]}`` and return one text per response.
+
+        Raises:
+            rm_registry.DataError: naming ``path``, ``line`` and the problem.
+        """
+        ...
+
+    def score_records(
+        self, rewards: torch.Tensor, group_sizes: Sequence[int], cfg: DictConfig
+    ) -> list[dict[str, Any]]:
+        """One JSON object per scored record from rewards ``[N, K]`` of all their texts (CPU).
+
+        ``group_sizes[i]`` texts of record ``i`` (what :meth:`score_texts` returned), in order:
+        rows ``sum(group_sizes[:i]) : sum(group_sizes[:i + 1])``. Default: records of one text
+        get :meth:`~RewardModelPlugin.score_outputs`' object; records of several get
+        ``{"responses": [one score_outputs object per text]}``.
+        """
+        ...
+
+    def config_types(self) -> Mapping[str, Any]:
+        """Types of config keys whose default is ``null`` (the engine cannot infer them).
+
+        ``{"model.my_rm.top_k": int, "model.my_rm.names": list}``: a full key to a type or a
+        tuple of types (``float`` accepts whole numbers too; ``null`` is always accepted). A value
+        of another type is refused naming the key, as for keys with a non-null default.
+        """
+        ...
+
+    def resolve_config(self, cfg: DictConfig) -> None:
+        """Fill in, in place, values that defaults leave open (after :meth:`validate_config`).
+
+        For example the attribute names a ``null`` default stands for: the config saved with
+        each checkpoint then holds the resolved value, so a later change of the plugin's
+        defaults cannot change what an old checkpoint means. Default: nothing.
+        """
+        ...
+
+    def output_names(self, cfg: DictConfig) -> list[str]:
+        """Names of the K head outputs, in order (the ``id2label`` of a Hugging Face export).
+
+        Default: ``reward`` for K = 1, else ``LABEL_0`` ... (see docs/pretrained.md).
+        """
+        ...
+
+    def config_for_output_names(self, names: Sequence[str]) -> Mapping[str, Any]:
+        """The config layer for a Hugging Face reward model whose outputs have these names
+        (scoring a foreign ``*ForSequenceClassification`` folder with K > 1). Default: none."""
+        ...
+
+
+#: Optional members, in :class:`OptionalMembers`; checked when present.
+OPTIONAL_MEMBERS: tuple[str, ...] = (
+    "evaluation_batch_keys",
+    "metric_weight",
+    "score_texts",
+    "score_records",
+    "config_types",
+    "resolve_config",
+    "output_names",
+    "config_for_output_names",
+)
 
 
 #: Members checked by :func:`rm_registry.testing.check_protocol` and by the registry on load.

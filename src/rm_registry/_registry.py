@@ -38,7 +38,7 @@ from ._errors import (
     PluginValidationError,
     RMRegistryError,
 )
-from ._protocol import PROTOCOL_MEMBERS, PluginInfo, RewardModelPlugin
+from ._protocol import OPTIONAL_MEMBERS, PROTOCOL_MEMBERS, OptionalMembers, PluginInfo, RewardModelPlugin
 
 __all__ = [
     "DISABLE_ENV",
@@ -46,6 +46,8 @@ __all__ = [
     "IN_PROCESS",
     "get_reward_model",
     "list_reward_models",
+    "optional_members",
+    "plugin_distribution",
     "protocol_problems",
     "register_reward_model",
     "registered_reward_model",
@@ -275,6 +277,7 @@ def protocol_problems(obj: object, *, expected_name: str | None = None) -> list[
                 problems.append(problem)
     if missing:
         problems.insert(0, f"missing member(s): {', '.join(missing)}")
+    problems.extend(_optional_problems(obj))
     name = inspect.getattr_static(obj, "name", None)
     if expected_name is not None and isinstance(name, str) and name != expected_name:
         problems.append(
@@ -283,16 +286,58 @@ def protocol_problems(obj: object, *, expected_name: str | None = None) -> list[
     return problems
 
 
-def _signature_problem(member: str, method: Any) -> str | None:
+def optional_members(obj: object) -> tuple[str, ...]:
+    """The members of :data:`OPTIONAL_MEMBERS` that ``obj`` defines (looked up statically)."""
+    import inspect
+
+    present = []
+    for member in OPTIONAL_MEMBERS:
+        try:
+            inspect.getattr_static(obj, member)
+        except AttributeError:
+            continue
+        present.append(member)
+    return tuple(present)
+
+
+def _optional_problems(obj: object) -> list[str]:
+    """Problems of the optional members ``obj`` defines (absent ones are fine)."""
+    problems = []
+    for member in optional_members(obj):
+        try:
+            value = getattr(obj, member)
+        except Exception as exc:
+            problems.append(f"reading optional {member!r} raised {type(exc).__name__}: {exc}")
+            continue
+        if member == "evaluation_batch_keys":
+            if not isinstance(value, (tuple, list)) or not all(isinstance(k, str) for k in value):
+                problems.append(f"optional 'evaluation_batch_keys' must be a tuple of str, got {value!r}")
+        elif not callable(value):
+            problems.append(f"optional {member!r} must be a method, got a {type(value).__name__}")
+        else:
+            problem = _signature_problem(member, value, OptionalMembers)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
+def _signature_problem(member: str, method: Any, spec: type = RewardModelPlugin) -> str | None:
     """Whether ``method`` can be called as the protocol calls it (positionally or by keyword)."""
     import inspect
 
     try:
-        expected = inspect.signature(getattr(RewardModelPlugin, member))
+        expected = inspect.signature(getattr(spec, member))
         actual = inspect.signature(method)
     except (TypeError, ValueError):  # builtins without signatures: trust them
         return None
     params = [p.name for p in expected.parameters.values() if p.name != "self"]
+    keyword_only = {p.name for p in expected.parameters.values() if p.kind is p.KEYWORD_ONLY}
+    if keyword_only:  # e.g. score_texts(record, *, path, line): call it exactly that way
+        try:
+            actual.bind(*[p for p in params if p not in keyword_only], **{k: None for k in keyword_only})
+            return None
+        except TypeError as exc:
+            return f"{member!r} cannot be called as {member}({', '.join(params)}): {exc}"
     try:
         actual.bind(*params)
         return None
@@ -492,6 +537,23 @@ def _info(name: str, distribution: str | None = None) -> PluginInfo:
         return entry.info("registered")
     _load(entry)
     return entry.info("loaded")
+
+
+def plugin_distribution(plugin: Any) -> tuple[str, str] | None:
+    """``(distribution, version)`` that provided the loaded or registered ``plugin`` object.
+
+    ``(IN_PROCESS, "")`` for an in-process registration; ``None`` for an object the registry
+    did not hand out (a plugin used directly, without ``get_reward_model``).
+    """
+    with _lock:
+        for entry in _registered.values():
+            if entry.plugin is plugin:
+                return IN_PROCESS, ""
+        for entries in _get_scan().plugins.values():
+            for entry in entries:
+                if entry.loaded and entry.plugin is plugin:
+                    return entry.distribution, entry.version
+    return None
 
 
 def register_reward_model(plugin: Any, *, replace: bool = False) -> RewardModelPlugin:

@@ -19,7 +19,9 @@ import torch
 import torch.distributed as dist
 
 from rm_registry.engine.parallel import ParallelInfo
-from rm_registry.engine.trainer import _allreduce_grads, _clip_grad_norm, _dp_mean
+from rm_registry import TrainingError
+from rm_registry.engine._metrics import MetricMeans
+from rm_registry.engine.trainer import _allreduce_grads, _clip_grad_norm
 
 
 def main(out: Path) -> None:
@@ -40,7 +42,16 @@ def main(out: Path) -> None:
     record = {"names": names, "local": local, "averaged": averaged}
     record["norm"] = _clip_grad_norm(model, 0.05, info)
     record["clipped"] = {n: p.grad.tolist() for n, p in model.named_parameters() if p.grad is not None}
-    record["means"] = _dp_mean({"loss": float(rank + 1), "accuracy": 0.25 * rank, "tokens": 10.0 + rank}, info, group)
+    means = MetricMeans("step 1")  # rank r: one micro-batch of weight r + 1
+    means.add({"loss": float(rank + 1), "accuracy": 0.25 * rank}, float(rank + 1))
+    record["means"] = means.reduce(info, totals={"tokens": 10.0 + rank}, group=group)
+    other = MetricMeans("step 2")  # the ranks disagree on the metric names
+    other.add({"loss": 1.0, **({"accuracy": 0.5} if rank == 0 else {})}, 1.0)
+    try:
+        other.reduce(info, group=group)
+        record["mismatch"] = None
+    except TrainingError as exc:
+        record["mismatch"] = str(exc)
     (out / f"rank_{rank}.json").write_text(json.dumps(record))
     dist.barrier()
     dist.destroy_process_group()

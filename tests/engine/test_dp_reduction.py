@@ -2,8 +2,8 @@
 
 ``_dp_reduce_script.py`` runs as ranks 0 and 1 (a small torch model, a different batch on each
 rank) and records the gradients before and after the trainer's ``_allreduce_grads``, the norm
-``_clip_grad_norm`` returns with the clip of a small ``gradient_clip_val``, and ``_dp_mean`` of
-the logged metrics. This test recomputes all of it from the ranks' local gradients and values.
+``_clip_grad_norm`` returns with the clip of a small ``gradient_clip_val``, and the logged metrics
+reduced by name (``MetricMeans``), including ranks that disagree on the names. This test recomputes all of it from the ranks' local gradients and values.
 (The full training equivalence under torchrun is tests/distributed/test_torchrun.py, marked slow.)
 """
 
@@ -70,8 +70,16 @@ def test_clip_reports_the_norm_of_the_averaged_gradient_and_clips_it(ranks: list
     assert torch.equal(_flat(ranks[0]["clipped"]), _flat(ranks[1]["clipped"]))  # the ranks step alike
 
 
-def test_logged_metrics_are_the_mean_over_the_ranks(ranks: list[dict]) -> None:
-    # rank r logged loss r + 1, accuracy r / 4 and tokens 10 + r
+def test_logged_metrics_are_weighted_means_by_name_over_the_ranks(ranks: list[dict]) -> None:
+    # rank r logged loss r + 1 and accuracy r / 4 with weight r + 1, and tokens 10 + r (a total)
     for r in ranks:
         assert list(r["means"]) == ["loss", "accuracy", "tokens"]
-        assert r["means"] == pytest.approx({"loss": 1.5, "accuracy": 0.125, "tokens": 10.5}, rel=1e-12)
+        assert r["means"] == pytest.approx({"loss": (1 + 2 * 2) / 3, "accuracy": 0.25 * 2 / 3, "tokens": 21.0},
+                                           rel=1e-12)
+
+
+def test_ranks_with_different_metric_names_stop_naming_them(ranks: list[dict]) -> None:
+    for r in ranks:  # every rank stops, with every rank's names
+        assert r["mismatch"] == ("step 2: data-parallel ranks returned different metric names from loss() "
+                                 "(data-parallel rank 0: accuracy, loss; data-parallel rank 1: loss); every batch "
+                                 "must return the same metric names (the empty one too)")

@@ -79,7 +79,7 @@ def test_empty_batch_gives_a_finite_zero_attached_to_the_graph(cfg) -> None:  # 
     rewards = torch.zeros(0, 1, requires_grad=True)
     loss, metrics = plugin.loss(rewards, {}, cfg)
     assert loss.item() == 0.0 and loss.requires_grad
-    assert metrics == {"loss": 0.0}
+    assert metrics == {"loss": 0.0, "accuracy": 0.0, "chosen_reward_mean": 0.0, "rejected_reward_mean": 0.0}
     assert plugin.evaluation_metrics([], cfg)["num_pairs"] == 0
 
 

@@ -17,26 +17,28 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError
 from .._registry import get_reward_model
+from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
-from . import parallel
 from ._fs import atomic_write_text, check_output_file
 from ._safe_pickle import check_contained
 from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
-from .data import encode_text, fit_length, join_prompt_response, pad_batch, read_jsonl, render_text
+from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
-from .trainer import _progress, evaluate_dataset
+from .progress import progress_bar
+from .trainer import evaluate_dataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin, Tokenizer
 
-__all__ = ["LoadedRewardModel", "load_reward_model", "read_score_inputs", "score_file"]
+__all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_score_inputs", "read_score_records",
+           "score_file"]
 
 #: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
 LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy")
@@ -67,7 +69,7 @@ class LoadedRewardModel:
         mine = list(range(self.info.dp_rank, len(chunks), self.info.dp))
         self.model.eval()
         results: list[tuple[list[int], torch.Tensor]] = []
-        bar = _progress(len(mine), "score", enabled=progress and self.info.is_main)
+        bar = progress_bar(len(mine), "score", enabled=progress and self.info.is_main)
         for c in mine:
             tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
             out = self.model(tokens.to(self.info.device), lengths.to(self.info.device))
@@ -102,9 +104,30 @@ class LoadedRewardModel:
         """
         if isinstance(texts, str):
             raise TypeError("score() takes a list of texts; wrap a single text in a list: score([text])")
-        encoded = [self.encode(t) for t in texts]
-        if not encoded:
+        ids = self._encode_all(list(texts))
+        if not ids:
             return []
+        return self.plugin.score_outputs(self.rewards(ids, batch_size=batch_size, progress=progress), self.cfg)
+
+    def score_records(self, records: Iterable[Mapping[str, Any]], *, batch_size: int | None = None,
+                      progress: bool = False) -> list[dict[str, Any]]:
+        """One JSON-ready dict per record, as ``rm-registry score`` writes one per input line.
+
+        A record is what one line of a score input file holds: ``{"text": ...}`` or
+        ``{"prompt": ..., "response": ...}``, or what the plugin's ``score_texts`` reads (a
+        prompt with several responses, ...); the plugin's ``score_records`` makes each output
+        (default: :meth:`score`'s object). Over-long texts are handled as in :meth:`score`.
+        """
+        groups = [_contract.score_texts(self.plugin, r, path="<records>", line=i) for i, r in enumerate(records, 1)]
+        ids = self._encode_all([text for group in groups for text in group])
+        if not ids:
+            return []
+        rewards = self.rewards(ids, batch_size=batch_size, progress=progress)
+        return _contract.score_records(self.plugin, rewards, [len(g) for g in groups], self.cfg)
+
+    def _encode_all(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of every text; over-long ones cut with a warning, or refused under policy ``error``."""
+        encoded = [self.encode(t) for t in texts]
         cut = sum(was_cut for _, was_cut in encoded)
         if cut and self.cfg.model.data.overlong_policy == "error":
             first = next(i for i, (_, was_cut) in enumerate(encoded) if was_cut)
@@ -114,9 +137,8 @@ class LoadedRewardModel:
             )
         if cut:
             warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
-                          f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=2)
-        rewards = self.rewards([ids for ids, _ in encoded], batch_size=batch_size, progress=progress)
-        return self.plugin.score_outputs(rewards, self.cfg)
+                          f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=3)
+        return [ids for ids, _ in encoded]
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
@@ -135,20 +157,20 @@ class LoadedRewardModel:
                                 progress=progress)
 
 
-def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin_name: str) -> DictConfig:
+def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin: RewardModelPlugin) -> DictConfig:
     """Merge the overrides allowed at load time, checked like training overrides."""
     items = list(overrides)
     if not items:
         return cfg
     layer = parse_overrides(items)
-    own = f"model.{plugin_name}."
+    own = f"model.{plugin.name}."
     for key in flatten(OmegaConf.to_container(layer)):
         if key not in LOAD_OVERRIDES and not key.startswith(own):
             raise ConfigError(
                 f"override {key!r}: when loading a checkpoint only {', '.join(LOAD_OVERRIDES)} and the "
                 f"architecture's own keys ({own}*) may be set; the rest describes the trained model"
             )
-    return merge_closed(cfg, layer, "command line")
+    return merge_closed(cfg, layer, "command line", _contract.config_types(plugin))
 
 
 def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
@@ -184,13 +206,14 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     cfg = load_saved_config(config_path.read_text(), str(config_path))
     cfg.model.tensor_model_parallel_size = 1
     cfg.model.pipeline_model_parallel_size = 1
-    plugin = get_reward_model(str(cfg.model.reward_model_type), distribution=distribution)
+    plugin = _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
     overrides = list(overrides)
-    cfg = _load_overrides(cfg, overrides, plugin.name)
+    cfg = _load_overrides(cfg, overrides, plugin)
     if isinstance(cfg.model.micro_batch_size, int):  # no optimizer steps here: one batch is one pass
         cfg.model.global_batch_size = cfg.model.micro_batch_size
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)  # checkpoints saved before it resolved get the same values
     tokenizer = tokenizer_from_dir(path / "tokenizer")
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
@@ -210,12 +233,10 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
 
 
-def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | None) -> LoadedRewardModel:
-    """A Hugging Face reward-model folder: the architecture from its ``config.json`` (``rm_registry``
-    section of our exports; otherwise ``binary_ranking`` for one label, else the plugin that
-    accepts the labels' names), the weights converted on the fly."""
-    from .config import build_config
-    from .hf import apply_pretrained, load_hf_weights, read_config
+def _hf_folder_plugin(folder: Path, distribution: str | None) -> tuple[RewardModelPlugin, dict[str, Any], list[str], int]:
+    """The architecture of a Hugging Face folder (``rm_registry`` section of our exports; otherwise
+    ``binary_ranking`` for one label, else ``regression``), with its config, label names and K."""
+    from .hf import read_config
 
     hf = read_config(folder)
     meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
@@ -223,7 +244,18 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else []
     k = len(names) or int(hf.get("num_labels", 1))
     name = meta.get("reward_model_type") or ("binary_ranking" if k == 1 else "regression")
-    plugin = get_reward_model(str(name), distribution=distribution)
+    return get_reward_model(str(name), distribution=distribution), hf, names, k
+
+
+def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | None) -> LoadedRewardModel:
+    """A Hugging Face reward-model folder: the architecture from its ``config.json`` (``rm_registry``
+    section of our exports; otherwise ``binary_ranking`` for one label, else the plugin that
+    accepts the labels' names), the weights converted on the fly."""
+    from .config import build_config
+    from .hf import apply_pretrained, load_hf_weights
+
+    plugin, hf, names, k = _hf_folder_plugin(folder, distribution)
+    meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
     cfg = build_config(plugin)
     OmegaConf.set_struct(cfg, False)
     cfg.pretrained_checkpoint.restore_from_path = str(folder)
@@ -235,10 +267,11 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     elif k > 1 and callable(getattr(plugin, "config_for_output_names", None)):
         cfg = merge_closed(cfg, OmegaConf.create(plugin.config_for_output_names(names)),  # type: ignore[attr-defined]
                            f"{folder / 'config.json'} id2label")
-    cfg = _load_overrides(cfg, overrides, plugin.name)
+    cfg = _load_overrides(cfg, overrides, plugin)
     cfg.model.global_batch_size = cfg.model.micro_batch_size
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)
     from .hf import folder_tokenizer
 
     tokenizer = folder_tokenizer(folder)
@@ -254,42 +287,68 @@ def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
     """``(line, text)`` pairs to score from JSON Lines: ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` per line.
 
     The prompt and the response are joined as in training (:func:`~.data.join_prompt_response`:
-    two strings are concatenated as they are). Values may be chat message lists.
+    two strings are concatenated as they are). Values may be chat message lists. This is the
+    default input of ``score``; :func:`read_score_records` applies a plugin's own ``score_texts``.
 
     Raises:
         DataError: naming the file, the line and the problem.
     """
-    texts = []
-    for line, rec in read_jsonl(path):
-        if "text" in rec:
-            texts.append((line, render_text(rec["text"], path=path, line=line, key="text")))
-        elif "prompt" in rec and "response" in rec:
-            texts.append((line, join_prompt_response(rec["prompt"], rec["response"], path=path, line=line)))
-        else:
-            raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(rec)}")
-    return texts
+    return [(line, texts[0]) for line, texts in read_score_records(path, None)]
+
+
+def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> list[tuple[int, list[str]]]:
+    """``(line, texts)`` per line of a ``score`` input file: the texts ``plugin.score_texts`` reads
+    (a group of one or more), or one text by the default rule (:func:`read_score_inputs`).
+
+    Raises:
+        DataError: naming the file, the line and the problem.
+    """
+    return [(line, _contract.score_texts(plugin, rec, path=path, line=line)) for line, rec in read_jsonl(path)]
+
+
+def checkpoint_plugin(checkpoint: str | Path, *, distribution: str | None = None) -> RewardModelPlugin:
+    """The installed plugin of a checkpoint (run, checkpoint or Hugging Face folder), without building the model.
+
+    Raises:
+        ConfigError: no complete checkpoint there.
+        PluginNotFoundError: its architecture is not installed (naming the distribution to install).
+    """
+    from .hf import looks_like_hf_folder
+
+    if looks_like_hf_folder(checkpoint):
+        return _hf_folder_plugin(Path(checkpoint), distribution)[0]
+    path = ckpt.find_latest(Path(checkpoint))
+    check_contained(path)  # as load_reward_model: nothing read from it may lead elsewhere
+    cfg = load_saved_config((path / "config.yaml").read_text(encoding="utf-8"), str(path / "config.yaml"))
+    return _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
 
 
 def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *,
                batch_size: int | None = None, progress: bool = True) -> int:
     """Score every line of ``data`` and write one JSON object per line to ``output``, in input order.
 
-    ``output`` is written atomically (a temporary file renamed into place) by the main rank, so a
-    failure never leaves a partial file. Returns the number of lines scored.
+    Each line is one record: the texts of ``plugin.score_texts`` (default: one ``text`` or
+    ``prompt`` + ``response``) are scored together and ``plugin.score_records`` (default: today's
+    ``score_outputs`` object) makes its one output object. ``output`` is written atomically (a
+    temporary file renamed into place) by the main rank, so a failure never leaves a partial
+    file. Returns the number of lines scored.
     """
     check_output_file(Path(output))
-    records = read_score_inputs(data)
+    records = read_score_records(data, model.plugin)
     ids: list[list[int]] = []
     too_long = 0
-    for line, text in records:
-        encoded, cut = model.encode(text)
-        if cut:
-            too_long += 1
-            if model.cfg.model.data.overlong_policy == "error":
-                fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
-                           eos_id=model.tokenizer.eos_id, path=data, line=line)
-        ids.append(encoded)
-    results = model.plugin.score_outputs(model.rewards(ids, batch_size=batch_size, progress=progress), model.cfg)
+    for line, texts in records:
+        for number, text in enumerate(texts):
+            encoded, cut = model.encode(text)
+            if cut:
+                too_long += 1
+                if model.cfg.model.data.overlong_policy == "error":
+                    key = f"text {number} of the line" if len(texts) > 1 else None
+                    fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
+                               eos_id=model.tokenizer.eos_id, path=data, line=line, key=key)
+            ids.append(encoded)
+    rewards = model.rewards(ids, batch_size=batch_size, progress=progress)
+    results = _contract.score_records(model.plugin, rewards, [len(texts) for _, texts in records], model.cfg)
     if model.info.is_main:
         atomic_write_text(Path(output), "".join(json.dumps(r) + "\n" for r in results))
         if too_long:

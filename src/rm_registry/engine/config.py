@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .._errors import ConfigError, PluginLoadError
+from . import _contract
 from ._nemo_compat import CompatNotes, translate, validate_nemo_keys
 from .data import OVERLONG_POLICIES
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "DEFAULTS_PATH",
+    "ENGINE_NULL_TYPES",
     "build_config",
     "engine_defaults",
     "flatten",
@@ -93,8 +95,52 @@ def _sections(known: dict[str, Any]) -> set[str]:
     return {k.rsplit(".", i)[0] for k in known for i in range(1, k.count(".") + 1)}
 
 
-def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -> None:
-    """Refuse a layer value whose kind differs from the default's (null defaults accept anything)."""
+#: Types of the engine's keys whose default is null (plugins declare theirs with ``config_types()``).
+ENGINE_NULL_TYPES: dict[str, Any] = {
+    "model.ffn_hidden_size": int,
+    "model.max_position_embeddings": int,
+    "model.force_head_dtype": str,
+    "model.tokenizer.path": str,
+    # a path, a list of paths or a NeMo-Aligner blend [weight, path, ...]
+    "model.data.data_prefix.train": (str, list),
+    "model.data.data_prefix.validation": (str, list),
+    "model.data.data_prefix.test": (str, list),
+    "trainer.rm.limit_val_batches": int,
+}
+
+_TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "bool", list: "list", dict: "mapping"}
+
+
+def _type_ok(value: Any, spec: Any) -> bool:
+    """Whether ``value`` fits a declared type (or tuple of types); ``float`` accepts whole numbers."""
+    for t in spec if isinstance(spec, tuple) else (spec,):
+        if t is bool and isinstance(value, bool):
+            return True
+        if isinstance(value, bool):
+            continue
+        if t is float and isinstance(value, (int, float)):
+            return True
+        if t is int and isinstance(value, float) and value.is_integer():
+            return True
+        if t in (list, tuple) and isinstance(value, (list, tuple)):
+            return True
+        if t is dict and isinstance(value, Mapping):
+            return True
+        if isinstance(t, type) and t not in (list, tuple, dict) and isinstance(value, t):
+            return True
+    return False
+
+
+def _type_name(spec: Any) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in (spec if isinstance(spec, tuple) else (spec,)))
+
+
+def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str,
+                 types: Mapping[str, Any] | None = None) -> None:
+    """Refuse a layer value whose kind differs from the default's, or from the declared type of a
+    null default (``types``: :data:`ENGINE_NULL_TYPES` plus the plugin's ``config_types()``); other
+    null defaults accept anything."""
+    types = {**ENGINE_NULL_TYPES, **(types or {})}
     sections = _sections(defaults)
     for key, value in flatten(layer).items():
         if key in sections and not isinstance(value, Mapping):
@@ -106,7 +152,13 @@ def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str) -
         if key not in defaults:
             continue  # unknown keys are reported by _unknown_keys
         default = defaults[key]
-        if default is None or value is None:
+        if value is None:
+            continue
+        if default is None:
+            if isinstance(value, str) and "${" in value:
+                continue  # an interpolation (NeMo-Aligner's files use them): checked once resolved
+            if key in types and not _type_ok(value, types[key]):
+                raise ConfigError(f"{key}={value!r} ({source}): expected a {_type_name(types[key])}, got a {_kind(value)}")
             continue
         want, got = _kind(default), _kind(value)
         if want != got and not (want == "mapping" and got == "mapping"):
@@ -146,7 +198,11 @@ def _add_validation_sets(base: DictConfig, layer: Any) -> None:
             base.model.data.data_prefix[name] = None
 
 
-def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+def merge_closed(base: DictConfig, layer: DictConfig, source: str, types: Mapping[str, Any] | None = None) -> DictConfig:
+    """Merge ``layer`` over ``base``, refusing unknown keys and values of the wrong type (naming them).
+
+    ``types``: declared types of keys whose default is null (a plugin's ``config_types()``).
+    """
     plain = OmegaConf.to_container(layer, resolve=False)
     _add_validation_sets(base, plain)
     defaults = flatten(OmegaConf.to_container(base, resolve=False))
@@ -160,7 +216,7 @@ def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} ({source}); "
             "`rm-registry info NAME --config` lists the keys this architecture accepts"
         )
-    _check_types(defaults, plain, source)  # type: ignore[arg-type]
+    _check_types(defaults, plain, source, types)  # type: ignore[arg-type]
     OmegaConf.set_struct(base, True)
     try:
         merged = OmegaConf.merge(base, layer)
@@ -213,7 +269,12 @@ def build_config(
     data_paths: Mapping[str, str | Path | None] | None = None,
     report: bool = False,
 ) -> DictConfig:
-    """Merge the layers for ``plugin`` and validate the result.
+    """Merge the layers for ``plugin``, validate the result and resolve the plugin's open values.
+
+    Validation is complete: the engine's keys (:func:`validate_engine_config`), then
+    ``plugin.validate_config(cfg)``, then the optional ``plugin.resolve_config(cfg)``; callers need
+    not call ``validate_config`` again. Keys with a null default are type-checked against
+    :data:`ENGINE_NULL_TYPES` and the plugin's optional ``config_types()``.
 
     Args:
         plugin: The architecture; its name becomes ``model.reward_model_type``.
@@ -239,6 +300,7 @@ def build_config(
         raise ConfigError(f"plugin {plugin.name!r}: default_config() is not a valid config tree: {exc}") from None
     cfg = OmegaConf.merge(cfg, plugin_layer)  # open: the plugin adds its own section
     assert isinstance(cfg, DictConfig)
+    types = _contract.config_types(plugin)
     defaults_tree = cfg.copy()
     notes = CompatNotes()
     written: list[str] = []
@@ -259,12 +321,12 @@ def build_config(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
         written = list(flatten(OmegaConf.to_container(layer, resolve=False)))
-        cfg, user_set = _merge_nemo(cfg, layer, str(path), notes)
+        cfg, user_set = _merge_nemo(cfg, layer, str(path), notes, types)
     else:
         user_set = []
     if overrides:
         override_layer = parse_overrides(overrides, defaults=defaults_tree, written=written)
-        cfg, more = _merge_nemo(cfg, override_layer, "command line", notes)
+        cfg, more = _merge_nemo(cfg, override_layer, "command line", notes, types)
         user_set += more
     if override_type(overrides) not in (None, plugin.name):
         raise ConfigError(f"model.reward_model_type={override_type(overrides)!r} (command line) but the "
@@ -281,6 +343,7 @@ def build_config(
     OmegaConf.set_struct(cfg, True)
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    _contract.resolve_config(plugin, cfg)
     if report:
         notes.report()
     return cfg
@@ -295,7 +358,8 @@ def override_type(overrides: Iterable[str]) -> str | None:
     return str(found[-1]) if found else None
 
 
-def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNotes) -> tuple[DictConfig, list[str]]:
+def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNotes,
+                types: Mapping[str, Any] | None = None) -> tuple[DictConfig, list[str]]:
     """Translate NeMo-Aligner keys of ``layer`` (see ``_nemo_compat``), then :func:`merge_closed`.
 
     Returns:
@@ -303,7 +367,7 @@ def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNo
     """
     plain, layer_notes = translate(OmegaConf.to_container(layer, resolve=False), source, cfg)  # type: ignore[arg-type]
     notes.extend(layer_notes)
-    return merge_closed(cfg, OmegaConf.create(plain), source), list(flatten(plain))
+    return merge_closed(cfg, OmegaConf.create(plain), source, types), list(flatten(plain))
 
 
 def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:

@@ -27,15 +27,17 @@ __all__ = [
     "render_text",
     "join_prompt_response",
     "encode_text",
+    "fit_group",
     "fit_length",
     "pad_batch",
 ]
 
 #: What happens to a sequence longer than ``model.encoder_seq_length``
 #: (config key ``model.data.overlong_policy``):
-#:  - ``drop``: the sample (for pairwise data, the whole pair) is skipped and counted;
+#:  - ``drop``: the sample (for pairwise data the whole pair, for a group of sequences the whole
+#:    group: :func:`fit_group`) is skipped and counted;
 #:  - ``truncate``: the sequence keeps its first ``seq_length - 1`` tokens plus EOS, counted;
-#:  - ``error``: the run stops with a DataError naming the file and line.
+#:  - ``error``: the run stops with a DataError naming the file, the line and the sequence (``key``).
 OVERLONG_POLICIES = ("drop", "truncate", "error")
 
 
@@ -187,15 +189,19 @@ def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 def fit_length(
-    ids: list[int], max_len: int, policy: str, *, eos_id: int, path: str | Path, line: int
+    ids: list[int], max_len: int, policy: str, *, eos_id: int, path: str | Path, line: int, key: str | None = None
 ) -> tuple[list[int] | None, bool]:
     """Apply the over-long policy to one encoded sequence.
+
+    Args:
+        key: Which sequence of the line this is, for the ``error`` message (``"rejected"``,
+            ``"responses[2]"``); ``None`` for a line of one sequence.
 
     Returns:
         ``(ids, truncated)``; ``ids`` is ``None`` when the sequence must be dropped.
 
     Raises:
-        DataError: with policy ``error``, naming the file, the line and both lengths.
+        DataError: with policy ``error``, naming the file, the line, the key and both lengths.
         ConfigError: for an unknown policy.
     """
     if len(ids) <= max_len:
@@ -205,13 +211,47 @@ def fit_length(
     if policy == "truncate":
         return [*ids[: max_len - 1], eos_id], True
     if policy == "error":
+        what = f"{key!r} has" if key else "sequence has"
         raise DataError(
             path,
             line,
-            f"sequence has {len(ids)} tokens, more than model.encoder_seq_length={max_len}; "
+            f"{what} {len(ids)} tokens, more than model.encoder_seq_length={max_len}; "
             "raise it, or set model.data.overlong_policy=drop or truncate",
         )
     raise ConfigError(f"model.data.overlong_policy={policy!r}: expected one of {', '.join(OVERLONG_POLICIES)}")
+
+
+def fit_group(
+    sequences: Sequence[list[int]], keys: Sequence[str], max_len: int, policy: str, *, eos_id: int,
+    path: str | Path, line: int,
+) -> tuple[list[list[int]] | None, bool]:
+    """Apply the over-long policy to the sequences of one sample (a pair, a ranked list, ...).
+
+    The sample is kept or dropped **as a whole**: with ``drop``, one over-long sequence drops the
+    sample (a pair or ranking missing a member would change its meaning); with ``truncate``
+    each over-long sequence is cut; with ``error`` the message names the file, the line and the
+    sequence's key. Count the result in :class:`DatasetStats` once per sample.
+
+    Args:
+        sequences: Encoded sequences (EOS included), one per key.
+        keys: Their names for messages, e.g. ``["chosen", "rejected"]`` or
+            ``["responses[0]", "responses[1]", ...]``.
+
+    Returns:
+        ``(sequences, truncated)``: ``None`` when the sample is dropped; ``truncated`` when any
+        sequence was cut.
+    """
+    if len(keys) != len(sequences):
+        raise ValueError(f"fit_group: {len(sequences)} sequences but {len(keys)} keys")
+    out: list[list[int]] = []
+    truncated = False
+    for ids, key in zip(sequences, keys):
+        fitted, cut = fit_length(ids, max_len, policy, eos_id=eos_id, path=path, line=line, key=key)
+        if fitted is None:
+            return None, False
+        out.append(fitted)
+        truncated |= cut
+    return out, truncated
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError, TrainingError
 from .. import _signals
+from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
-from . import parallel
+from ._metrics import MetricMeans
 from ._fs import atomic_write_text, check_output_dir, writing
 from ._launch import first_process
 from ._loggers import attach_loggers, check_loggers
@@ -39,6 +40,7 @@ from ._safe_pickle import check_contained
 from ._splits import build_split_datasets, normalize_prefix
 from ._topk import keep_top_k
 from .config import load_saved_config, to_yaml, validate_engine_config
+from .progress import progress_bar as _progress
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,8 +62,7 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+_to_device = _contract.batch_to  # every tensor of the batch, whatever its first dimension
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
@@ -169,17 +170,6 @@ def _clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: parall
     return norm
 
 
-def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo, group: Any = None) -> dict[str, float]:
-    """The mean of every value over the data-parallel ranks (``group`` as in :func:`_allreduce_grads`)."""
-    if info.dp == 1 or not values:
-        return values
-    keys = list(values)  # every rank builds the same dict in the same order; keep it for the log line
-    vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
-    torch.distributed.all_reduce(vec, group=_dp_group() if group is None else group)
-    vec /= info.dp
-    return dict(zip(keys, vec.cpu().tolist()))
-
-
 def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(indices), size):
         yield list(indices[start : start + size])
@@ -199,7 +189,10 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """The plugin's evaluation metrics over ``dataset``; batches are split across data-parallel ranks.
 
-    Every rank returns the same metrics.
+    The batch goes to the model's device (:func:`~._contract.batch_to`, as in training); what
+    ``evaluation_metrics`` reads (:func:`~._contract.evaluation_batch`: the rewards and the batch
+    without ``tokens``, or the plugin's ``evaluation_batch_keys``) is kept on the CPU and, under data
+    parallelism, gathered from the other ranks. Every rank returns the same metrics.
     """
     was_training = model.training
     model.eval()
@@ -211,9 +204,9 @@ def evaluate_dataset(
     outputs: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
     bar = _progress(len(mine), "evaluate", enabled=progress and info.is_main)
     for number, idx in zip(range(info.dp_rank, len(all_batches), info.dp), mine):
-        batch = plugin.collate([dataset[i] for i in idx], tokenizer.pad_id)
-        rewards = model(batch["tokens"].to(info.device), batch["lengths"].to(info.device))
-        outputs.append((number, rewards.float().cpu(), batch))
+        batch = _to_device(plugin.collate([dataset[i] for i in idx], tokenizer.pad_id), info.device)
+        rewards = model(batch["tokens"], batch["lengths"])
+        outputs.append((number, rewards.float().cpu(), _contract.evaluation_batch(plugin, batch)))
         bar.update(1)
     bar.close()
     if info.dp > 1:
@@ -226,26 +219,6 @@ def evaluate_dataset(
     metrics = plugin.evaluation_metrics([(r, b) for _, r, b in outputs], cfg)
     model.train(was_training)
     return metrics
-
-
-class _NullBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, *, enabled: bool, initial: int = 0) -> Any:
-    if not enabled:
-        return _NullBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 10.0)
 
 
 class _MetricsLog:
@@ -322,11 +295,14 @@ def finite_for_json(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {k: fix(v) for k, v in metrics.items()}
 
 
-def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, bytes | str]:
-    """What a checkpoint folder carries beside the weights: the config and the tokenizer."""
+def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer, plugin: RewardModelPlugin | None = None) -> dict[str, bytes | str]:
+    """What a checkpoint folder carries beside the weights: the config, the tokenizer and (given
+    ``plugin``) ``plugin.json``, the plugin's distribution and version."""
     import tempfile
 
     files: dict[str, bytes | str] = {"config.yaml": to_yaml(cfg)}
+    if plugin is not None:
+        files[_provenance.PLUGIN_FILE] = json.dumps(_provenance.plugin_record(plugin), indent=2) + "\n"
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_to_dir(tokenizer, Path(tmp))
         for f in sorted(Path(tmp).rglob("*")):
@@ -430,6 +406,7 @@ def train(
         saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
                                   str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
+        _provenance.warn_if_other_version(resume_from, plugin)
 
     tokenizer = load_tokenizer(cfg)
     if not normalize_prefix("train", cfg.model.data.data_prefix.get("train")):
@@ -498,7 +475,7 @@ def train(
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
     log = attach_loggers(log, cfg, output_dir, enabled=info.is_main)
     _schedule_note(cfg, total)
-    files = checkpoint_files(cfg, tokenizer)
+    files = checkpoint_files(cfg, tokenizer, plugin)
     seed, shuffle = int(cfg.seed), bool(rm.train_random_sampler)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
@@ -515,7 +492,7 @@ def train(
             indices = _global_batch(len(train_ds), step, gbs, seed, shuffle)
             mine = indices[info.dp_rank * per_rank : (info.dp_rank + 1) * per_rank]
             optimizer.zero_grad(set_to_none=True)
-            sums: dict[str, float] = {}
+            sums = MetricMeans(f"step {step + 1}")
             tokens = padded = 0
             for micro in _batches(mine, mbs):
                 batch = _to_device(plugin.collate([train_ds[i] for i in micro], tokenizer.pad_id), info.device)
@@ -527,8 +504,7 @@ def train(
                         "set trainer.rm.gradient_clip_val"
                     )
                 (loss / num_micro).backward()
-                for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / num_micro
+                sums.add({"loss": float(loss.detach()), **metrics}, _contract.metric_weight(plugin, batch, cfg))
                 tokens += int(batch["lengths"].sum())
                 padded += int(batch["tokens"].numel())
             _allreduce_grads(model, info)
@@ -536,15 +512,14 @@ def train(
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
-            sums["tokens"], sums["padded_tokens"] = float(tokens), float(padded)
-            means = _dp_mean(sums, info)
+            means = sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)})
             done = _signals.current_step = step + 1
             if done % log_every == 0 or done == total:
                 seconds = time.perf_counter() - t0
                 record = {"step": done, "split": "train", **{k: v for k, v in means.items()
                                                               if k not in ("tokens", "padded_tokens")}}
-                record.update(lr=lr, grad_norm=grad_norm, tokens=int(round(means["tokens"] * info.dp)),
-                              padded_tokens=int(round(means["padded_tokens"] * info.dp)), seconds=seconds)
+                record.update(lr=lr, grad_norm=grad_norm, tokens=int(round(means["tokens"])),
+                              padded_tokens=int(round(means["padded_tokens"])), seconds=seconds)
                 log.write(finite_for_json(record))
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["HingeRankingPlugin", "plugin"]
 __version__ = "0.1.0"
 
+#: The metric names of every batch (``loss()`` must return the same names for every batch).
+METRICS = ("loss", "accuracy", "chosen_reward_mean", "rejected_reward_mean")
+
 #: A pair is (chosen token ids, rejected token ids), EOS included.
 Pair = tuple[list[int], list[int]]
 
@@ -115,9 +118,8 @@ class HingeRankingPlugin:
                                                     response_key=key)
                     else:
                         text = render_text(record[key], path=path, line=line, key=key)
-                    ids, cut = fit_length(
-                        encode_text(tokenizer, text), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=line
-                    )
+                    ids, cut = fit_length(encode_text(tokenizer, text), max_len, policy, eos_id=tokenizer.eos_id,
+                                          path=path, line=line, key=key)
                     if ids is None:
                         break
                     sides.append(ids)
@@ -145,8 +147,8 @@ class HingeRankingPlugin:
         import torch
 
         chosen, rejected = _split_pairs(rewards)  # (P,), (P,)
-        if chosen.numel() == 0:  # nothing to learn from: a zero loss still attached to the graph
-            return rewards.sum() * 0.0, {"loss": 0.0}
+        if chosen.numel() == 0:  # nothing to learn from: a zero loss still attached to the graph,
+            return rewards.sum() * 0.0, dict.fromkeys(METRICS, 0.0)  # and the same metric names
         margin = float(cfg.model.hinge_ranking.margin)
         loss = torch.relu(margin - (chosen - rejected)).mean()
         return loss, {"loss": float(loss.detach()), **_pair_metrics(chosen.detach(), rejected.detach())}
@@ -163,8 +165,7 @@ class HingeRankingPlugin:
         chosen = torch.cat([c for c, _ in halves]) if halves else torch.zeros(0)
         rejected = torch.cat([r for _, r in halves]) if halves else torch.zeros(0)
         if chosen.numel() == 0:  # an empty set has no loss or accuracy, not a zero one
-            names = ("loss", "accuracy", "chosen_reward_mean", "rejected_reward_mean")
-            return {**{name: None for name in names}, "num_pairs": 0}
+            return {**dict.fromkeys(METRICS), "num_pairs": 0}
         margin = float(cfg.model.hinge_ranking.margin)
         loss = torch.relu(margin - (chosen - rejected)).mean()
         return {"loss": float(loss), **_pair_metrics(chosen, rejected), "num_pairs": int(chosen.numel())}

@@ -226,7 +226,8 @@ def load_split(
                 "weights each pair by its margin, which must be >= 0"
             )
         chosen, cut_c = fit_length(
-            encode_text(tokenizer, pair.chosen), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=pair.line
+            encode_text(tokenizer, pair.chosen), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=pair.line,
+            key="chosen",
         )
         rejected, cut_r = fit_length(
             encode_text(tokenizer, pair.rejected),
@@ -235,6 +236,7 @@ def load_split(
             eos_id=tokenizer.eos_id,
             path=path,
             line=pair.rejected_line,
+            key="rejected",
         )
         if chosen is None or rejected is None:
             stats.dropped += 1

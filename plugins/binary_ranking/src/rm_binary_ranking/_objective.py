@@ -95,6 +95,15 @@ def pair_losses(
     return per_pair
 
 
+#: The names of :func:`loss`'s metrics, the same for every batch.
+METRIC_NAMES = ("loss", "accuracy", "chosen_reward_mean", "rejected_reward_mean", "reward_mean", "reward_std")
+
+
+def num_pairs(batch: Mapping[str, torch.Tensor]) -> int:
+    """P, the number of pairs of a batch (the weight of its metrics)."""
+    return _num_pairs(batch)
+
+
 def _num_pairs(batch: Mapping[str, torch.Tensor]) -> int:
     if "margin" in batch:
         return int(batch["margin"].shape[0])
@@ -146,9 +155,9 @@ def loss(
     """
     num_pairs = _num_pairs(batch)
     chosen, rejected = split_rewards(rewards, num_pairs)
-    if num_pairs == 0:
+    if num_pairs == 0:  # the same metric names as any batch; metric_weight() = 0 keeps them out of means
         zero = rewards.sum() * 0.0
-        return zero, {"loss": 0.0}
+        return zero, dict.fromkeys(METRIC_NAMES, 0.0)
     margin, has_margin = _margins(batch, num_pairs)
     per_pair = pair_losses(chosen, rejected, margin, has_margin, section(cfg))
     return per_pair.mean(), _metrics(chosen, rejected, per_pair)
@@ -180,8 +189,7 @@ def evaluation_metrics(
             losses.append(pair_losses(chosen, rejected, margin, has_margin, options).cpu())
     total = sum(int(c.shape[0]) for c in chosen_parts)
     if total == 0:
-        names = ("loss", "accuracy", "chosen_reward_mean", "rejected_reward_mean", "reward_mean", "reward_std")
-        return {**{name: None for name in names}, "num_pairs": 0}
+        return {**{name: None for name in METRIC_NAMES}, "num_pairs": 0}
     metrics: dict[str, Any] = _metrics(torch.cat(chosen_parts), torch.cat(rejected_parts), torch.cat(losses))
     metrics["num_pairs"] = total
     return metrics

@@ -81,6 +81,12 @@ class BinaryRankingPlugin:
 
         return loss(rewards, batch, cfg)
 
+    def metric_weight(self, batch: Mapping[str, torch.Tensor], cfg: DictConfig) -> float:
+        """The number of pairs in ``batch``: logged training metrics are means over pairs."""
+        from ._objective import num_pairs
+
+        return float(num_pairs(batch))
+
     def evaluation_metrics(
         self, outputs: Sequence[tuple[torch.Tensor, Mapping[str, torch.Tensor]]], cfg: DictConfig
     ) -> dict[str, Any]:

@@ -234,19 +234,27 @@ def collate(samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch
 
     Returns:
         ``tokens`` ``[B, S]`` int64, ``lengths`` ``[B]`` int64 and ``labels`` ``[B, K]``
-        float32 (masked entries hold ``loss_mask_val``).
+        float32 (masked entries hold ``loss_mask_val``). With no samples, ``labels`` is
+        ``[0, 0]`` (K is not known here; :func:`label_of` widens it to the rewards).
     """
     import torch
 
     if not samples:
-        raise ValueError("collate() needs at least one sample")
+        tokens, lengths = pad_batch([], pad_id)
+        return {"tokens": tokens, "lengths": lengths, "labels": torch.zeros(0, 0)}
     tokens, lengths = pad_batch([s.ids for s in samples], pad_id)
     labels = torch.tensor([list(s.label) for s in samples], dtype=torch.float32)  # [B, K]
     return {"tokens": tokens, "lengths": lengths, "labels": labels}
 
 
-def label_of(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """``batch["labels"]`` ``[B, K]``, with a clear error when a batch lacks it."""
+def label_of(batch: Mapping[str, torch.Tensor], k: int | None = None) -> torch.Tensor:
+    """``batch["labels"]`` ``[B, K]``, with a clear error when a batch lacks it.
+
+    Given ``k``, the labels ``[0, 0]`` of an empty batch become ``[0, k]``.
+    """
     if "labels" not in batch:
         raise KeyError("the batch has no 'labels'; it must come from the regression plugin's collate()")
-    return batch["labels"]
+    labels = batch["labels"]
+    if k is not None and labels.shape[0] == 0:
+        return labels.new_zeros(0, k)
+    return labels

@@ -70,7 +70,7 @@ def batch_loss(
     Returns:
         ``(loss, metrics)``: ``loss`` from :func:`masked_mse`, metrics as finite floats.
     """
-    labels = label_of(batch).to(rewards.device)
+    labels = label_of(batch, settings.num_attributes).to(rewards.device)
     _check_shapes(rewards, labels, settings)
     loss = masked_mse(rewards, labels, settings.loss_mask_val)
     value = float(loss.detach())
@@ -140,9 +140,9 @@ def evaluation_metrics(
     names = settings.attribute_names
     if outputs:
         for rewards, batch in outputs:
-            _check_shapes(rewards, label_of(batch), settings)
+            _check_shapes(rewards, label_of(batch, len(names)), settings)
         pred = torch.cat([r.detach().to("cpu", torch.float64) for r, _ in outputs])  # [N, K]
-        labels = torch.cat([label_of(b).detach().to("cpu", torch.float64) for _, b in outputs])  # [N, K]
+        labels = torch.cat([label_of(b, len(names)).detach().to("cpu", torch.float64) for _, b in outputs])  # [N, K]
     else:
         pred = torch.zeros(0, len(names), dtype=torch.float64)
         labels = torch.zeros(0, len(names), dtype=torch.float64)

@@ -71,6 +71,25 @@ class RegressionPlugin:
                 "attribute and text (pooled); set model.output_sequence=false"
             )
 
+    def config_types(self) -> dict[str, Any]:
+        """Types of the keys whose default is null (``model.regression.num_attributes=abc`` is refused)."""
+        return {
+            "model.regression.attribute_names": list,
+            "model.regression.num_attributes": int,
+            "model.regression.attribute_weights": list,
+        }
+
+    def resolve_config(self, cfg: DictConfig) -> None:
+        """Store the resolved attribute names (and their number) in ``cfg``.
+
+        With ``attribute_names: null`` the names come from the plugin's defaults; writing them
+        into the config saved with every checkpoint means a later change of those defaults cannot
+        rename the outputs of an old checkpoint.
+        """
+        settings = RegressionSettings.from_config(cfg)
+        cfg.model.regression.attribute_names = list(settings.attribute_names)
+        cfg.model.regression.num_attributes = settings.num_attributes
+
     def sample_data(self) -> dict[str, Path]:
         """The shipped HelpSteer-style sample set (``scripts/make_sample_data.py`` writes it)."""
         return {"train": _DATA_DIR / "train.jsonl", "validation": _DATA_DIR / "validation.jsonl"}
@@ -127,6 +146,13 @@ class RegressionPlugin:
         from ._metrics import batch_loss
 
         return batch_loss(rewards, batch, settings)
+
+    def metric_weight(self, batch: Mapping[str, torch.Tensor], cfg: DictConfig) -> float:
+        """The number of labelled entries of ``batch``: the logged training loss is the masked MSE
+        over every labelled entry of the step, as the validation loss is over the set."""
+        from ._data import label_of
+
+        return float((label_of(batch) != RegressionSettings.from_config(cfg).loss_mask_val).sum())
 
     def evaluation_metrics(
         self,

@@ -111,7 +111,7 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
         raise ConfigError(f"{files.file_of(extra[0])}: tensor {extra[0]!r} is not used by the {family.name} conversion "
                           f"({len(extra)} such); the folder has an option this converter does not support")
 
-    from ..trainer import _progress
+    from ..progress import progress_bar as _progress
 
     bar = _progress(len(resolved), "import", enabled=progress)
     with torch.no_grad():

@@ -3,11 +3,16 @@
     from rm_registry.testing import check_plugin
 
     def test_conformance():
-        check_plugin(my_plugin)          # protocol, then behaviour when [megatron] is installed
+        report = check_plugin(my_plugin)   # protocol, then behaviour when [megatron] is installed
+        print(report.optional_members)     # which optional members the plugin defines
 
 :func:`check_protocol` needs nothing but the core. :func:`check_plugin` adds the behaviour checks
-of ``rm_registry.engine._conformance`` (build, forward, loss, backward, checkpoint round trip)
-when the ``[megatron]`` extra is installed.
+of ``rm_registry.engine._conformance`` (build, forward, loss, backward, learning; batches of 1 to
+4 samples and the empty batch; evaluation over an empty set and in different batchings;
+scoring; determinism; the optional members present; checkpoint and export round trips) when the
+``[megatron]`` extra is installed.
+
+Shared pytest fixtures for a plugin's own tests are in :mod:`rm_registry.testing.fixtures`.
 
 :func:`fake_distribution` writes a real ``*.dist-info`` folder, for testing discovery cases
 (broken, duplicate, disabled plugins) without installing anything.
@@ -20,17 +25,36 @@ import json
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import PluginValidationError
-from ._registry import ENTRY_POINT_GROUP, protocol_problems
+from .._errors import PluginValidationError
+from .._registry import ENTRY_POINT_GROUP, optional_members, protocol_problems
 
-__all__ = ["ConformanceError", "check_plugin", "check_protocol", "fake_distribution"]
+__all__ = ["ConformanceError", "ConformanceReport", "check_plugin", "check_protocol", "fake_distribution"]
 
 
 class ConformanceError(PluginValidationError, AssertionError):
     """A plugin failed a conformance check. Both our validation error and an ``AssertionError``."""
+
+
+@dataclass
+class ConformanceReport:
+    """What :func:`check_plugin` checked.
+
+    Attributes:
+        plugin: The plugin's name.
+        optional_members: The optional protocol members it defines
+            (:data:`rm_registry._protocol.OPTIONAL_MEMBERS`); the others take the engine's defaults.
+        checks: The behaviour checks that ran and passed (empty when they were skipped).
+        skipped: ``{check: why}`` for checks that could not run here.
+    """
+
+    plugin: str
+    optional_members: tuple[str, ...]
+    checks: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _plugin_object(plugin: Any) -> Any:
@@ -97,31 +121,37 @@ def _megatron_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("torch", "megatron"))
 
 
-def check_plugin(plugin: Any, *, behaviour: bool = True) -> None:
+def check_plugin(plugin: Any, *, behaviour: bool = True) -> ConformanceReport:
     """Run every conformance check that the installed extras allow.
 
-    1. :func:`check_protocol`.
+    1. :func:`check_protocol` (required members, and the optional ones present).
     2. If ``behaviour`` and the ``[megatron]`` extra is installed: ``model_class`` resolves to a
-       class with ``from_config``, then ``rm_registry.engine._conformance.check_behaviour``
-       (build, forward, loss, backward, checkpoint and Hugging Face export round trips on a tiny
-       CPU model). When the extra or that module is missing, the behaviour part is skipped with a
-       warning.
+       class with ``from_config``, then ``rm_registry.engine._conformance.check_behaviour`` on a
+       tiny CPU model (build, forward, loss, backward, batches of every size and the empty one,
+       evaluation, scoring, determinism, checkpoint and Hugging Face export round trips). When the
+       extra or that module is missing, the behaviour part is skipped with a warning.
+
+    Returns:
+        A :class:`ConformanceReport`: the optional members present, the checks run and skipped.
 
     Raises:
         ConformanceError: A check failed; the message lists what is wrong.
     """
     plugin = _plugin_object(plugin)
     check_protocol(plugin)
+    report = ConformanceReport(plugin=plugin.name, optional_members=optional_members(plugin))
     if not behaviour:
-        return
+        report.skipped["behaviour"] = "behaviour=False"
+        return report
     if not _megatron_installed():
+        report.skipped["behaviour"] = "the [megatron] extra is not installed"
         warnings.warn(
             "rm-registry: behaviour checks skipped: the [megatron] extra (torch, megatron-core) "
             "is not installed; `pip install 'rm-registry[megatron]'` to run them",
             UserWarning,
             stacklevel=2,
         )
-        return
+        return report
     try:
         model_class = plugin.model_class
     except Exception as exc:
@@ -134,7 +164,7 @@ def check_plugin(plugin: Any, *, behaviour: bool = True) -> None:
             f"vocab_size) constructor, got {model_class!r}"
         )
     try:
-        from .engine._conformance import check_behaviour
+        from ..engine._conformance import check_behaviour
     except ImportError as exc:
         warnings.warn(
             f"rm-registry: behaviour checks skipped: rm_registry.engine._conformance is not "
@@ -142,8 +172,17 @@ def check_plugin(plugin: Any, *, behaviour: bool = True) -> None:
             UserWarning,
             stacklevel=2,
         )
-        return
-    check_behaviour(plugin)
+        report.skipped["behaviour"] = str(exc)
+        return report
+    try:
+        result = check_behaviour(plugin)
+    except AssertionError as exc:
+        if isinstance(exc, ConformanceError):
+            raise
+        raise ConformanceError(str(exc)) from exc
+    report.checks.extend(result["checks"])
+    report.skipped.update(result["skipped"])
+    return report
 
 
 def _dist_folder_name(name: str) -> str:

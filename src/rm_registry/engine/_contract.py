@@ -1,0 +1,145 @@
+"""The engine's side of the optional plugin members: one place that applies each member or its
+default (:class:`rm_registry.OptionalMembers` documents them), and the one rule for where batch
+tensors live.
+
+Train, evaluate and score all go through these functions, so that a plugin sees the same thing
+wherever it is called from. Only the functions that handle tensors import torch (inside them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from .._errors import DataError, PluginValidationError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from omegaconf import DictConfig
+
+    from .._protocol import RewardModelPlugin
+
+__all__ = [
+    "batch_to",
+    "config_types",
+    "evaluation_batch",
+    "metric_weight",
+    "resolve_config",
+    "score_records",
+    "score_texts",
+]
+
+
+def batch_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with **every** tensor on ``device`` (any first dimension); other values as they are.
+
+    The one rule: the model and :meth:`~rm_registry.RewardModelPlugin.loss` get the batch on the
+    model's device (training and evaluation), :meth:`~rm_registry.RewardModelPlugin.evaluation_metrics`
+    and the scoring outputs get CPU tensors.
+    """
+    import torch
+
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def evaluation_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any]) -> dict[str, Any]:
+    """What :meth:`evaluation_metrics` gets of one batch: the declared keys, tensors on the CPU.
+
+    ``plugin.evaluation_batch_keys`` when defined, else every key but ``tokens`` (``[N, S]``, by
+    far the largest tensor and not needed by metrics). This is also all that is gathered across
+    data-parallel ranks.
+    """
+    keys = getattr(plugin, "evaluation_batch_keys", None)
+    if keys is None:
+        chosen = {k: v for k, v in batch.items() if k != "tokens"}
+    else:
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise PluginValidationError(
+                f"plugin {plugin.name!r}: evaluation_batch_keys lists {', '.join(map(repr, missing))}, which "
+                f"collate() did not return (batch keys: {', '.join(sorted(batch))})"
+            )
+        chosen = {k: batch[k] for k in keys}
+    return batch_to(chosen, "cpu")
+
+
+def metric_weight(plugin: RewardModelPlugin, batch: Mapping[str, Any], cfg: DictConfig) -> float:
+    """The weight of one batch's training metrics: ``plugin.metric_weight(batch, cfg)``, default 1."""
+    method = getattr(plugin, "metric_weight", None)
+    if method is None:
+        return 1.0
+    weight = float(method(batch, cfg))
+    if not weight >= 0:  # also refuses NaN
+        raise PluginValidationError(f"plugin {plugin.name!r}: metric_weight() returned {weight}; expected a number >= 0")
+    return weight
+
+
+def score_texts(plugin: RewardModelPlugin, record: Mapping[str, Any], *, path: str | Path, line: int) -> list[str]:
+    """The texts of one ``score`` input line: the plugin's :meth:`score_texts`, or today's rule.
+
+    Default: ``{"text": ...}``, or ``{"prompt": ..., "response": ...}`` joined as in training.
+
+    Raises:
+        DataError: naming the file, the line and the problem.
+    """
+    method = getattr(plugin, "score_texts", None) if plugin is not None else None
+    if method is not None:
+        texts = method(record, path=str(path), line=line)
+        if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+            raise DataError(path, line, f"plugin {plugin.name!r}: score_texts() must give a non-empty list of "
+                                        f"strings, got {texts!r}")
+        return list(texts)
+    from .data import join_prompt_response, render_text
+
+    if "text" in record:
+        return [render_text(record["text"], path=path, line=line, key="text")]
+    if "prompt" in record and "response" in record:
+        return [join_prompt_response(record["prompt"], record["response"], path=path, line=line)]
+    raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(record)}")
+
+
+def score_records(
+    plugin: RewardModelPlugin, rewards: torch.Tensor, group_sizes: Sequence[int], cfg: DictConfig
+) -> list[dict[str, Any]]:
+    """One JSON object per scored record from rewards ``[N, K]`` (CPU) of all their texts.
+
+    The plugin's :meth:`score_records` when defined; otherwise :meth:`score_outputs` per text,
+    one object for a record of one text (today's output) and ``{"responses": [...]}`` for more.
+    """
+    if sum(group_sizes) != rewards.shape[0]:
+        raise ValueError(f"group sizes {list(group_sizes)} do not add up to the {rewards.shape[0]} reward rows")
+    method = getattr(plugin, "score_records", None)
+    if method is not None:
+        records = method(rewards, list(group_sizes), cfg)
+        if not isinstance(records, list) or len(records) != len(group_sizes):
+            raise PluginValidationError(
+                f"plugin {plugin.name!r}: score_records() returned {len(records) if isinstance(records, list) else records!r} "
+                f"objects for {len(group_sizes)} records; it must return one dict per record"
+            )
+        return records
+    rows = plugin.score_outputs(rewards, cfg) if rewards.shape[0] else []
+    out, start = [], 0
+    for size in group_sizes:
+        group = rows[start : start + size]
+        out.append(group[0] if size == 1 else {"responses": group})
+        start += size
+    return out
+
+
+def config_types(plugin: RewardModelPlugin) -> dict[str, Any]:
+    """The plugin's declared types of null-default keys (``{}`` when it declares none)."""
+    method = getattr(plugin, "config_types", None)
+    if method is None:
+        return {}
+    types = method()
+    if not isinstance(types, Mapping):
+        raise PluginValidationError(f"plugin {plugin.name!r}: config_types() must return a mapping of key to type, "
+                                    f"got {type(types).__name__}")
+    return dict(types)
+
+
+def resolve_config(plugin: RewardModelPlugin, cfg: DictConfig) -> None:
+    """Let the plugin fill in values its defaults leave open (no-op when it has no resolve_config)."""
+    method = getattr(plugin, "resolve_config", None)
+    if method is not None:
+        method(cfg)

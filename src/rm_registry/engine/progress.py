@@ -1,0 +1,40 @@
+"""Progress bars on stderr for long work (training steps, evaluation and scoring batches).
+
+One helper, :func:`progress_bar`, used by the trainer and the Python API alike, so that every
+long loop reports the same way: a ``tqdm`` bar on stderr when enabled (the main rank, unless
+``--no-progress``), and an object with the same methods that does nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+__all__ = ["NullBar", "progress_bar"]
+
+
+class NullBar:
+    """Stands in for a tqdm bar when progress is off: every method does nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, *, enabled: bool, initial: int = 0, unit: str = "step") -> Any:
+    """A tqdm bar on stderr counting ``total`` units, or a :class:`NullBar` when not ``enabled``.
+
+    On a terminal the bar refreshes at most twice a second; in a log file (stderr not a TTY) every
+    10 seconds, so that logs stay short.
+    """
+    if not enabled:
+        return NullBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
