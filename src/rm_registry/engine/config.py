@@ -46,6 +46,9 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 _DTYPES = ("float32", "bfloat16", "float16")
 _TOKENIZER_LIBRARIES = ("byte", "huggingface")
 _POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+#: ``model.attention_backend``: ``sdpa`` (causal scaled_dot_product_attention, see ``_attention``)
+#: or ``local`` (megatron's ``DotProductAttention``, which reads a mask tensor).
+ATTENTION_BACKENDS = ("sdpa", "local")
 _SCHEDULERS = ("CosineAnnealing", "constant")
 _OPTIMIZERS = ("adamw", "adam")
 
@@ -287,6 +290,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
     _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
+    _check_batching(cfg)
     _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
         raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
@@ -328,6 +332,22 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
                 f"model.global_batch_size={m.global_batch_size} is not a multiple of model.micro_batch_size="
                 f"{m.micro_batch_size} x data-parallel size {dp}"
             )
+
+
+def _check_batching(cfg: DictConfig) -> None:
+    """``model.attention_backend``, ``model.max_tokens_per_micro_batch``, ``trainer.rm.length_group_batches``
+    (configs saved before these keys existed lack them: their defaults apply)."""
+    if OmegaConf.select(cfg, "model.attention_backend") is not None:
+        _choice(cfg, "model.attention_backend", ATTENTION_BACKENDS)
+    if OmegaConf.select(cfg, "model.max_tokens_per_micro_batch") is not None:
+        budget = _positive(cfg, "model.max_tokens_per_micro_batch")
+        if budget < cfg.model.encoder_seq_length:
+            raise ConfigError(
+                f"model.max_tokens_per_micro_batch={budget} is smaller than model.encoder_seq_length="
+                f"{cfg.model.encoder_seq_length}: one sequence must fit in a forward pass; raise it or set null"
+            )
+    if OmegaConf.select(cfg, "trainer.rm.length_group_batches") is not None:
+        _positive(cfg, "trainer.rm.length_group_batches")
 
 
 def to_yaml(cfg: DictConfig) -> str:

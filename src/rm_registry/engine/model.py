@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError
 from . import parallel
+from ._attention import with_core_attention
 
 if TYPE_CHECKING:  # pragma: no cover
     from megatron.core.transformer.spec_utils import ModuleSpec
@@ -176,8 +177,9 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
     )
 
 
-def layer_spec() -> ModuleSpec:
-    """Transformer Engine layer spec when TE and CUDA are present, else megatron's local spec."""
+def layer_spec(attention_backend: str = "sdpa") -> ModuleSpec:
+    """Transformer Engine layer spec when TE and CUDA are present, else megatron's local spec
+    with the core attention of ``attention_backend`` (``model.attention_backend``)."""
     if torch.cuda.is_available():
         try:
             import transformer_engine  # noqa: F401
@@ -188,7 +190,7 @@ def layer_spec() -> ModuleSpec:
             return get_gpt_layer_with_transformer_engine_spec()
         except ImportError:
             pass
-    return get_gpt_layer_local_spec()
+    return with_core_attention(get_gpt_layer_local_spec(), attention_backend)
 
 
 class _HiddenStatesGPT(GPTModel):
@@ -217,6 +219,8 @@ class RewardModel(MegatronModule):
         pooling: One of :data:`POOLINGS`.
         head_dtype: dtype of the head's weights and input (``None``: ``config.params_dtype``).
         position_embedding_type: ``learned_absolute`` or ``rope``.
+        attention_backend: ``sdpa`` (causal SDPA, no mask tensor) or ``local`` (megatron's
+            ``DotProductAttention``); the same weights and rewards either way.
     """
 
     def __init__(
@@ -230,6 +234,7 @@ class RewardModel(MegatronModule):
         pooling: str = "last",
         head_dtype: torch.dtype | None = None,
         position_embedding_type: str = "learned_absolute",
+        attention_backend: str = "sdpa",
     ) -> None:
         super().__init__(config=config)
         if pooling not in POOLINGS:
@@ -246,10 +251,11 @@ class RewardModel(MegatronModule):
         self.max_sequence_length = max_sequence_length
         self.num_outputs = num_outputs
         self.pooling = pooling
+        self.attention_backend = attention_backend
         self.head_dtype = head_dtype or config.params_dtype
         self.backbone = _HiddenStatesGPT(
             config=config,
-            transformer_layer_spec=layer_spec(),
+            transformer_layer_spec=layer_spec(attention_backend),
             vocab_size=padded_vocab_size,
             max_sequence_length=max_sequence_length,
             pre_process=True,
@@ -325,6 +331,7 @@ class RewardModel(MegatronModule):
             position_embedding_type=str(
                 OmegaConf.select(cfg, "model.position_embedding_type", default="learned_absolute")
             ),
+            attention_backend=str(OmegaConf.select(cfg, "model.attention_backend", default="sdpa")),
         )
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
@@ -372,6 +379,8 @@ class RewardModel(MegatronModule):
         n, s = tokens.shape
         positions = torch.arange(s, device=tokens.device)
         position_ids = positions.unsqueeze(0).expand(n, s)  # [N, S]
+        if self.attention_backend == "sdpa":  # causal inside the kernel: no mask tensor
+            return self.backbone(tokens, position_ids, None)
         padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
         causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
         # Megatron convention: True = masked. Right padding with a causal mask already keeps

@@ -1,8 +1,10 @@
 """The training loop shared by every architecture.
 
 One optimizer step consumes ``model.global_batch_size`` samples: they are split evenly across
-the data-parallel ranks, and each rank runs ``global / (micro * dp)`` micro-batches of
-``model.micro_batch_size`` samples with gradient accumulation. The order of samples depends only
+the data-parallel ranks, and each rank runs micro-batches of at most ``model.micro_batch_size``
+samples (and at most ``model.max_tokens_per_micro_batch`` padded tokens) with gradient
+accumulation, each weighted by its share of the rank's samples. Steps hold samples of similar
+length (``trainer.rm.group_by_length``, see :mod:`._batching`). The order of samples depends only
 on the seed and the epoch, so the same seed and global batch give the same steps whatever the
 parallel layout (the basis of the torchrun equivalence tests).
 
@@ -22,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._errors import ConfigError, TrainingError
 from . import checkpoint as ckpt
 from . import parallel
+from ._batching import StepSampler, eval_batches, forward_in_chunks, micro_batches, sample_costs
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
 from .config import to_yaml, validate_engine_config
@@ -95,18 +98,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> torch.Tensor:
-    if not shuffle:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+def max_tokens_per_micro_batch(cfg: DictConfig) -> int | None:
+    """``model.max_tokens_per_micro_batch`` (padded tokens per forward pass), or ``None``: no cap."""
+    value = OmegaConf.select(cfg, "model.max_tokens_per_micro_batch", default=None)
+    return None if value is None else int(value)
 
 
-def _global_batch(n: int, step: int, gbs: int, seed: int, shuffle: bool) -> list[int]:
-    """Sample indices of optimizer step ``step`` (0-based); the last incomplete batch of an epoch is dropped."""
-    per_epoch = n // gbs
-    epoch, pos = divmod(step, per_epoch)
-    return _epoch_order(n, epoch, seed, shuffle)[pos * gbs : (pos + 1) * gbs].tolist()
+def _group_by_length(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, "trainer.rm.group_by_length", default=True))
 
 
 def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo) -> None:
@@ -156,11 +155,6 @@ def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo) -> dict[str,
     return dict(zip(keys, vec.cpu().tolist()))
 
 
-def _batches(indices: Sequence[int], size: int) -> Iterator[list[int]]:
-    for start in range(0, len(indices), size):
-        yield list(indices[start : start + size])
-
-
 @torch.no_grad()
 def evaluate_dataset(
     plugin: RewardModelPlugin,
@@ -175,20 +169,22 @@ def evaluate_dataset(
 ) -> dict[str, Any]:
     """The plugin's evaluation metrics over ``dataset``; batches are split across data-parallel ranks.
 
-    Every rank returns the same metrics.
+    Batches hold samples of similar length (with ``trainer.rm.group_by_length``) and respect
+    ``model.max_tokens_per_micro_batch``. Every rank returns the same metrics.
     """
     was_training = model.training
     model.eval()
-    mbs = int(cfg.model.micro_batch_size)
-    all_batches = list(_batches(range(len(dataset)), mbs))
-    if limit_batches is not None:
-        all_batches = all_batches[:limit_batches]
+    max_tokens = max_tokens_per_micro_batch(cfg)
+    all_batches = eval_batches(sample_costs(plugin, dataset, tokenizer.pad_id),
+                               micro_batch_size=int(cfg.model.micro_batch_size), max_tokens=max_tokens,
+                               sort=_group_by_length(cfg), limit_batches=limit_batches)
     mine = all_batches[info.dp_rank :: info.dp]
     outputs: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
     bar = _progress(len(mine), "evaluate", enabled=progress and info.is_main)
     for number, idx in zip(range(info.dp_rank, len(all_batches), info.dp), mine):
         batch = plugin.collate([dataset[i] for i in idx], tokenizer.pad_id)
-        rewards = model(batch["tokens"].to(info.device), batch["lengths"].to(info.device))
+        rewards = forward_in_chunks(model, batch["tokens"].to(info.device), batch["lengths"].to(info.device),
+                                    max_tokens)
         outputs.append((number, rewards.float().cpu(), batch))
         bar.update(1)
     bar.close()
@@ -304,7 +300,8 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
 
 
 def _same_model(saved: DictConfig, cfg: DictConfig, source: str) -> None:
-    ignore = {"data", "micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size"}
+    ignore = {"data", "micro_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size",
+              "attention_backend", "max_tokens_per_micro_batch"}  # how it is computed, not what
     a = {k: v for k, v in OmegaConf.to_container(saved.model, resolve=True).items() if k not in ignore}
     b = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k not in ignore}
     changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -358,8 +355,13 @@ def train(
     )
     validate_engine_config(cfg, world_size=info.world_size)
     per_rank = gbs // info.dp
-    num_micro = per_rank // mbs
-    steps_per_epoch = len(train_ds) // gbs
+    seed, shuffle = int(cfg.seed), bool(cfg.trainer.rm.train_random_sampler)
+    costs = sample_costs(plugin, train_ds, tokenizer.pad_id)
+    sampler = StepSampler(costs, gbs, seed, shuffle=shuffle,
+                          group_batches=int(OmegaConf.select(cfg, "trainer.rm.length_group_batches", default=50))
+                          if _group_by_length(cfg) else 0)
+    max_tokens = max_tokens_per_micro_batch(cfg)
+    steps_per_epoch = sampler.steps_per_epoch
     rm = cfg.trainer.rm
     total = steps_per_epoch * int(rm.max_epochs)
     if int(rm.max_steps) != -1:
@@ -397,7 +399,6 @@ def train(
     # A resumed run keeps the log up to its checkpoint; a run started over drops the old lines.
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
     files = checkpoint_files(cfg, tokenizer)
-    seed, shuffle = int(cfg.seed), bool(rm.train_random_sampler)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
     limit_val = rm.limit_val_batches
@@ -410,23 +411,24 @@ def train(
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
-            indices = _global_batch(len(train_ds), step, gbs, seed, shuffle)
-            mine = indices[info.dp_rank * per_rank : (info.dp_rank + 1) * per_rank]
+            micros = micro_batches(sampler.batch(step), costs, dp=info.dp, dp_rank=info.dp_rank,
+                                   micro_batch_size=mbs, max_tokens=max_tokens, sort=_group_by_length(cfg))
             optimizer.zero_grad(set_to_none=True)
             sums: dict[str, float] = {}
             tokens = padded = 0
-            for micro in _batches(mine, mbs):
+            for micro in micros:
+                weight = len(micro) / per_rank  # loss and metrics stay means over the step's samples
                 batch = _to_device(plugin.collate([train_ds[i] for i in micro], tokenizer.pad_id), info.device)
-                rewards = model(batch["tokens"], batch["lengths"])
+                rewards = forward_in_chunks(model, batch["tokens"], batch["lengths"], max_tokens)
                 loss, metrics = plugin.loss(rewards, batch, cfg)
                 if not torch.isfinite(loss):
                     raise TrainingError(
                         f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
                         "set trainer.rm.gradient_clip_val"
                     )
-                (loss / num_micro).backward()
+                (loss * weight).backward()
                 for k, v in {"loss": float(loss.detach()), **metrics}.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) / num_micro
+                    sums[k] = sums.get(k, 0.0) + float(v) * weight
                 tokens += int(batch["lengths"].sum())
                 padded += int(batch["tokens"].numel())
             _allreduce_grads(model, info)
