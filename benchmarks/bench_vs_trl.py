@@ -146,23 +146,22 @@ def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], step
         f"model.tokenizer.path={paths['tokenizer']}", f"trainer.rm.max_steps={steps}",
         f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}", *extra,
     ], data_paths={"train": paths["train"], "validation": paths["validation"]})
-    turns: list[_Turns] = []
-    build = trainer_mod.build_optimizer
+    build = trainer_mod.build_scheduler
 
-    def build_optimizer(model: Any, c: Any) -> Any:  # gate after every optimizer step
-        opt = build(model, c)
-        inner = opt.step
+    def build_scheduler(*a: Any, **k: Any) -> Any:  # the scheduler steps once after every optimizer step
+        sched = build(*a, **k)
+        turns = _Turns(conn, chunk)  # model built, data read: timing starts here
+        base = type(sched)
 
-        def step(*a: Any, **k: Any) -> Any:
-            result = inner(*a, **k)
-            turns[0].step_done()
-            return result
+        def step(self: Any, *a: Any, **k: Any) -> None:
+            base.step(self, *a, **k)
+            turns.step_done()
 
-        opt.step = step
-        turns.append(_Turns(conn, chunk))  # model built, data read: timing starts here
-        return opt
+        # A subclass, not an instance attribute: the checkpointed scheduler state stays picklable.
+        sched.__class__ = type("GatedScheduler", (base,), {"step": step})
+        return sched
 
-    trainer_mod.build_optimizer = build_optimizer
+    trainer_mod.build_scheduler = build_scheduler
     result = trainer_mod.train(plugin, cfg, out, progress=False)
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
@@ -244,7 +243,7 @@ def compare(paths: dict[str, str], shape: tuple[int, int, int], steps: int, chun
         ("TRL", run_trl, (paths, shape, steps, chunk, str(work / "trl"), seed)),
     ):
         parent, child = ctx.Pipe()
-        procs[name] = ctx.Process(target=target, args=(child, *args), daemon=True)
+        procs[name] = ctx.Process(target=target, args=(child, *args))
         conns[name] = parent
         procs[name].start()
     for name, conn in conns.items():  # both started up and waiting

@@ -62,7 +62,7 @@ def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam (L2), torch's: Megatron's optimizer needs CUDA in 0.16.1.
+    """AdamW (decoupled weight decay) or Adam (L2), torch's (fused): Megatron's optimizer needs CUDA in 0.16.1.
 
     ``model.optim.weight_decay`` applies to weight matrices, not to biases and norms.
     """
@@ -76,7 +76,10 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
         {"params": decay, "weight_decay": float(o.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    kwargs = {"lr": float(o.lr), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps)}
+    kwargs = {"lr": float(o.lr), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps),
+              # One fused kernel per parameter (CPU and CUDA): the same update, several times faster
+              # on CPU than torch's default per-element loop there.
+              "fused": all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)}
     if o.name == "adam":  # weight decay as an L2 term in the gradient (torch.optim.Adam semantics)
         return torch.optim.Adam(groups, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)
@@ -123,23 +126,22 @@ def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo) -> Non
 
 
 def _clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: parallel.ParallelInfo) -> float:
-    """Global gradient norm across tensor-parallel shards (replicated parameters counted once); clips in place."""
-    total = torch.zeros((), dtype=torch.float64)
+    """Global gradient norm across tensor-parallel shards (replicated parameters counted once); clips in place.
+
+    Per-tensor norms in one ``foreach`` kernel (torch's ``get_total_norm``), squared and summed in float64.
+    """
     params = [p for p in model.parameters() if p.grad is not None]
-    for p in params:
-        if info.tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
-            total += p.grad.detach().double().pow(2).sum().cpu()
+    counted = [p.grad.detach() for p in params if info.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)]
+    total = torch.zeros((), dtype=torch.float64, device=info.device)
+    if counted:
+        total += torch.nn.utils.get_total_norm(counted).double().pow(2)
     if info.tp > 1:
         from megatron.core import parallel_state
 
-        total = total.to(info.device)
         torch.distributed.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
-        total = total.cpu()
     norm = float(total.sqrt())
     if max_norm and math.isfinite(norm) and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for p in params:
-            p.grad.mul_(scale)
+        torch._foreach_mul_([p.grad for p in params], max_norm / (norm + 1e-6))
     return norm
 
 
