@@ -223,11 +223,14 @@ def run_trl(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], steps
     trainer.train()
     model.eval()
     correct = 0
-    with torch.no_grad():
-        for rec in data["validation"]:
-            ids = [tok(rec[k] + tok.eos_token, return_tensors="pt")["input_ids"] for k in ("chosen", "rejected")]
-            r = [float(model(input_ids=i).logits[0, 0]) for i in ids]
-            correct += r[0] > r[1]
+    val = list(data["validation"])
+    with torch.no_grad():  # batches of 8 pairs, right-padded; GPT-2 pools its last non-pad token
+        for start in range(0, len(val), PAIRS_PER_STEP):
+            recs = val[start : start + PAIRS_PER_STEP]
+            texts = [r["chosen"] + tok.eos_token for r in recs] + [r["rejected"] + tok.eos_token for r in recs]
+            enc = tok(texts, return_tensors="pt", padding=True)
+            chosen, rejected = model(**enc).logits[:, 0].chunk(2)
+            correct += int((chosen > rejected).sum())
     conn.send(("done", {"tokens": counts["tokens"][:steps], "padded": counts["padded"][:steps],
                         "loss": statistics.mean(losses[-10:]), "accuracy": correct / len(data["validation"]),
                         "peak_mb": _peak_mb()}))
