@@ -151,3 +151,24 @@ def test_plugin_default_config_raising_is_a_load_error_naming_the_plugin() -> No
 
     with pytest.raises(PluginLoadError, match=r"plugin 'broken': default_config\(\) raised RuntimeError: boom"):
         build_config(Broken())
+
+
+@pytest.mark.parametrize(("overrides", "lr"), [
+    ([], 1e-3),                                       # the default width, 64
+    (["model.hidden_size=256"], 2.5e-4),              # null scales with 1 / width
+    (["model.hidden_size=256", "model.optim.lr=1e-3"], 1e-3),  # an explicit value is kept
+])
+def test_null_learning_rate_scales_with_width(overrides: list[str], lr: float) -> None:
+    from rm_registry.engine.config import learning_rate
+
+    assert learning_rate(build_config(_Plugin(), overrides=overrides)) == pytest.approx(lr)
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("model.optim.lr=abc", "model.optim.lr='abc': expected a positive learning rate"),
+    ("model.hidden_size=8192", "model.optim.sched.min_lr=1e-05 is larger than model.optim.lr=null (7.81e-06"),
+])
+def test_bad_or_too_small_learning_rate_is_refused(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(_Plugin(), overrides=[override])
+    assert fragment in str(info.value)

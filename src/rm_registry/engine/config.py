@@ -34,6 +34,7 @@ __all__ = [
     "build_config",
     "engine_defaults",
     "flatten",
+    "learning_rate",
     "load_saved_config",
     "merge_closed",
     "parse_overrides",
@@ -249,6 +250,27 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
 
 
+#: ``model.optim.lr: null`` is ``REFERENCE_LR * REFERENCE_WIDTH / model.hidden_size``. Adam moves every
+#: weight by about the learning rate whatever the width, so a wider model needs a smaller one: 1e-3
+#: suits hidden 64, while at hidden 256 it collapsed every reward to one constant within 10 steps.
+REFERENCE_LR, REFERENCE_WIDTH = 1e-3, 64
+
+
+def learning_rate(cfg: DictConfig) -> float:
+    """The peak learning rate: ``model.optim.lr``, or when null the width-scaled default.
+
+    Raises:
+        ConfigError: a value that is not a positive number.
+    """
+    value = OmegaConf.select(cfg, "model.optim.lr")
+    if value is None:
+        return REFERENCE_LR * REFERENCE_WIDTH / int(cfg.model.hidden_size)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"model.optim.lr={value!r}: expected a positive learning rate (or null: "
+                          f"{REFERENCE_LR:g} x {REFERENCE_WIDTH} / model.hidden_size)")
+    return float(value)
+
+
 def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     """Check the engine's keys (the plugin checks its own section).
 
@@ -301,10 +323,10 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             raise ConfigError(f"model.{key}={value!r}: expected a probability in [0, 1)")
     _choice(cfg, "model.optim.name", _OPTIMIZERS)
     _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
-    if not float(m.optim.lr) > 0:
-        raise ConfigError(f"model.optim.lr={m.optim.lr!r}: expected a positive learning rate")
-    if float(m.optim.sched.min_lr) > float(m.optim.lr):
-        raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
+    lr = learning_rate(cfg)
+    if float(m.optim.sched.min_lr) > lr:
+        shown = m.optim.lr if m.optim.lr is not None else f"null ({lr:.3g} for model.hidden_size={m.hidden_size})"
+        raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={shown}")
     if not isinstance(m.optim.betas, ListConfig) or len(m.optim.betas) != 2:
         raise ConfigError(f"model.optim.betas={m.optim.betas!r}: expected two numbers [beta1, beta2]")
     if int(m.optim.sched.warmup_steps) < 0:

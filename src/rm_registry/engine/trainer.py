@@ -35,7 +35,7 @@ from . import parallel
 from ._batching import StepSampler, eval_batches, forward_in_chunks, micro_batches, sample_costs
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
-from .config import to_yaml, validate_engine_config
+from .config import learning_rate, to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -76,7 +76,7 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
         {"params": decay, "weight_decay": float(o.weight_decay)},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    kwargs = {"lr": float(o.lr), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps),
+    kwargs = {"lr": learning_rate(cfg), "betas": tuple(float(b) for b in o.betas), "eps": float(o.eps),
               # One fused kernel per parameter (CPU and CUDA): the same update, several times faster
               # on CPU than torch's default per-element loop there.
               "fused": all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)}
@@ -86,9 +86,9 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to ``model.optim.lr``, then cosine decay to ``sched.min_lr`` (or constant)."""
+    """Linear warmup to the learning rate (:func:`~.config.learning_rate`), then cosine decay to ``sched.min_lr`` (or constant)."""
     sched = cfg.model.optim.sched
-    lr, min_lr, warmup = float(cfg.model.optim.lr), float(sched.min_lr), int(sched.warmup_steps)
+    lr, min_lr, warmup = learning_rate(cfg), float(sched.min_lr), int(sched.warmup_steps)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
