@@ -154,8 +154,8 @@ def test_plugin_default_config_raising_is_a_load_error_naming_the_plugin() -> No
 
 
 @pytest.mark.parametrize(("overrides", "lr"), [
-    ([], 1e-3),                                       # the default width, 64
-    (["model.hidden_size=256"], 2.5e-4),              # null scales with 1 / width
+    ([], 4e-4),                                       # the default width, 64
+    (["model.hidden_size=256"], 1e-4),                # null scales with 1 / width
     (["model.hidden_size=256", "model.optim.lr=1e-3"], 1e-3),  # an explicit value is kept
 ])
 def test_null_learning_rate_scales_with_width(overrides: list[str], lr: float) -> None:
@@ -166,7 +166,7 @@ def test_null_learning_rate_scales_with_width(overrides: list[str], lr: float) -
 
 @pytest.mark.parametrize(("override", "fragment"), [
     ("model.optim.lr=abc", "model.optim.lr='abc': expected a positive learning rate"),
-    ("model.hidden_size=8192", "model.optim.sched.min_lr=1e-05 is larger than model.optim.lr=null (7.81e-06"),
+    ("model.optim.lr=1e-6", "model.optim.sched.min_lr=1e-05 is larger than model.optim.lr=1e-06"),
 ])
 def test_bad_or_too_small_learning_rate_is_refused(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -251,13 +251,15 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
 
 
 #: ``model.optim.lr: null`` is ``REFERENCE_LR * REFERENCE_WIDTH / model.hidden_size``. Adam moves every
-#: weight by about the learning rate whatever the width, so a wider model needs a smaller one: 1e-3
-#: suits hidden 64, while at hidden 256 it collapsed every reward to one constant within 10 steps.
-REFERENCE_LR, REFERENCE_WIDTH = 1e-3, 64
+#: weight by about the learning rate whatever the width, so a wider model needs a smaller one: at
+#: hidden 256, 1e-3 collapsed every reward to one constant within 10 steps and 2.5e-4 still lost
+#: most of its gradient, while 1e-4 (TRL's default) learned (docs/performance.md).
+REFERENCE_LR, REFERENCE_WIDTH = 1e-4, 256
 
 
 def learning_rate(cfg: DictConfig) -> float:
-    """The peak learning rate: ``model.optim.lr``, or when null the width-scaled default.
+    """The peak learning rate: ``model.optim.lr``, or when null the width-scaled default
+    (4e-4 at the default hidden size 64, 1e-4 at 256, 2.5e-5 at 1024).
 
     Raises:
         ConfigError: a value that is not a positive number.
@@ -324,9 +326,8 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     _choice(cfg, "model.optim.name", _OPTIMIZERS)
     _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
     lr = learning_rate(cfg)
-    if float(m.optim.sched.min_lr) > lr:
-        shown = m.optim.lr if m.optim.lr is not None else f"null ({lr:.3g} for model.hidden_size={m.hidden_size})"
-        raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={shown}")
+    if float(m.optim.sched.min_lr) > lr and m.optim.lr is not None:  # a null lr decays to min(min_lr, lr / 10)
+        raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
     if not isinstance(m.optim.betas, ListConfig) or len(m.optim.betas) != 2:
         raise ConfigError(f"model.optim.betas={m.optim.betas!r}: expected two numbers [beta1, beta2]")
     if int(m.optim.sched.warmup_steps) < 0:

@@ -89,6 +89,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ste
     """Linear warmup to the learning rate (:func:`~.config.learning_rate`), then cosine decay to ``sched.min_lr`` (or constant)."""
     sched = cfg.model.optim.sched
     lr, min_lr, warmup = learning_rate(cfg), float(sched.min_lr), int(sched.warmup_steps)
+    if cfg.model.optim.lr is None:  # the width-scaled default may be below sched.min_lr for wide models
+        min_lr = min(min_lr, lr / 10)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
