@@ -38,6 +38,24 @@ def test_train_output_folder(trained: dict[str, Path]) -> None:
         (1, "train"), (2, "train"), (2, "validation"), (3, "train"), (4, "train"), (4, "validation")]
     assert all(isinstance(r["loss"], float) for r in lines)
     assert json.loads((run_dir / "data_stats.json").read_text())["train"]["kept"] == 40
+    # It learns: the training loss falls, and so does the validation loss (same pairs at steps 2 and 4).
+    train = [r for r in lines if r["split"] == "train"]
+    validation = [r["loss"] for r in lines if r["split"] == "validation"]
+    assert train[-1]["loss"] < 0.95 * train[0]["loss"], train
+    assert validation[1] < validation[0], validation
+    # The learning rate of each step is the linear warmup's, from the saved config (4 of 10 warmup steps).
+    import math
+
+    from omegaconf import OmegaConf
+
+    optim = OmegaConf.load(run_dir / "config.yaml").model.optim
+    warmup = optim.sched.warmup_steps
+    assert warmup >= 4
+    assert [r["lr"] for r in train] == pytest.approx([optim.lr * s / warmup for s in (1, 2, 3, 4)], rel=1e-9)
+    for r in train:  # the norm before clipping: finite, positive, per step
+        assert isinstance(r["grad_norm"], float) and math.isfinite(r["grad_norm"]) and 0 < r["grad_norm"] < 1e3, r
+        assert 0 < r["tokens"] <= r["padded_tokens"], r
+    assert len({r["grad_norm"] for r in train}) == 4
 
 
 @pytest.mark.slow

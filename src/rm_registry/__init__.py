@@ -27,6 +27,7 @@ from ._errors import (
     PluginValidationError,
     RMRegistryError,
     TrainingError,
+    UnsafeCheckpointError,
 )
 from ._hooks import register_hooks, unregister_hooks
 from ._protocol import PluginInfo, RewardModelPlugin, Tokenizer
@@ -57,6 +58,7 @@ __all__ = [
     "RewardModelType",
     "Tokenizer",
     "TrainingError",
+    "UnsafeCheckpointError",
     "__version__",
     "get_reward_model",
     "hookimpl",

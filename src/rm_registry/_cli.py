@@ -218,7 +218,7 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
         _engine_cli = importlib.import_module("rm_registry._engine_cli")
     except Exception as exc:  # absent or broken: everything else keeps working
         reason = f"cannot import rm_registry._engine_cli ({type(exc).__name__}: {exc})"
-        for command in ("train", "evaluate", "score"):
+        for command in ("train", "evaluate", "score", "export"):
             parser = sub.add_parser(
                 command,
                 help=f"{command} (unavailable: the engine CLI could not be imported)",

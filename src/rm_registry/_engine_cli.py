@@ -1,4 +1,4 @@
-"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``.
+"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``, ``export``.
 
 Importing this module is cheap (no torch): the engine is imported inside the handlers.
 Handlers return the exit code; our errors are turned into one-line messages by ``_cli.main``
@@ -24,8 +24,12 @@ _OVERRIDES_HELP = (
 )
 
 
+_CHECKPOINT_HELP = ("a run folder (its latest checkpoint), one checkpoint folder, or a Hugging Face "
+                    "*ForSequenceClassification folder (see docs/pretrained.md)")
+
+
 def add_subcommands(subparsers: Any) -> None:
-    """Add ``train``, ``evaluate`` and ``score`` to the ``rm-registry`` parser."""
+    """Add ``train``, ``evaluate``, ``score`` and ``export`` to the ``rm-registry`` parser."""
     p = subparsers.add_parser(
         "train",
         help="train a reward model",
@@ -49,6 +53,10 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides NAME, when two do (see `rm-registry list`)")
     p.add_argument("--test-data", metavar="JSONL", help="test data, evaluated once at the end (split 'test')")
+    p.add_argument("--pretrained", metavar="DIR",
+                   help="start from a Hugging Face model folder (config.json + safetensors; Llama, Mistral, Qwen2, "
+                        "Qwen3, GPT-2): its architecture, weights, tokenizer and chat template; the same as "
+                        "pretrained_checkpoint.restore_from_path=DIR (see docs/pretrained.md)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     p.set_defaults(func=_train)
@@ -60,8 +68,7 @@ def add_subcommands(subparsers: Any) -> None:
         "checkpoint on a labelled JSON Lines file in one of its training formats.",
         epilog="example: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="JSONL", help="labelled data")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--distribution", metavar="DIST",
@@ -79,8 +86,7 @@ def add_subcommands(subparsers: Any) -> None:
         "architecture adds, e.g. `attributes`).",
         epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="JSONL", help="texts to score")
     p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
     p.add_argument("--distribution", metavar="DIST",
@@ -91,6 +97,23 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
     p.set_defaults(func=_score)
+
+    p = subparsers.add_parser(
+        "export",
+        help="export a checkpoint as a Hugging Face reward model",
+        description="Write a checkpoint of any architecture as a Hugging Face *ForSequenceClassification folder "
+        "(model.safetensors, config.json with num_labels/id2label/problem_type/pad_token_id, tokenizer files "
+        "with the chat template), loadable by transformers' AutoModelForSequenceClassification, TRL, "
+        "OpenRLHF, vLLM and RewardBench. Runs in one process; a checkpoint of any tensor-parallel layout "
+        "exports to the same folder. See docs/pretrained.md.",
+        epilog="example: rm-registry export --checkpoint runs/rm1 --output exported/rm1",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="DIR",
+                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+    p.add_argument("--output", required=True, metavar="DIR", help="a new (or empty) folder to write")
+    p.add_argument("--distribution", metavar="DIST",
+                   help="which installed distribution provides the checkpoint's architecture, when two do")
+    p.set_defaults(func=_export)
 
 
 def _quiet_unless_first_rank() -> None:
@@ -150,6 +173,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.name and "=" in args.name:  # `train --config c.yaml key=value`: no NAME given
         args.overrides = [args.name, *args.overrides]
         args.name = None
+    if args.pretrained:
+        from ._errors import ConfigError
+
+        if any(o.startswith("pretrained_checkpoint.restore_from_path=") for o in args.overrides):
+            raise ConfigError("give either --pretrained or pretrained_checkpoint.restore_from_path=, not both")
+        args.overrides = [*args.overrides, f"pretrained_checkpoint.restore_from_path={args.pretrained}"]
     name = _plugin_name(args)
     plugin = get_reward_model(name, distribution=args.distribution)
     _check_input_file(args.data, "--data")
@@ -224,4 +253,12 @@ def _score(args: argparse.Namespace) -> int:
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)
     if first_process():
         _stderr(f"wrote {count} scores to {args.output}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .engine.hf import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.output, distribution=args.distribution)
+    _stderr(f"wrote a Hugging Face reward model to {out}")
     return 0

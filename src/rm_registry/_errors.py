@@ -55,3 +55,11 @@ class DataError(RMRegistryError, ValueError):
         self.problem = problem
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint or model folder holds something that is not data: a pickle referencing a
+    global outside the allow-list (code it would run), or a path leading outside the folder.
+
+    Nothing of it was executed or constructed. Exits 2 on the command line.
+    """

@@ -103,8 +103,9 @@ def check_plugin(plugin: Any, *, behaviour: bool = True) -> None:
     1. :func:`check_protocol`.
     2. If ``behaviour`` and the ``[megatron]`` extra is installed: ``model_class`` resolves to a
        class with ``from_config``, then ``rm_registry.engine._conformance.check_behaviour``
-       (build, forward, loss, backward, checkpoint round trip on a tiny CPU model). When the
-       extra or that module is missing, the behaviour part is skipped with a warning.
+       (build, forward, loss, backward, checkpoint and Hugging Face export round trips on a tiny
+       CPU model). When the extra or that module is missing, the behaviour part is skipped with a
+       warning.
 
     Raises:
         ConformanceError: A check failed; the message lists what is wrong.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from checkpoint_payloads import assert_allow_list_covers, craft, refusal
 
 pytestmark = pytest.mark.slow
 
+#: Small enough that every step clips (the gradient norms of these runs are around 3-4).
+CLIP = 0.5
 #: Same seed and global batch in every run; micro-batch 2 so that one process accumulates 4
 #: micro-batches, a DP=2 rank 2, and a TP=2 rank 4 (on the same data as its partner).
 TINY = [
@@ -37,6 +41,7 @@ TINY = [
     "trainer.rm.max_steps=4",
     "trainer.rm.val_check_interval=2",
     "trainer.rm.save_interval=4",
+    f"trainer.rm.gradient_clip_val={CLIP}",
 ]
 LOSS_RTOL = 1e-3
 OUTPUT_TOL = 1e-4
@@ -128,6 +133,12 @@ def test_losses_match_single_process_step_by_step(runs: dict[str, Any], layout: 
     assert worst <= LOSS_RTOL, f"{layout}: losses {got} vs one process {reference} (worst relative {worst:.2e})"
     # The model did learn something, so equal losses are not equal by standing still.
     assert reference[-1][1] < reference[0][1]
+    # Every step clipped, and the norm logged is that of the whole step's gradient before clipping
+    # (after the DP all-reduce, over all TP shards): the single process's.
+    norms = {run: [r["grad_norm"] for r in _metrics(runs[run]) if r["split"] == "train"] for run in ("single", layout)}
+    assert all(n > 2 * CLIP for n in norms["single"]), norms
+    worst = max(_rel(a, b) for a, b in zip(norms[layout], norms["single"]))
+    assert worst <= LOSS_RTOL, f"{layout}: gradient norms {norms[layout]} vs one process {norms['single']}"
     # Validation during training (split across DP ranks, or TP-sharded) agrees as well.
     val_ref = [r for r in _metrics(runs["single"]) if r["split"] == "validation"]
     val_got = [r for r in _metrics(runs[layout]) if r["split"] == "validation"]
@@ -158,6 +169,27 @@ def test_one_rank_logs_and_writes(runs: dict[str, Any], layout: str) -> None:
     tp = 2 if layout == "tp2" else 1
     assert (marker["world_size"], marker["tensor_model_parallel_size"], marker["data_parallel_size"]) == (2, tp, 2 // tp)
     assert sorted(p.name for p in (ckpt / "state").iterdir()) == ["rank_00000.pt", "rank_00001.pt"]
+
+
+@pytest.mark.parametrize(("layout", "rank1_file"), [("tp2", "weights/__1_0.distcp"), ("dp2", "state/rank_00001.pt")])
+def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], layout: str, rank1_file: str,
+                                                         tmp_path: Path) -> None:
+    """What two ranks save is covered by the allow-list; a payload in a file rank 1 wrote is refused.
+
+    (Under DP=2 rank 0 writes every weight shard: the weights are replicated.)
+    """
+    from rm_registry import UnsafeCheckpointError
+    from rm_registry.engine import _safe_pickle
+
+    ckpt = runs[layout] / "checkpoints" / "step_0000004"
+    assert_allow_list_covers(ckpt)
+    _safe_pickle.check_checkpoint(ckpt)
+    copy, marker = tmp_path / "ckpt", tmp_path / "PWNED"
+    shutil.copytree(ckpt, copy)
+    where = craft(copy, rank1_file, marker)
+    with pytest.raises(UnsafeCheckpointError) as exc:
+        _safe_pickle.check_checkpoint(copy)
+    assert str(exc.value) == refusal(where) and not marker.exists()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,8 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
     return tokens, torch.tensor([32, 1, 17, 31, 25, 3])  # right-padded, one full row, one of 1 token
 
 
-@pytest.mark.parametrize("pooling", [{}, {"use_avg_pool": True}, {"output_sequence": True}])
+@pytest.mark.parametrize("pooling", [{}, {"use_avg_pool": True}, {"output_sequence": True}, {"num_query_groups": 2},
+                                     {"position_embedding_type": "rope"}])
 def test_sdpa_rewards_equal_local_attention(build_model, pooling) -> None:
     tokens, lengths = _batch()
     local = build_model(attention_backend="local", **pooling).eval()

@@ -79,6 +79,31 @@ def test_interrupted_save_leaves_nothing_complete(build_model, tmp_path: Path, m
     assert not leftover.exists() and ckpt.find_latest(run) == target
 
 
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_saving_a_step_again_leaves_nothing_of_the_earlier_save(build_model, tmp_path: Path) -> None:
+    tokens, lengths = _batch()
+    target = tmp_path / "run" / "checkpoints" / "step_0000004"
+    ckpt.save_checkpoint(target, build_model(), state={"step": 4},
+                         extra_files={"config.yaml": "first\n", "notes/only_first.txt": "stale"})
+    assert (target / "state" / "rank_00000.pt").is_file() and (target / "notes" / "only_first.txt").is_file()
+
+    second = build_model(seed=5)
+    ckpt.save_checkpoint(target, second, extra_files={"config.yaml": "second\n"})  # no state this time
+    fresh = ckpt.save_checkpoint(tmp_path / "fresh" / "step_0000004", second, extra_files={"config.yaml": "second\n"})
+    # Exactly the files of the same save into an empty folder: no state, no file only the first save wrote.
+    assert _files(target) == _files(fresh)
+    assert not (target / "state" / "rank_00000.pt").exists() and not (target / "notes").exists()
+    assert (target / "config.yaml").read_text() == "second\n"
+    assert ckpt.checkpoint_info(target)["has_state"] is False
+    assert sorted(p.name for p in target.parent.iterdir()) == ["step_0000004"]  # no .tmp / .old left
+    other = build_model(seed=9)
+    assert ckpt.load_checkpoint(target, other) == {}
+    assert torch.equal(other(tokens, lengths), second(tokens, lengths))
+
+
 def _fake_complete(path: Path) -> Path:
     (path / "weights").mkdir(parents=True)
     (path / "weights" / "metadata.json").write_text("{}")
@@ -101,8 +126,29 @@ def test_find_latest(tmp_path: Path) -> None:
     assert ckpt.find_latest(run) == s20  # numeric order, incomplete step 100 skipped
     assert ckpt.find_latest(run / "checkpoints") == s20
     assert ckpt.find_latest(s9) == s9
-    err = ckpt.CheckpointNotFoundError("x")
-    assert isinstance(err, ConfigError) and isinstance(err, FileNotFoundError)
+
+
+def test_cli_refuses_a_missing_or_incomplete_checkpoint_with_one_line_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rm_registry._cli import main
+
+    data = tmp_path / "v.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_0000003").mkdir(parents=True)  # an interrupted save
+    torn = _fake_complete(tmp_path / "torn")
+    (torn / ckpt.MARKER).write_text("{trunc")
+    cases = [(tmp_path / "nothing", "no such checkpoint or run folder"),
+             (run, "found only incomplete ones (step_0000003)"),
+             (torn, "no checkpoint found")]
+    for path, fragment in cases:
+        for command in (["evaluate", "--checkpoint", str(path), "--data", str(data)],
+                        ["score", "--checkpoint", str(path), "--data", str(data), "--output", str(tmp_path / "o.jsonl")]):
+            assert main(command) == 2, command
+            out, err = capsys.readouterr()
+            assert out == "" and err.startswith("rm-registry: error: ") and err.count("\n") == 1, err
+            assert str(path) in err and fragment in err, err
+            assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_is_complete_rejects_bad_markers(tmp_path: Path) -> None:

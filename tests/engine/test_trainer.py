@@ -82,6 +82,63 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(tmp_path: Path) ->
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
 
 
+def _train_observed(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], list[dict]]:
+    """Train, and return the train lines of metrics.jsonl and what every ``optimizer.step()`` saw.
+
+    A global optimizer step pre-hook (torch's own, nothing replaced) reads the learning rate and
+    the total norm of the gradients the optimizer is about to apply.
+    """
+    import math
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from rm_registry.engine.trainer import train
+
+    seen: list[dict] = []
+
+    def observe(optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append({"lr": optimizer.param_groups[0]["lr"],
+                     "lrs": {g["lr"] for g in optimizer.param_groups},
+                     "norm": math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))})
+
+    plugin, cfg = _build(tmp_path, *extra)
+    cfg.model.data.data_prefix.validation = None  # only the optimizer steps matter here
+    handle = register_optimizer_step_pre_hook(observe)
+    try:
+        train(plugin, cfg, tmp_path / name, progress=False)
+    finally:
+        handle.remove()
+    return [r for r in _records(tmp_path / name) if r["split"] == "train"], seen
+
+
+@pytest.mark.slow
+def test_metrics_log_the_lr_and_the_norm_before_clipping_that_the_optimizer_step_used(tmp_path: Path) -> None:
+    import math
+
+    clip = 1e-3
+    logged, seen = _train_observed(tmp_path, "clipped", "trainer.rm.max_steps=4", "trainer.rm.save_interval=100",
+                                   f"trainer.rm.gradient_clip_val={clip}", "model.optim.lr=0.002",
+                                   "model.optim.sched.min_lr=0.0002")
+    assert [r["step"] for r in logged] == [1, 2, 3, 4] and len(seen) == 4
+    # Warmup over 2 steps (lr/2, lr), then the cosine from lr to min_lr over the last 2.
+    expected = [0.001, 0.002, 0.002, 0.0002 + (0.002 - 0.0002) * (1 + math.cos(math.pi / 2)) / 2]
+    assert [s["lr"] for s in seen] == pytest.approx(expected, rel=1e-12)
+    assert all(len(s["lrs"]) == 1 for s in seen)  # every parameter group steps with the same lr
+    assert [r["lr"] for r in logged] == [s["lr"] for s in seen]
+    # The optimizer got gradients clipped to the limit; the log holds the norm before clipping.
+    for r, s in zip(logged, seen):
+        assert r["grad_norm"] > 10 * clip, r
+        assert s["norm"] <= clip * (1 + 1e-5) and s["norm"] == pytest.approx(clip, rel=1e-3)
+
+    # Without clipping, the first step (same seed, same weights, same batch) applies exactly the
+    # gradients whose norm the clipped run logged.
+    plain, seen_plain = _train_observed(tmp_path, "plain", "trainer.rm.max_steps=1", "trainer.rm.gradient_clip_val=null")
+    assert plain[0]["grad_norm"] == pytest.approx(seen_plain[0]["norm"], rel=1e-6)
+    assert logged[0]["grad_norm"] == pytest.approx(seen_plain[0]["norm"], rel=1e-6)
+    assert plain[0]["loss"] == logged[0]["loss"]
+
+
 def test_bad_data_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     from rm_registry.engine.trainer import train
 

@@ -128,15 +128,24 @@ def test_loss_in_bfloat16_is_computed_in_float32(plugin, make_cfg) -> None:
 def test_evaluation_metrics_are_pair_weighted(plugin, make_cfg) -> None:
     cfg = make_cfg("model.binary_ranking.center_rewards_coefficient=0.1")
     # Batch sizes 1 and 3: a per-batch average would weigh the single pair like three.
-    b1, r1 = _batch([0.5]), torch.tensor([[1.0], [0.0]])
-    b2, r2 = _batch([None, 1.0, None]), torch.tensor([[0.0], [2.0], [-1.0], [1.0], [0.0], [0.0]])
+    b1, r1 = _batch([0.5]), torch.tensor([[1.0], [0.25]])
+    b2, r2 = _batch([None, 1.0, None]), torch.tensor([[0.5], [2.0], [-1.0], [1.0], [-0.5], [0.25]])
     metrics = plugin.evaluation_metrics([(r1, b1), (r2, b2)], cfg)
-    one_batch = plugin.collate([PreferencePair([1], [2], m) for m in (0.5, None, 1.0, None)], pad_id=0)
-    rewards = torch.tensor([[1.0], [0.0], [2.0], [-1.0], [0.0], [1.0], [0.0], [0.0]])
-    _, expected = plugin.loss(rewards, one_batch, cfg)
-    assert metrics.pop("num_pairs") == 4
-    assert metrics == pytest.approx(expected)
-    assert metrics["accuracy"] == pytest.approx(0.5)
+    # By hand, pair by pair (chosen, rejected, margin): -log sigmoid(c - r - m) + 0.1 * (c + r)^2.
+    pairs = [(1.0, 0.25, 0.5), (0.5, 1.0, 0.0), (2.0, -0.5, 1.0), (-1.0, 0.25, 0.0)]
+    losses = [_nll(c - r - m) + 0.1 * (c + r) ** 2 for c, r, m in pairs]
+    rewards = [c for c, _, _ in pairs] + [r for _, r, _ in pairs]
+    mean = sum(rewards) / 8
+    assert metrics == pytest.approx({
+        "loss": sum(losses) / 4,  # a per-batch mean would be (losses[0] + sum(losses[1:]) / 3) / 2
+        "accuracy": 0.5,
+        "chosen_reward_mean": 0.625,
+        "rejected_reward_mean": 0.25,
+        "reward_mean": mean,
+        "reward_std": math.sqrt(sum((x - mean) ** 2 for x in rewards) / 8),
+        "num_pairs": 4,
+    }, rel=1e-6)
+    assert metrics["num_pairs"] == 4 and type(metrics["num_pairs"]) is int
     assert plugin.evaluation_metrics([], cfg) == {
         "loss": None, "accuracy": None, "chosen_reward_mean": None, "rejected_reward_mean": None,
         "reward_mean": None, "reward_std": None, "num_pairs": 0,

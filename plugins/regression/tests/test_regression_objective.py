@@ -136,9 +136,30 @@ def test_score_outputs_default_weights_are_the_mean(plugin, cfg) -> None:
     assert rows[0]["reward"] == pytest.approx(3.0)
 
 
-def test_merge_attributes_does_not_change_score_output(plugin, make_cfg) -> None:
-    rewards = torch.tensor([[1.0, 2.0, 6.0]])
-    merged = plugin.score_outputs(rewards, make_cfg(NAMES, "model.regression.merge_attributes=true"))
-    assert merged == plugin.score_outputs(rewards, make_cfg(NAMES))
+def test_merge_attributes_changes_the_served_shape_not_the_score_output(plugin, make_cfg) -> None:
+    # docs/regression.md: merge_attributes switches RegressionRewardModel.infer to the weighted
+    # scalar [N, 1]; `score` always writes both the scalar reward and the K attributes.
+    weights = "model.regression.attribute_weights=[0.5,2,-1]"
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [-1.0, 0.5, 0.0]])
+    expected = [{"reward": pytest.approx(0.5 + 4.0 - 6.0), "attributes": {"a": 1.0, "b": 2.0, "c": 6.0}},
+                {"reward": pytest.approx(-0.5 + 1.0), "attributes": {"a": -1.0, "b": 0.5, "c": 0.0}}]
+    for merge in ("true", "false"):
+        assert plugin.score_outputs(rewards, make_cfg(NAMES, weights, f"model.regression.merge_attributes={merge}")) \
+            == expected, merge
     with pytest.raises(ValueError, match=r"expected \[B, 3\]"):
-        plugin.score_outputs(torch.zeros(1, 1), make_cfg(NAMES))
+        plugin.score_outputs(torch.zeros(1, 1), make_cfg(NAMES, "model.regression.merge_attributes=true"))
+
+    tiny = ("model.num_layers=2", "model.hidden_size=32", "model.num_attention_heads=4", "model.encoder_seq_length=16")
+    tokens, lengths = torch.tensor([[5, 6, 7, 256], [8, 256, 257, 257]]), torch.tensor([4, 2])
+    served = {}
+    for merge in ("true", "false"):
+        cfg = make_cfg(*tiny, NAMES, weights, f"model.regression.merge_attributes={merge}")
+        model = plugin.model_class.from_config(cfg, vocab_size=258).eval()
+        with torch.no_grad():
+            full = model(tokens, lengths)  # [N, K] whatever the flag: what training, evaluate and score use
+        assert full.shape == (2, 3)
+        served[merge] = (model.infer(tokens, lengths), full)
+    merged, full = served["true"]
+    assert merged.shape == (2, 1)
+    assert merged[:, 0].tolist() == pytest.approx((full @ torch.tensor([0.5, 2.0, -1.0])).tolist(), abs=1e-5)
+    assert torch.equal(served["false"][0], served["false"][1])

@@ -10,7 +10,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,8 +37,9 @@ def _fail(plugin: RewardModelPlugin, message: str) -> AssertionError:
     return AssertionError(f"plugin {plugin.name!r}: {message}")
 
 
-def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> None:
-    """Build, forward, loss, backward, learning, evaluation, scoring and a checkpoint round trip.
+def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, export: bool = True) -> None:
+    """Build, forward, loss, backward, learning, evaluation, scoring, a checkpoint round trip and a
+    Hugging Face export round trip (export, import, same rewards).
 
     Needs the plugin's :meth:`sample_data` (a ``train`` file at least).
 
@@ -64,7 +65,7 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> No
     if stats is None:
         raise _fail(plugin, "the dataset returned by build_datasets() has no 'stats' (read/kept/truncated/dropped)")
 
-    parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
+    info = parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size)
     if not isinstance(model, torch.nn.Module):
         raise _fail(plugin, f"model_class.from_config() returned {type(model).__name__}, not a torch.nn.Module")
@@ -138,3 +139,36 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True) -> No
                 diff = float((rewards - again).abs().max())
                 raise _fail(plugin, f"checkpoint round trip changed the rewards (max difference {diff:g})")
 
+
+    if export:
+        _check_export(plugin, cfg, tokenizer, model, info, tokens, lengths, rewards)
+
+
+def _check_export(plugin: RewardModelPlugin, cfg: Any, tokenizer: Any, model: torch.nn.Module, info: Any,
+                  tokens: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor) -> None:
+    """Export to a Hugging Face folder, import it back the way ``--checkpoint <folder>`` does, and
+    compare the rewards (1e-5: the head's bias is folded into the final norm on export)."""
+    from omegaconf import OmegaConf
+
+    from .._errors import ConfigError
+    from .api import LoadedRewardModel
+    from .hf import apply_pretrained, export_model, load_hf_weights
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "hf"
+        loaded = LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
+        try:
+            export_model(loaded, folder)
+            again_cfg = OmegaConf.merge(cfg, {"pretrained_checkpoint": {"restore_from_path": str(folder)}})
+            apply_pretrained(again_cfg, {})
+            again = plugin.model_class.from_config(again_cfg, vocab_size=tokenizer.vocab_size)
+            load_hf_weights(again, folder, again_cfg, require_head=True)
+        except ConfigError as exc:
+            raise _fail(plugin, f"Hugging Face export round trip failed: {exc}") from None
+        again.eval()
+        with torch.no_grad():
+            imported = again(tokens, lengths)
+        if imported.shape != rewards.shape or not torch.allclose(imported, rewards, atol=1e-5, rtol=0):
+            diff = float((imported - rewards).abs().max()) if imported.shape == rewards.shape else float("nan")
+            raise _fail(plugin, f"Hugging Face export round trip changed the rewards (max difference {diff:g}; "
+                                f"shapes {tuple(rewards.shape)} -> {tuple(imported.shape)})")

@@ -27,6 +27,7 @@ from .._registry import get_reward_model
 from . import checkpoint as ckpt
 from . import parallel
 from ._fs import atomic_write_text, check_output_file
+from ._safe_pickle import check_contained
 from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, join_prompt_response, pad_batch, read_jsonl, render_text
 from .tokenizer import tokenizer_from_dir
@@ -156,7 +157,8 @@ def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin_name: str)
 
 def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
                       distribution: str | None = None) -> LoadedRewardModel:
-    """Load a run folder (its latest complete checkpoint) or one checkpoint folder.
+    """Load a run folder (its latest complete checkpoint), one checkpoint folder, or a Hugging Face
+    ``*ForSequenceClassification`` folder (see docs/pretrained.md).
 
     Only the weights are read (not the optimizer state). The model is built for the current
     layout: one process by default, or ``model.tensor_model_parallel_size=N`` under torchrun,
@@ -171,8 +173,15 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
 
     Raises:
         ConfigError: no complete checkpoint there, or an override that is not allowed or invalid.
+        UnsafeCheckpointError: the folder holds a pickle that is not checkpoint data, or a path
+            leading out of it (see docs/security.md); nothing of it was executed.
     """
+    from .hf import looks_like_hf_folder
+
+    if looks_like_hf_folder(checkpoint):
+        return _load_hf_folder(Path(checkpoint), overrides, distribution)
     path = ckpt.find_latest(Path(checkpoint))
+    check_contained(path)  # no file of the folder may lead elsewhere; pickles: ckpt.load_checkpoint
     config_path = path / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{path}: no config.yaml in this checkpoint")
@@ -203,6 +212,46 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
         ) from exc
     model.eval()
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
+
+
+def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | None) -> LoadedRewardModel:
+    """A Hugging Face reward-model folder: the architecture from its ``config.json`` (``rm_registry``
+    section of our exports; otherwise ``binary_ranking`` for one label, else the plugin that
+    accepts the labels' names), the weights converted on the fly."""
+    from .config import build_config
+    from .hf import apply_pretrained, load_hf_weights, read_config
+
+    hf = read_config(folder)
+    meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
+    labels = hf.get("id2label") if isinstance(hf.get("id2label"), dict) else {}
+    names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else []
+    k = len(names) or int(hf.get("num_labels", 1))
+    name = meta.get("reward_model_type") or ("binary_ranking" if k == 1 else "regression")
+    plugin = get_reward_model(str(name), distribution=distribution)
+    cfg = build_config(plugin)
+    OmegaConf.set_struct(cfg, False)
+    cfg.pretrained_checkpoint.restore_from_path = str(folder)
+    cfg.model.encoder_seq_length = int(hf.get("max_position_embeddings") or hf.get("n_positions") or 2048)
+    OmegaConf.set_struct(cfg, True)
+    apply_pretrained(cfg, {})
+    if meta.get("model"):
+        cfg = merge_closed(cfg, OmegaConf.create({"model": meta["model"]}), f"{folder / 'config.json'} rm_registry")
+    elif k > 1 and callable(getattr(plugin, "config_for_output_names", None)):
+        cfg = merge_closed(cfg, OmegaConf.create(plugin.config_for_output_names(names)),  # type: ignore[attr-defined]
+                           f"{folder / 'config.json'} id2label")
+    cfg = _load_overrides(cfg, overrides, plugin.name)
+    cfg.model.global_batch_size = cfg.model.micro_batch_size
+    validate_engine_config(cfg)
+    plugin.validate_config(cfg)
+    from .hf import folder_tokenizer
+
+    tokenizer = folder_tokenizer(folder)
+    info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
+                               pipeline_model_parallel_size=1, seed=int(cfg.seed))
+    model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    load_hf_weights(model, folder, cfg, require_head=True)
+    model.eval()
+    return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
 
 
 def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:

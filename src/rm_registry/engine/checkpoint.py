@@ -32,8 +32,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .._errors import ConfigError
-from . import _cpu_compat, parallel
+from .._errors import ConfigError, UnsafeCheckpointError
+from . import _cpu_compat, _safe_pickle, parallel
 
 __all__ = [
     "MARKER",
@@ -251,8 +251,9 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
 
     With ``state=False`` (scoring, evaluation) only the weights are read and ``{}`` is returned.
-    The state files are read with ``torch.load(weights_only=True)``: tensors, numbers and
-    containers only, never arbitrary pickled objects.
+    A checkpoint is data, never code: before megatron-core or torch opens the folder, every
+    pickle in it is checked against an allow-list (:mod:`._safe_pickle`) and symlinks leading
+    out of it are refused; the state files are then read with ``torch.load(weights_only=True)``.
 
     Every rank must call this. The weights reshard to the current layout. The returned state is
     the one this rank saved when the layout (world size and tensor-parallel size) is unchanged;
@@ -261,12 +262,15 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
 
     Raises:
         CheckpointNotFoundError: ``directory`` is not a complete checkpoint.
+        UnsafeCheckpointError: a pickle references a global that is not checkpoint data (it
+            would run code), or a path leads outside the folder. Nothing was executed.
         ConfigError: the weights do not fit ``model`` (a different architecture or size).
     """
     from megatron.core import dist_checkpointing
 
     directory = Path(directory)
     info = checkpoint_info(directory)
+    _safe_pickle.check_checkpoint(directory)  # every pickle against the allow-list, before torch opens one
     try:
         loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory / "weights"))
         model.load_state_dict(loaded, strict=True)
@@ -287,7 +291,9 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
     try:
-        saved: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        saved: dict[str, Any] = _safe_pickle.safe_torch_load(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception as exc:  # truncated or foreign file: name it, no traceback from torch
         raise CheckpointNotFoundError(
             f"{path}: unreadable trainer state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "

@@ -47,6 +47,8 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 _DTYPES = ("float32", "bfloat16", "float16")
 _TOKENIZER_LIBRARIES = ("byte", "huggingface")
 _POSITION_EMBEDDINGS = ("learned_absolute", "rope")
+_NORMALIZATIONS = ("LayerNorm", "RMSNorm")  # model.NORMALIZATIONS (this module does not import torch)
+_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")  # model.ACTIVATIONS
 #: ``model.attention_backend``: ``sdpa`` (causal scaled_dot_product_attention, see ``_attention``)
 #: or ``local`` (megatron's ``DotProductAttention``, which reads a mask tensor).
 ATTENTION_BACKENDS = ("sdpa", "local")
@@ -224,8 +226,17 @@ def build_config(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
         cfg = merge_closed(cfg, layer, str(path))
+        user_keys = flatten(OmegaConf.to_container(layer, resolve=True))
+    else:
+        user_keys = {}
     if overrides:
-        cfg = merge_closed(cfg, parse_overrides(overrides), "command line")
+        override_layer = parse_overrides(overrides)
+        cfg = merge_closed(cfg, override_layer, "command line")
+        user_keys.update(flatten(OmegaConf.to_container(override_layer, resolve=True)))
+    if OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None):
+        from .hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
+
+        cfg = apply_pretrained(cfg, user_keys)
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:
@@ -295,7 +306,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             )
     if m.encoder_seq_length < 2:
         raise ConfigError(f"model.encoder_seq_length={m.encoder_seq_length}: need at least 2 (a token and EOS)")
-    if m.hidden_size % m.num_attention_heads:
+    if m.get("kv_channels") is None and m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}"
         )
@@ -314,6 +325,8 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
     _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
+    _choice(cfg, "model.normalization", _NORMALIZATIONS)
+    _choice(cfg, "model.activation", _ACTIVATIONS)
     _check_batching(cfg)
     _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
@@ -379,11 +392,23 @@ def to_yaml(cfg: DictConfig) -> str:
 
 
 def load_saved_config(text: str, source: str) -> DictConfig:
-    """Read a config stored by :func:`to_yaml` (from a checkpoint folder)."""
+    """Read a config stored by :func:`to_yaml` (from a checkpoint folder), as data only.
+
+    OmegaConf parses YAML with a safe loader (no ``!!python/...`` tags, alias bombs refused).
+    Interpolations (``${oc.env:SECRET}``) are refused: :func:`to_yaml` stores resolved values, so
+    a saved config never has one, and resolving one would read the environment of the loader.
+    """
     try:
         cfg = OmegaConf.create(text)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: unreadable config: {exc}") from None
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"{source}: unreadable config: {' '.join(str(exc).split())}") from None
+    for key, value in flatten(OmegaConf.to_container(cfg, resolve=False)).items():  # before anything resolves
+        if "${" in str(value):
+            raise ConfigError(f"{source}: {key}={value!r} is an interpolation; a saved config holds resolved "
+                              "values only, so this one was not written by rm-registry")
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
-    return cfg
+    # Keys added to the engine after the run was saved take their defaults (today's model).
+    merged = OmegaConf.merge(engine_defaults(), cfg)
+    assert isinstance(merged, DictConfig)
+    return merged

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "OVERLONG_POLICIES",
+    "ChatText",
     "DatasetStats",
     "ListDataset",
     "read_jsonl",
@@ -98,11 +99,31 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(p, None, "file is empty (no JSON Lines records)")
 
 
+class ChatText(str):
+    """A conversation rendered as text (``"<role>: <content>"`` lines) that keeps its messages.
+
+    It is the plain rendering for every string use, so plugins need not know about it;
+    :func:`encode_text` renders ``messages`` with the tokenizer's chat template when it has one
+    (a tokenizer from a Hugging Face folder), the same way at training, evaluation and scoring.
+    """
+
+    messages: list[dict[str, Any]]
+
+    def __new__(cls, text: str, messages: Sequence[dict[str, Any]]) -> ChatText:
+        obj = super().__new__(cls, text)
+        obj.messages = [dict(m) for m in messages]
+        return obj
+
+    def __reduce__(self) -> Any:  # picklable (DataLoader workers, all_gather_object)
+        return (ChatText, (str(self), self.messages))
+
+
 def render_text(value: Any, *, path: str | Path, line: int, key: str) -> str:
     """Turn a text field into one string.
 
     Accepts a string, or a chat message list ``[{"role": ..., "content": ...}, ...]``
-    (TRL, NeMo-RL), rendered one message per line as ``"<role>: <content>"``.
+    (TRL, NeMo-RL), rendered one message per line as ``"<role>: <content>"`` (a :class:`ChatText`,
+    which :func:`encode_text` renders with the model's chat template where there is one).
 
     Raises:
         DataError: for any other type, naming the key.
@@ -116,7 +137,7 @@ def render_text(value: Any, *, path: str | Path, line: int, key: str) -> str:
                 raise DataError(path, line, f"'{key}'[{i}] has no string 'content'")
             role = m.get("role", "user")
             parts.append(f"{role}: {m['content']}")
-        return "\n".join(parts)
+        return ChatText("\n".join(parts), value)
     raise DataError(
         path, line, f"'{key}' must be a string or a list of chat messages, got {type(value).__name__}"
     )
@@ -137,12 +158,32 @@ def join_prompt_response(prompt: Any, response: Any, *, path: str | Path, line: 
     r = render_text(response, path=path, line=line, key=response_key)
     if isinstance(prompt, str) and isinstance(response, str):
         return p + r
+    if isinstance(p, ChatText) and isinstance(r, ChatText):
+        return ChatText(f"{p}\n{r}" if p else r, [*p.messages, *r.messages])
     return f"{p}\n{r}" if p else r
 
 
 def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
-    """Token ids of ``text`` followed by EOS (the reward is read at this last real token)."""
-    return [*tokenizer.encode(text), tokenizer.eos_id]
+    """Token ids of ``text`` followed by EOS (the reward is read at this last real token).
+
+    A tokenizer from a Hugging Face folder (``hf_rules``) follows what transformers and TRL do,
+    so that the pooled token is the one ``*ForSequenceClassification`` pools (the rightmost token
+    that is not ``pad_token_id``):
+
+    - a conversation (:class:`ChatText`) with a chat template: the template's tokens, nothing
+      appended (as TRL's reward trainer and ``apply_chat_template``);
+    - any other text: ``tokenizer(text)`` (with the tokenizer's own special tokens) plus EOS,
+      unless it already ends with EOS, or EOS is the pad token (transformers would skip it, so
+      the last text token is scored, on both sides).
+    """
+    if not getattr(tokenizer, "hf_rules", False):
+        return [*tokenizer.encode(text), tokenizer.eos_id]
+    if isinstance(text, ChatText) and getattr(tokenizer, "chat_template", None):
+        return list(tokenizer.encode_chat(text.messages))  # type: ignore[attr-defined]
+    ids = list(tokenizer.encode(str(text)))
+    if (ids and ids[-1] == tokenizer.eos_id) or tokenizer.eos_id == tokenizer.pad_id:
+        return ids
+    return [*ids, tokenizer.eos_id]
 
 
 def fit_length(

@@ -27,9 +27,10 @@ shape under every layout, so checkpoints reshard between layouts.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
@@ -46,6 +47,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from megatron.core.transformer.spec_utils import ModuleSpec
 
 __all__ = [
+    "ACTIVATIONS",
+    "NORMALIZATIONS",
     "POOLINGS",
     "RewardModel",
     "build_transformer_config",
@@ -57,6 +60,23 @@ __all__ = [
 #: Pooling modes: ``last`` (last real token), ``mean`` (mean over real tokens), ``sequence``
 #: (one reward per token).
 POOLINGS = ("last", "mean", "sequence")
+
+#: ``model.normalization`` values (megatron-core names).
+NORMALIZATIONS = ("LayerNorm", "RMSNorm")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """The tanh approximation of GELU (GPT-2's ``gelu_new``, megatron's ``fast_gelu``)."""
+    return F.gelu(x, approximate="tanh")
+
+
+#: ``model.activation`` values and their functions (``gelu`` is exact, erf-based: megatron's default).
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": gelu_tanh,
+    "silu": F.silu,
+    "relu": F.relu,
+}
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -105,6 +125,25 @@ def _probability(cfg: DictConfig, key: str) -> float:
     return float(value)
 
 
+def _optional_int(cfg: DictConfig, key: str) -> int | None:
+    value = OmegaConf.select(cfg, key, default=None)
+    return None if value is None else _positive_int(cfg, key)
+
+
+def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
+    value = OmegaConf.select(cfg, key, default=default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r}: expected true or false")
+    return value
+
+
+def _number(cfg: DictConfig, key: str, default: float) -> float:
+    value = OmegaConf.select(cfg, key, default=default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{key}={value!r}: expected a number > 0")
+    return float(value)
+
+
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     """Round ``vocab_size`` up to a multiple of ``divisible_by`` (independent of ``tp``).
 
@@ -135,9 +174,17 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
     pp = _positive_int(cfg, "model.pipeline_model_parallel_size")
     ffn = OmegaConf.select(cfg, "model.ffn_hidden_size", default=None)
     ffn = 4 * hidden if ffn is None else _positive_int(cfg, "model.ffn_hidden_size")
-    if hidden % heads:
+    kv_channels = _optional_int(cfg, "model.kv_channels")
+    if kv_channels is None and hidden % heads:
         raise ConfigError(
-            f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads}"
+            f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads} "
+            "(or set model.kv_channels, the head size)"
+        )
+    groups = _optional_int(cfg, "model.num_query_groups")
+    if groups is not None and (heads % groups or groups % tp):
+        raise ConfigError(
+            f"model.num_query_groups={groups} must divide model.num_attention_heads={heads} and be a multiple "
+            f"of model.tensor_model_parallel_size={tp} (each tensor-parallel rank holds whole query groups)"
         )
     if heads % tp:
         raise ConfigError(
@@ -157,6 +204,15 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
     if isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0:
         raise ConfigError(f"model.init_method_std={std!r}: expected a number > 0")
     dtype = parse_dtype(OmegaConf.select(cfg, "model.params_dtype", default="float32"), "model.params_dtype")
+    norm = str(OmegaConf.select(cfg, "model.normalization", default="LayerNorm"))
+    if norm not in NORMALIZATIONS:
+        raise ConfigError(f"model.normalization={norm!r}: expected one of {', '.join(NORMALIZATIONS)}")
+    act = str(OmegaConf.select(cfg, "model.activation", default="gelu"))
+    if act not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={act!r}: expected one of {', '.join(ACTIVATIONS)}")
+    eps = OmegaConf.select(cfg, "model.layernorm_epsilon", default=1e-5)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ConfigError(f"model.layernorm_epsilon={eps!r}: expected a number > 0")
     return TransformerConfig(
         num_layers=num_layers,
         hidden_size=hidden,
@@ -172,14 +228,30 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
         pipeline_model_parallel_size=1,
         # Full weights drawn on the CPU, then sliced: identical under every TP layout.
         use_cpu_initialization=True,
-        perform_initialization=True,
+        # Weights loaded from a pretrained folder overwrite every tensor: drawing them first would
+        # only cost time and a full-size float32 copy per tensor (see engine/hf).
+        perform_initialization=not OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None),
         sequence_parallel=False,
+        normalization=norm,
+        layernorm_epsilon=float(eps),
+        activation_func=ACTIVATIONS[act],
+        gated_linear_unit=_flag(cfg, "model.gated_linear_unit", False),
+        num_query_groups=groups,
+        kv_channels=kv_channels,
+        add_bias_linear=_flag(cfg, "model.add_bias_linear", True),
+        add_qkv_bias=_flag(cfg, "model.add_qkv_bias", False),
+        qk_layernorm=_flag(cfg, "model.qk_layernorm", False),
     )
 
 
-def layer_spec(attention_backend: str = "sdpa") -> ModuleSpec:
+def layer_spec(normalization: str = "LayerNorm", qk_layernorm: bool = False,
+               attention_backend: str = "sdpa") -> ModuleSpec:
     """Transformer Engine layer spec when TE and CUDA are present, else megatron's local spec
-    with the core attention of ``attention_backend`` (``model.attention_backend``)."""
+    with the core attention of ``attention_backend`` (``model.attention_backend``).
+
+    ``normalization`` is passed to the local spec so that it picks torch's ``RMSNorm`` /
+    ``LayerNorm`` rather than apex's fused LayerNorm where apex is installed.
+    """
     if torch.cuda.is_available():
         try:
             import transformer_engine  # noqa: F401
@@ -187,10 +259,32 @@ def layer_spec(attention_backend: str = "sdpa") -> ModuleSpec:
                 get_gpt_layer_with_transformer_engine_spec,
             )
 
-            return get_gpt_layer_with_transformer_engine_spec()
+            return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
         except ImportError:
             pass
-    return with_core_attention(get_gpt_layer_local_spec(), attention_backend)
+    return with_core_attention(
+        get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization), attention_backend
+    )
+
+
+def _mark_tensor_parallel(module: torch.nn.Module) -> None:
+    """Set the tensor-parallel attributes (``tensor_model_parallel``, ``partition_dim``) that
+    megatron-core sets only while drawing initial weights (``perform_initialization``), so that
+    models built to be filled from a pretrained folder carry them too (gradient-norm accounting
+    and the weight loader read them)."""
+    from megatron.core.tensor_parallel import ColumnParallelLinear, VocabParallelEmbedding
+    from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+    for sub in module.modules():
+        if isinstance(sub, (ColumnParallelLinear, VocabParallelEmbedding)):
+            dim = 0
+        elif isinstance(sub, RowParallelLinear):
+            dim = 1
+        else:
+            continue
+        weight = getattr(sub, "weight", None)
+        if weight is not None and not hasattr(weight, "partition_dim"):
+            set_tensor_model_parallel_attributes(weight, True, dim, 1)
 
 
 class _HiddenStatesGPT(GPTModel):
@@ -219,6 +313,10 @@ class RewardModel(MegatronModule):
         pooling: One of :data:`POOLINGS`.
         head_dtype: dtype of the head's weights and input (``None``: ``config.params_dtype``).
         position_embedding_type: ``learned_absolute`` or ``rope``.
+        rotary_base, rotary_percent: Rotary embedding base (HF ``rope_theta``) and the share of
+            each head that is rotated (HF ``partial_rotary_factor``).
+        rope_scaling, rope_scaling_factor: Llama 3 rope scaling (megatron-core's fixed variant).
+        head_bias: Whether the head has a bias (Hugging Face heads have none).
         attention_backend: ``sdpa`` (causal SDPA, no mask tensor) or ``local`` (megatron's
             ``DotProductAttention``); the same weights and rewards either way.
     """
@@ -234,6 +332,11 @@ class RewardModel(MegatronModule):
         pooling: str = "last",
         head_dtype: torch.dtype | None = None,
         position_embedding_type: str = "learned_absolute",
+        rotary_base: float = 10000,
+        rotary_percent: float = 1.0,
+        rope_scaling: bool = False,
+        rope_scaling_factor: float = 8.0,
+        head_bias: bool = True,
         attention_backend: str = "sdpa",
     ) -> None:
         super().__init__(config=config)
@@ -255,13 +358,17 @@ class RewardModel(MegatronModule):
         self.head_dtype = head_dtype or config.params_dtype
         self.backbone = _HiddenStatesGPT(
             config=config,
-            transformer_layer_spec=layer_spec(attention_backend),
+            transformer_layer_spec=layer_spec(config.normalization, config.qk_layernorm, attention_backend),
             vocab_size=padded_vocab_size,
             max_sequence_length=max_sequence_length,
             pre_process=True,
             post_process=True,
             share_embeddings_and_output_weights=True,  # no vocabulary projection weights
             position_embedding_type=position_embedding_type,
+            rotary_base=rotary_base,  # type: ignore[arg-type]  # megatron annotates int; floats work
+            rotary_percent=rotary_percent,
+            rope_scaling=rope_scaling,
+            rope_scaling_factor=rope_scaling_factor,
         )
         if config.params_dtype != torch.float32:
             # Some local-spec modules (torch LayerNorm) are created in float32 whatever
@@ -277,11 +384,13 @@ class RewardModel(MegatronModule):
             num_outputs,
             config=head_config,
             init_method=config.init_method,
-            bias=True,
+            bias=head_bias,
             input_is_parallel=False,
             skip_bias_add=False,
             tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
+        if not config.perform_initialization:
+            _mark_tensor_parallel(self)
 
     @classmethod
     def from_config(cls, cfg: DictConfig, *, vocab_size: int, num_outputs: int = 1) -> RewardModel:
@@ -320,6 +429,11 @@ class RewardModel(MegatronModule):
         head = OmegaConf.select(cfg, "model.force_head_dtype", default=None)
         head_dtype = None if head is None else parse_dtype(head, "model.force_head_dtype")
         divisible = _positive_int(cfg, "model.make_vocab_size_divisible_by")
+        # A pretrained embedding may have more rows than the tokenizer has tokens (Qwen2).
+        vocab_size = max(vocab_size, _optional_int(cfg, "model.vocab_size") or 0)
+        percent = _number(cfg, "model.rotary_percent", 1.0)
+        if percent > 1:
+            raise ConfigError(f"model.rotary_percent={percent}: expected a number in (0, 1]")
         model = cls(
             config,
             vocab_size=vocab_size,
@@ -331,6 +445,11 @@ class RewardModel(MegatronModule):
             position_embedding_type=str(
                 OmegaConf.select(cfg, "model.position_embedding_type", default="learned_absolute")
             ),
+            rotary_base=_number(cfg, "model.rotary_base", 10000),
+            rotary_percent=percent,
+            rope_scaling=_flag(cfg, "model.rope_scaling", False),
+            rope_scaling_factor=_number(cfg, "model.rope_scaling_factor", 8.0),
+            head_bias=_flag(cfg, "model.head_bias", True),
             attention_backend=str(OmegaConf.select(cfg, "model.attention_backend", default="sdpa")),
         )
         if torch.cuda.is_available():

@@ -6,6 +6,12 @@ Both satisfy :class:`rm_registry.Tokenizer` (``vocab_size``, ``eos_id``, ``pad_i
 A checkpoint folder carries its tokenizer (:func:`tokenizer_to_dir` / :func:`tokenizer_from_dir`):
 ``rm_registry_tokenizer.json`` (library and special ids) plus, for Hugging Face, a copy of
 ``tokenizer.json``; so ``evaluate`` and ``score`` need only the folder.
+
+A tokenizer read from a Hugging Face model folder (``--pretrained``, or an HF folder given to
+``--checkpoint``) follows Hugging Face's rules (``hf_rules``): ``encode`` adds the tokenizer's own
+special tokens (the BOS of Llama) as ``tokenizer(text)`` does, chat-message lists are rendered with
+the folder's ``chat_template`` (see :func:`rm_registry.engine.data.encode_text`), and the pad id
+is the model's ``pad_token_id``. See docs/pretrained.md for the pad/EOS rule.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ __all__ = [
     "ByteTokenizer",
     "HFTokenizer",
     "load_tokenizer",
+    "render_chat_template",
     "tokenizer_from_dir",
     "tokenizer_to_dir",
 ]
@@ -84,7 +91,9 @@ class HFTokenizer:
         ConfigError: the path is missing, the file is not a tokenizer, or no EOS token is found.
     """
 
-    def __init__(self, path: str | Path, *, eos_token: str | None = None, pad_token: str | None = None) -> None:
+    def __init__(self, path: str | Path, *, eos_token: str | None = None, pad_token: str | None = None,
+                 hf_rules: bool = False, chat_template: str | None = None, bos_token: str | None = None,
+                 pad_id: int | None = None) -> None:
         from tokenizers import Tokenizer as _Tok
 
         p = Path(path).expanduser()
@@ -111,6 +120,15 @@ class HFTokenizer:
         self.pad_token = self._pick(pad_token or named.get("pad_token"), _PAD_CANDIDATES, vocab, "pad")
         self.eos_id: int = vocab[self.eos_token]
         self.pad_id: int = vocab[self.pad_token] if self.pad_token is not None else self.eos_id
+        if pad_id is not None:  # the model's config.json pad_token_id: what HF pools by
+            self.pad_id = int(pad_id)
+            self.pad_token = self._tok.id_to_token(self.pad_id)
+        #: Hugging Face's rules: special tokens added by ``encode``, chat template, EOS rule.
+        self.hf_rules = bool(hf_rules)
+        #: Jinja chat template (from ``tokenizer_config.json``) or ``None``.
+        self.chat_template = chat_template if chat_template is not None else (
+            named.get("chat_template") if hf_rules else None)
+        self.bos_token = bos_token if bos_token is not None else named.get("bos_token")
 
     @staticmethod
     def _configured_specials(folder: Path) -> dict[str, str]:
@@ -125,10 +143,13 @@ class HFTokenizer:
                 continue
             if not isinstance(data, dict):
                 continue
-            for key in ("eos_token", "pad_token"):
+            for key in ("eos_token", "pad_token", "bos_token", "chat_template"):
                 content = _token_content(data.get(key))
                 if content is not None:
                     out[key] = content
+        jinja = folder / "chat_template.jinja"  # where recent transformers save it
+        if "chat_template" not in out and jinja.is_file():
+            out["chat_template"] = jinja.read_text(encoding="utf-8")
         return out
 
     def _pick(self, explicit: str | None, candidates: Sequence[str], vocab: dict[str, int], what: str) -> str | None:
@@ -139,12 +160,33 @@ class HFTokenizer:
         return next((c for c in candidates if c in vocab), None)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without special tokens."""
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
+        """Token ids of ``text``: without special tokens, or, with ``hf_rules``, with those the
+        tokenizer adds itself (``tokenizer(text)["input_ids"]`` of transformers)."""
+        return list(self._tok.encode(text, add_special_tokens=self.hf_rules).ids)
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """Token ids of a conversation rendered with :attr:`chat_template`, as transformers'
+        ``apply_chat_template(messages)`` gives them (the template writes the special tokens).
+
+        Raises:
+            ConfigError: no chat template, or the template fails on these messages.
+        """
+        if not self.chat_template:
+            raise ConfigError(f"{self.path}: no chat_template in tokenizer_config.json")
+        return list(self._tok.encode(render_chat_template(self.chat_template, messages, self), add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``, special tokens dropped."""
         return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=True))
+
+    def token_id(self, token: str) -> int | None:
+        """The id of one token string (``None`` when it is not in the vocabulary)."""
+        found = self._tok.token_to_id(token)
+        return None if found is None else int(found)
+
+    def id_to_token(self, token_id: int) -> str | None:
+        """The string of one token id."""
+        return self._tok.id_to_token(int(token_id))
 
     def to_str(self) -> str:
         """The tokenizer as ``tokenizer.json`` text."""
@@ -152,6 +194,32 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({str(self.path)!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id}, pad_id={self.pad_id})"
+
+
+def render_chat_template(template: str, messages: Sequence[dict[str, Any]], tokenizer: HFTokenizer) -> str:
+    """Render ``messages`` with a Hugging Face Jinja chat template, as transformers does
+    (sandboxed Jinja, ``trim_blocks``/``lstrip_blocks``, ``add_generation_prompt=False``).
+
+    Raises:
+        ConfigError: the template is invalid or raises on these messages.
+    """
+    from datetime import datetime
+
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    try:
+        return env.from_string(template).render(
+            messages=list(messages), add_generation_prompt=False, bos_token=tokenizer.bos_token or "",
+            eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token or "")
+    except TemplateError as exc:
+        raise ConfigError(f"{tokenizer.path}: the chat template failed on a conversation: {exc}") from None
 
 
 def load_tokenizer(cfg: DictConfig) -> Tokenizer:
@@ -164,6 +232,11 @@ def load_tokenizer(cfg: DictConfig) -> Tokenizer:
 
     library = str(OmegaConf.select(cfg, "model.tokenizer.library", default="byte")).lower()
     path = OmegaConf.select(cfg, "model.tokenizer.path", default=None)
+    pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
+    if pretrained and library in _HF_ALIASES and path and Path(path) == Path(pretrained):
+        from .hf import folder_tokenizer
+
+        return folder_tokenizer(pretrained)
     if library == "byte":
         return ByteTokenizer()
     if library in _HF_ALIASES:
@@ -189,6 +262,8 @@ def tokenizer_to_dir(tokenizer: Tokenizer, directory: str | Path) -> Path:
         meta["library"] = "byte"
     elif isinstance(tokenizer, HFTokenizer):
         meta.update(library="huggingface", eos_token=tokenizer.eos_token, pad_token=tokenizer.pad_token)
+        if tokenizer.hf_rules:
+            meta.update(hf_rules=True, chat_template=tokenizer.chat_template, bos_token=tokenizer.bos_token)
         (d / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
     else:
         raise TypeError(
@@ -218,7 +293,9 @@ def tokenizer_from_dir(directory: str | Path) -> Tokenizer:
     if library == "byte":
         tok = ByteTokenizer()
     elif library == "huggingface":
-        tok = HFTokenizer(d / "tokenizer.json", eos_token=meta.get("eos_token"), pad_token=meta.get("pad_token"))
+        tok = HFTokenizer(d / "tokenizer.json", eos_token=meta.get("eos_token"), pad_token=meta.get("pad_token"),
+                          hf_rules=bool(meta.get("hf_rules", False)), chat_template=meta.get("chat_template"),
+                          bos_token=meta.get("bos_token"), pad_id=meta.get("pad_id") if meta.get("hf_rules") else None)
     else:
         raise ConfigError(f"{meta_file}: library={library!r}, expected one of {', '.join(LIBRARIES)}")
     for key in ("vocab_size", "eos_id", "pad_id"):

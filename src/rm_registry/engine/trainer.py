@@ -35,7 +35,8 @@ from . import parallel
 from ._batching import StepSampler, eval_batches, forward_in_chunks, micro_batches, sample_costs
 from ._fs import atomic_write_text, check_output_dir
 from ._launch import first_process
-from .config import learning_rate, to_yaml, validate_engine_config
+from ._safe_pickle import check_contained
+from .config import learning_rate, load_saved_config, to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -113,15 +114,23 @@ def _group_by_length(cfg: DictConfig) -> bool:
     return bool(OmegaConf.select(cfg, "trainer.rm.group_by_length", default=True))
 
 
-def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo) -> None:
-    """Average gradients over the data-parallel group (one flat buffer)."""
-    if info.dp == 1:
-        return
+def _dp_group() -> Any:
+    """megatron-core's data-parallel process group."""
     from megatron.core import parallel_state
 
+    return parallel_state.get_data_parallel_group()
+
+
+def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo, group: Any = None) -> None:
+    """Average gradients over the data-parallel group (one flat buffer).
+
+    ``group``: the process group of the ``info.dp`` data-parallel ranks; default :func:`_dp_group`.
+    """
+    if info.dp == 1:
+        return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    torch.distributed.all_reduce(flat, group=_dp_group() if group is None else group)
     flat /= info.dp
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
@@ -147,14 +156,13 @@ def _clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: parall
     return norm
 
 
-def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo) -> dict[str, float]:
+def _dp_mean(values: dict[str, float], info: parallel.ParallelInfo, group: Any = None) -> dict[str, float]:
+    """The mean of every value over the data-parallel ranks (``group`` as in :func:`_allreduce_grads`)."""
     if info.dp == 1 or not values:
         return values
-    from megatron.core import parallel_state
-
     keys = list(values)  # every rank builds the same dict in the same order; keep it for the log line
     vec = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=info.device)
-    torch.distributed.all_reduce(vec, group=parallel_state.get_data_parallel_group())
+    torch.distributed.all_reduce(vec, group=_dp_group() if group is None else group)
     vec /= info.dp
     return dict(zip(keys, vec.cpu().tolist()))
 
@@ -336,7 +344,9 @@ def train(
     output_dir = Path(output_dir)
     resume_from = _check_output_dir(output_dir, resume)
     if resume_from is not None:
-        saved = OmegaConf.load(resume_from / "config.yaml")
+        check_contained(resume_from)
+        saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
+                                  str(resume_from / "config.yaml"))
         _same_model(saved, cfg, str(resume_from))
 
     tokenizer = load_tokenizer(cfg)
@@ -373,6 +383,11 @@ def train(
 
     parallel.manual_seed(int(cfg.seed))  # the same weights whatever ran before in this process
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
+    pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
+    if pretrained and resume_from is None:
+        from .hf import load_hf_weights
+
+        load_hf_weights(model, pretrained, cfg, require_head=False, progress=progress and info.is_main)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg, total)
     start_step = 0

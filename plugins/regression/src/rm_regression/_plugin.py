@@ -130,6 +130,16 @@ class RegressionPlugin:
 
         return evaluation_metrics(outputs, RegressionSettings.from_config(cfg))
 
+    def output_names(self, cfg: DictConfig) -> list[str]:
+        """The attribute names, in head-output order (optional member: the ``id2label`` of a
+        Hugging Face export)."""
+        return list(RegressionSettings.from_config(cfg).attribute_names)
+
+    def config_for_output_names(self, names: Sequence[str]) -> dict[str, Any]:
+        """The config layer for a Hugging Face reward model with these ``id2label`` names
+        (optional member: scoring a foreign ``*ForSequenceClassification`` folder)."""
+        return {"model": {"regression": {"attribute_names": list(names), "num_attributes": None}}}
+
     def score_outputs(self, rewards: torch.Tensor, cfg: DictConfig) -> list[dict[str, Any]]:
         """``[{"reward": weighted scalar, "attributes": {name: value}}, ...]`` for ``rewards [B, K]``."""
         from ._metrics import score_rows

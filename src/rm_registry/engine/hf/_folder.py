@@ -1,0 +1,164 @@
+"""A Hugging Face model folder: ``config.json`` -> family and ``model.*`` settings, its tokenizer.
+
+No torch here: ``rm-registry train --pretrained`` reads the settings while building the config.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..._errors import ConfigError
+from . import gpt2, llama, qwen2, qwen3
+from ._family import Family
+
+__all__ = ["FAMILIES", "looks_like_hf_folder", "family_for_config", "family_of", "is_hf_folder", "pretrained_settings", "read_config",
+           "folder_tokenizer", "CONFIG", "META_KEY"]
+
+CONFIG = "config.json"
+#: Section of an exported ``config.json`` that records the rm-registry architecture and its settings.
+META_KEY = "rm_registry"
+#: Every supported family (one module each).
+FAMILIES: tuple[Family, ...] = (llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY, gpt2.FAMILY)
+
+
+def is_hf_folder(path: str | Path) -> bool:
+    """A folder with ``config.json`` and no rm-registry checkpoint marker or run config."""
+    p = Path(path)
+    return p.is_dir() and (p / CONFIG).is_file() and not (p / "checkpoint.json").exists() \
+        and not (p / "config.yaml").exists() and not (p / "checkpoints").is_dir()
+
+
+def looks_like_hf_folder(path: str | Path) -> bool:
+    """Hugging Face weights or tokenizer files there (with or without ``config.json``)."""
+    p = Path(path)
+    marks = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json")
+    return p.is_dir() and (is_hf_folder(p) or (any((p / m).is_file() for m in marks)
+                                               and not (p / "checkpoint.json").exists()))
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    """``config.json`` of a Hugging Face folder.
+
+    Raises:
+        ConfigError: the folder or the file is missing or malformed (naming it).
+    """
+    p = Path(folder).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{p}: no such folder (expected a Hugging Face model folder with config.json; "
+                          "hub ids are not downloaded, download the folder first)")
+    file = p / CONFIG
+    if not file.is_file():
+        raise ConfigError(f"{file}: missing; {p} is not a Hugging Face model folder")
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{file}: malformed JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return data
+
+
+def family_for_config(hf: Mapping[str, Any], file: Path) -> Family:
+    """The family of ``config.json``'s ``model_type``.
+
+    Raises:
+        ConfigError: naming ``model_type`` and the supported ones.
+    """
+    model_type = hf.get("model_type")
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    known = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise ConfigError(f"{file}: model_type={model_type!r} is not supported (supported: {known})")
+
+
+def family_of(model: Any) -> Family:
+    """The family that represents ``cfg.model`` exactly (for export).
+
+    Raises:
+        ConfigError: no family does; names the first mismatching key of each candidate.
+    """
+    reasons = []
+    for family in FAMILIES:
+        why = family.mismatch(model)
+        if why is None:
+            return family
+        reasons.append(f"{family.name}: {why}")
+    raise ConfigError("no Hugging Face family represents this model exactly (" + "; ".join(reasons) + ")")
+
+
+def pretrained_settings(folder: str | Path) -> dict[str, Any]:
+    """``{"model.key": value}`` for a model starting from ``folder``: its architecture, vocabulary,
+    tokenizer, and a bias-free head (as Hugging Face's).
+
+    Raises:
+        ConfigError: missing/malformed ``config.json``, an unsupported family or option (naming
+            the ``config.json`` field), no ``tokenizer.json``, or a tokenizer larger than the embedding.
+    """
+    p = Path(folder).expanduser()
+    hf = read_config(p)
+    file = p / CONFIG
+    family = family_for_config(hf, file)
+    settings = family.settings(hf, file)
+    vocab = hf.get("vocab_size")
+    if not isinstance(vocab, int) or vocab < 1:
+        raise ConfigError(f"{file}: vocab_size={vocab!r}: expected a positive integer")
+    settings.update({"model.vocab_size": vocab, "model.head_bias": False,
+                     "model.tokenizer.library": "huggingface", "model.tokenizer.path": str(p)})
+    tok = folder_tokenizer(p)
+    if tok.vocab_size > vocab:
+        raise ConfigError(f"{tok.path}: the tokenizer has {tok.vocab_size} tokens but {file} has vocab_size={vocab}: "
+                          "its ids do not fit the embedding")
+    return settings
+
+
+def folder_tokenizer(folder: str | Path) -> Any:
+    """The tokenizer of a Hugging Face folder, with Hugging Face's rules (``hf_rules``): special
+    tokens as ``tokenizer(text)``, its chat template, and the pad id ``config.json`` pools by.
+
+    Pad id: ``config.json``'s ``pad_token_id``, else the tokenizer's pad token, else well-known pad
+    names, else EOS (then no EOS is appended to texts: see docs/pretrained.md).
+
+    Raises:
+        ConfigError: no ``tokenizer.json`` (slow, sentencepiece-only tokenizers are not read).
+    """
+    from ..tokenizer import HFTokenizer
+
+    p = Path(folder).expanduser()
+    if not (p / "tokenizer.json").is_file():
+        raise ConfigError(f"{p / 'tokenizer.json'}: missing; the folder needs a fast tokenizer file "
+                          "(save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(...))")
+    hf = read_config(p)
+    pad = hf.get("pad_token_id")
+    if isinstance(pad, list):
+        pad = pad[0] if pad else None
+    tok = HFTokenizer(p, hf_rules=True, pad_id=pad if isinstance(pad, int) else None)
+    if isinstance(pad, int) and not 0 <= pad < max(tok.vocab_size, int(hf.get("vocab_size") or 0)):
+        raise ConfigError(f"{p / CONFIG}: pad_token_id={pad} is outside the vocabulary")
+    return tok
+
+
+def apply_pretrained(cfg: Any, user_keys: Mapping[str, Any]) -> Any:
+    """Set ``cfg``'s architecture from ``pretrained_checkpoint.restore_from_path`` (in place).
+
+    Args:
+        user_keys: The flattened keys the user set (YAML file and command line): one that
+            contradicts ``config.json`` is refused rather than silently replaced.
+
+    Raises:
+        ConfigError: naming the key, its value and what ``config.json`` says.
+    """
+    from omegaconf import OmegaConf
+
+    folder = str(OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path"))
+    for key, value in pretrained_settings(folder).items():
+        if key in user_keys and user_keys[key] is not None and user_keys[key] != value:
+            raise ConfigError(f"{key}={user_keys[key]!r} contradicts {Path(folder) / CONFIG} ({value!r}); "
+                              "with --pretrained the architecture comes from the folder, leave it unset")
+        OmegaConf.update(cfg, key, value, merge=False)
+    longest = OmegaConf.select(cfg, "model.max_position_embeddings")
+    if "model.encoder_seq_length" not in user_keys and longest and cfg.model.encoder_seq_length > longest:
+        cfg.model.encoder_seq_length = longest  # the default does not fit this model's positions
+    return cfg

@@ -1,0 +1,237 @@
+"""Import of Hugging Face folders: tiny random models of every family built with transformers,
+hidden states and rewards equal to transformers' (float32, 1e-5), the pad/EOS rule, chat
+templates, and bad input refused with one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+
+from hf_models import FAMILIES
+
+TEXTS = ["hello world", "A longer text, with punctuation: yes!", "x"]
+TOL = 1e-5
+
+
+def _hf(folder: Path) -> tuple[Any, Any]:
+    import transformers as tf
+
+    model = tf.AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    return model, tf.AutoTokenizer.from_pretrained(folder)
+
+
+def _hf_ids(tok: Any, text: str) -> list[int]:
+    """The documented rule: tokenizer(text) plus EOS (unless EOS is the pad token)."""
+    ids = list(tok(text)["input_ids"])
+    return ids if tok.eos_token_id == tok.pad_token_id else [*ids, tok.eos_token_id]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hidden_states_and_rewards_equal_transformers(family: str, hf_folder: Callable[..., Path]) -> None:
+    from rm_registry.engine import load_reward_model
+    from rm_registry.engine.data import pad_batch
+
+    folder = hf_folder(family)
+    ours = load_reward_model(folder)
+    model, tok = _hf(folder)
+    ids = [_hf_ids(tok, t) for t in TEXTS]
+    assert [ours.encode(t)[0] for t in TEXTS] == ids
+    tokens, lengths = pad_batch(ids, tok.pad_token_id)
+    with torch.no_grad():
+        hidden = ours.model.hidden_states(tokens, lengths).transpose(0, 1)  # [N, S, H]
+        attention = (torch.arange(tokens.shape[1])[None] < lengths[:, None]).long()
+        ref = model.base_model(input_ids=tokens, attention_mask=attention).last_hidden_state
+        for row, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(hidden[row, :n], ref[row, :n], atol=TOL, rtol=0)
+        logits = model(input_ids=tokens, attention_mask=attention).logits  # right-padded batch, HF pooling
+    rewards = torch.tensor([r["reward"] for r in ours.score(TEXTS)])
+    torch.testing.assert_close(rewards, logits[:, 0], atol=TOL, rtol=0)
+
+
+def test_score_cli_equals_transformers_with_chat_template(hf_folder: Callable[..., Path], tmp_path: Path,
+                                                          cli: Callable[..., tuple[int, str]]) -> None:
+    """`rm-registry score --checkpoint <HF folder>`: plain texts and a conversation rendered with the
+    folder's chat template, scored like transformers' model(**tokenizer(...))."""
+    folder = hf_folder("qwen2")
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [{"text": TEXTS[0]}, {"prompt": chat[:1], "response": chat[1:]},
+                                                          {"text": TEXTS[1]}]))
+    code, err = cli("score", "--checkpoint", str(folder), "--data", str(data), "--output", str(tmp_path / "s.jsonl"),
+                    "--no-progress")
+    assert code == 0, err
+    scored = [json.loads(line)["reward"] for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    model, tok = _hf(folder)
+    chat_ids = tok.apply_chat_template(chat, tokenize=True, return_dict=False)
+    assert tok.decode(chat_ids).startswith("<|im_start|>user\nhi<|im_end|>")
+    with torch.no_grad():
+        want = [float(model(torch.tensor([ids])).logits[0, 0])
+                for ids in (_hf_ids(tok, TEXTS[0]), list(chat_ids), _hf_ids(tok, TEXTS[1]))]
+    assert scored == pytest.approx(want, abs=TOL)
+
+
+def test_pad_equal_to_eos_cannot_shift_the_scored_token(hf_folder: Callable[..., Path]) -> None:
+    """pad == EOS: transformers pools the rightmost non-pad token, so a trailing EOS would be skipped;
+    we then append no EOS, and both score the same (last text) token. Batched HF scoring with
+    padding agrees too."""
+    from rm_registry.engine import load_reward_model
+
+    folder = hf_folder("llama", pad="</s>", config_pad=True)
+    ours = load_reward_model(folder)
+    model, tok = _hf(folder)
+    assert tok.pad_token_id == tok.eos_token_id == ours.tokenizer.pad_id == ours.tokenizer.eos_id
+    enc = ours.encode(TEXTS[0])[0]
+    assert enc == list(tok(TEXTS[0])["input_ids"]) and enc[-1] != tok.eos_token_id
+    batch = tok([t + tok.eos_token for t in TEXTS], padding=True, return_tensors="pt")  # TRL-style EOS
+    with torch.no_grad():
+        logits = model(**batch).logits[:, 0]
+    rewards = torch.tensor([r["reward"] for r in ours.score(TEXTS)])
+    torch.testing.assert_close(rewards, logits, atol=TOL, rtol=0)
+
+
+def test_base_model_starts_training_with_its_weights(hf_folder: Callable[..., Path], tmp_path: Path) -> None:
+    """`--pretrained` (= pretrained_checkpoint.restore_from_path) on a *ForCausalLM folder: the
+    architecture, tokenizer and backbone come from the folder, the head is new and bias-free."""
+    import transformers as tf
+
+    from rm_registry import get_reward_model
+    from rm_registry.engine import parallel
+    from rm_registry.engine.config import build_config
+    from rm_registry.engine.hf import load_hf_weights
+    from rm_registry.engine.tokenizer import load_tokenizer
+
+    folder = hf_folder("llama", seq_cls=False)
+    plugin = get_reward_model("binary_ranking")
+    cfg = build_config(plugin, overrides=[f"pretrained_checkpoint.restore_from_path={folder}"])
+    assert (cfg.model.num_query_groups, cfg.model.normalization, cfg.model.head_bias) == (2, "RMSNorm", False)
+    tok = load_tokenizer(cfg)
+    assert tok.hf_rules and tok.chat_template and tok.pad_id != tok.eos_id
+    parallel.initialize(tensor_model_parallel_size=1, seed=1)
+    model = plugin.model_class.from_config(cfg, vocab_size=tok.vocab_size)
+    assert not load_hf_weights(model, folder, cfg, require_head=False)
+    assert model.head.bias is None and float(model.head.weight.detach().std()) > 0
+    ref = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([tok.encode(TEXTS[1])])
+    with torch.no_grad():
+        ours = model.hidden_states(ids, torch.tensor([ids.shape[1]]))[:, 0]
+        want = ref.model(ids).last_hidden_state[0]
+    torch.testing.assert_close(ours, want, atol=TOL, rtol=0)
+    with pytest.raises(Exception, match="contradicts"):
+        build_config(plugin, overrides=[f"pretrained_checkpoint.restore_from_path={folder}", "model.hidden_size=64"])
+
+
+def _broken(tmp_path: Path, folder: Path, edit: Callable[[Path], None]) -> Path:
+    copy = tmp_path / "broken"
+    shutil.copytree(folder, copy)
+    edit(copy)
+    return copy
+
+
+def _edit_config(**changes: Any) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.update(changes)
+        (folder / "config.json").write_text(json.dumps(cfg))
+    return edit
+
+
+def _edit_tensors(drop: str | None = None, reshape: str | None = None) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(folder / "model.safetensors")
+        if drop:
+            del tensors[drop]
+        if reshape:
+            tensors[reshape] = tensors[reshape][:-1].contiguous()
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return edit
+
+
+def _grow_tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_tokens([f"<extra_{i}>" for i in range(60)])  # 262 + 60 tokens > vocab_size 300
+    tok.save(str(folder / "tokenizer.json"))
+
+
+BAD = {
+    "no config.json": (lambda f: (f / "config.json").unlink(), "config.json: missing"),
+    "unknown model_type": (_edit_config(model_type="falcon"), "model_type='falcon' is not supported"),
+    "unsupported activation": (_edit_config(hidden_act="gelu"), "hidden_act='gelu' is not supported"),
+    "unsupported rope": (_edit_config(rope_parameters={"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e4}),
+                         "rope_parameters.rope_type='yarn' is not supported"),
+    "short sliding window": (_edit_config(model_type="mistral", sliding_window=16), "sliding_window=16"),
+    "missing tensor": (_edit_tensors(drop="model.layers.1.mlp.up_proj.weight"),
+                       "'model.layers.1.mlp.up_proj.weight' is missing"),
+    "mis-shaped tensor": (_edit_tensors(reshape="model.layers.0.self_attn.k_proj.weight"),
+                          "'model.layers.0.self_attn.k_proj.weight' has shape [15, 32], expected [16, 32]"),
+    "tokenizer too large": (_grow_tokenizer, "the tokenizer has 322 tokens but"),
+    "no weights": (lambda f: (f / "model.safetensors").unlink(), "no model.safetensors"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_folders_exit_2_with_one_line(case: str, hf_folder: Callable[..., Path], tmp_path: Path,
+                                          cli: Callable[..., tuple[int, str]]) -> None:
+    edit, message = BAD[case]
+    folder = _broken(tmp_path, hf_folder("llama"), edit)
+    data = tmp_path / "t.jsonl"
+    data.write_text('{"text": "hi"}\n')
+    out = tmp_path / "out.jsonl"
+    code, err = cli("score", "--checkpoint", str(folder), "--data", str(data), "--output", str(out))
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists()
+    if case != "no weights":  # --pretrained is refused at config time, before any run folder appears
+        run = tmp_path / "run"
+        prefs = tmp_path / "prefs.jsonl"
+        prefs.write_text('{"prompt": "q", "chosen": " good", "rejected": " bad"}\n' * 8)
+        code, err = cli("train", "binary_ranking", "--pretrained", str(folder), "--data", str(prefs),
+                        "--output", str(run), "--no-progress")
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+        assert not run.exists()
+
+
+def test_models_built_for_import_carry_the_tensor_parallel_attributes(parallel_info: Any) -> None:
+    """Weights are not drawn when a pretrained folder will fill them, yet every parameter is marked
+    as megatron-core marks it (gradient-norm accounting and the loader's slicing read the marks)."""
+    from rm_registry import get_reward_model
+    from rm_registry.engine.config import build_config
+
+    plugin = get_reward_model("binary_ranking")
+    marks = []
+    for pretrained in (None, "some/folder"):
+        cfg = build_config(plugin, overrides=["model.hidden_size=32"])
+        cfg.pretrained_checkpoint.restore_from_path = pretrained
+        model = plugin.model_class.from_config(cfg, vocab_size=258)
+        marks.append({n: (getattr(p, "tensor_model_parallel", False), getattr(p, "partition_dim", None))
+                      for n, p in model.named_parameters()})
+    assert marks[0] == marks[1] and marks[0]["head.weight"] == (True, 1)
+
+
+def test_configs_saved_before_the_backbone_options_load_as_the_same_model() -> None:
+    """A run saved before these keys existed reads back with today's defaults (the original
+    GPT-2-like model), so its checkpoints keep loading."""
+    from omegaconf import OmegaConf
+
+    from rm_registry.engine.config import engine_defaults, load_saved_config
+
+    old = OmegaConf.to_container(engine_defaults())
+    new_keys = ("normalization", "layernorm_epsilon", "activation", "gated_linear_unit", "num_query_groups",
+                "kv_channels", "add_bias_linear", "add_qkv_bias", "qk_layernorm", "rotary_base", "rotary_percent",
+                "rope_scaling", "rope_scaling_factor", "head_bias", "vocab_size")
+    for key in new_keys:
+        del old["model"][key]
+    del old["pretrained_checkpoint"]
+    cfg = load_saved_config(OmegaConf.to_yaml(OmegaConf.create(old)), "old/config.yaml")
+    m = cfg.model
+    assert (m.normalization, m.activation, m.gated_linear_unit, m.add_bias_linear, m.head_bias, m.qk_layernorm) == (
+        "LayerNorm", "gelu", False, True, True, False)
+    assert m.num_query_groups is None and m.kv_channels is None and m.vocab_size is None
