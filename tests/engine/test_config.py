@@ -157,11 +157,12 @@ def test_plugin_default_config_raising_is_a_load_error_naming_the_plugin() -> No
     ([], 4e-4),                                       # the default width, 64
     (["model.hidden_size=256"], 1e-4),                # null scales with 1 / width
     (["model.hidden_size=256", "model.optim.lr=1e-3"], 1e-3),  # an explicit value is kept
+    (["model.hidden_size=4096", "model.num_attention_heads=32"], 6.25e-6),  # min_lr lowered below it
 ])
 def test_null_learning_rate_scales_with_width(overrides: list[str], lr: float) -> None:
-    from rm_registry.engine.config import learning_rate
-
-    assert learning_rate(build_config(_Plugin(), overrides=overrides)) == pytest.approx(lr)
+    cfg = build_config(_Plugin(), overrides=overrides)
+    assert cfg.model.optim.lr == pytest.approx(lr)  # resolved into the config (and its saved copy)
+    assert cfg.model.optim.sched.min_lr <= cfg.model.optim.lr
 
 
 @pytest.mark.parametrize(("override", "fragment"), [

@@ -242,9 +242,21 @@ def build_config(
         if value is not None:
             cfg.model.data.data_prefix[split] = str(value)
     OmegaConf.set_struct(cfg, True)
+    _resolve_learning_rate(cfg)
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
     return cfg
+
+
+def _resolve_learning_rate(cfg: DictConfig) -> None:
+    """Replace a null ``model.optim.lr`` by the width-scaled value (so the saved config shows it);
+    its ``sched.min_lr`` is lowered to a tenth of it when it would be above it (very wide models)."""
+    if OmegaConf.select(cfg, "model.optim.lr") is not None or not isinstance(cfg.model.hidden_size, int):
+        return
+    lr = learning_rate(cfg)
+    cfg.model.optim.lr = lr
+    if float(cfg.model.optim.sched.min_lr) > lr:
+        cfg.model.optim.sched.min_lr = lr / 10
 
 
 def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:
@@ -270,7 +282,8 @@ REFERENCE_LR, REFERENCE_WIDTH = 1e-4, 256
 
 def learning_rate(cfg: DictConfig) -> float:
     """The peak learning rate: ``model.optim.lr``, or when null the width-scaled default
-    (4e-4 at the default hidden size 64, 1e-4 at 256, 2.5e-5 at 1024).
+    (4e-4 at the default hidden size 64, 1e-4 at 256, 2.5e-5 at 1024); :func:`build_config`
+    writes it into the config.
 
     Raises:
         ConfigError: a value that is not a positive number.
@@ -339,7 +352,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     _choice(cfg, "model.optim.name", _OPTIMIZERS)
     _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
     lr = learning_rate(cfg)
-    if float(m.optim.sched.min_lr) > lr and m.optim.lr is not None:  # a null lr decays to min(min_lr, lr / 10)
+    if float(m.optim.sched.min_lr) > lr:
         raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
     if not isinstance(m.optim.betas, ListConfig) or len(m.optim.betas) != 2:
         raise ConfigError(f"model.optim.betas={m.optim.betas!r}: expected two numbers [beta1, beta2]")

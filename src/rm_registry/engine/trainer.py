@@ -90,8 +90,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_ste
     """Linear warmup to the learning rate (:func:`~.config.learning_rate`), then cosine decay to ``sched.min_lr`` (or constant)."""
     sched = cfg.model.optim.sched
     lr, min_lr, warmup = learning_rate(cfg), float(sched.min_lr), int(sched.warmup_steps)
-    if cfg.model.optim.lr is None:  # the width-scaled default may be below sched.min_lr for wide models
-        min_lr = min(min_lr, lr / 10)
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -139,13 +137,13 @@ def _allreduce_grads(model: torch.nn.Module, info: parallel.ParallelInfo, group:
 def _clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: parallel.ParallelInfo) -> float:
     """Global gradient norm across tensor-parallel shards (replicated parameters counted once); clips in place.
 
-    Per-tensor norms in one ``foreach`` kernel (torch's ``get_total_norm``), squared and summed in float64.
+    Accumulated in float64 in one pass per tensor (no float64 copy of the gradients).
     """
     params = [p for p in model.parameters() if p.grad is not None]
     counted = [p.grad.detach() for p in params if info.tp_rank == 0 or getattr(p, "tensor_model_parallel", False)]
     total = torch.zeros((), dtype=torch.float64, device=info.device)
     if counted:
-        total += torch.nn.utils.get_total_norm(counted).double().pow(2)
+        total += torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in counted]).pow(2).sum()
     if info.tp > 1:
         from megatron.core import parallel_state
 
