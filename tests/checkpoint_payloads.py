@@ -4,6 +4,7 @@ of every global that a checkpoint's pickles reference (the allow-list must cover
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import pickletools
@@ -50,7 +51,27 @@ def object_item(ckpt: Path, shard: str = "__0_0.distcp") -> tuple[Any, Any]:
 
 
 def craft(ckpt: Path, rel: str, marker: Path) -> str:
-    """Put a payload into the pickled file ``rel`` of ``ckpt``; returns the file as the refusal names it."""
+    """Put a payload into the pickled file ``rel`` of ``ckpt``; returns the file as the refusal names it.
+
+    Like a real attacker, it also rewrites the sizes and checksums in ``checkpoint.json`` (a record
+    against damage, not a signature), so that the allow-list is what stops the payload.
+    """
+    where = _craft(ckpt, rel, marker)
+    rerecord(ckpt)
+    return where
+
+
+def rerecord(ckpt: Path) -> None:
+    """Rewrite the sizes and checksums in ``ckpt``'s ``checkpoint.json`` for its files as they are now."""
+    from rm_registry.engine import checkpoint
+
+    info = json.loads((ckpt / checkpoint.MARKER).read_text())
+    if "files" in info:
+        info["files"] = checkpoint._manifest(ckpt)
+        (ckpt / checkpoint.MARKER).write_text(json.dumps(info))
+
+
+def _craft(ckpt: Path, rel: str, marker: Path) -> str:
     target = ckpt / rel
     if rel.endswith(".metadata"):
         target.write_bytes(pickle.dumps(Payload(marker), protocol=2))

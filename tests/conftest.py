@@ -182,3 +182,13 @@ def make_plugin_dist(tmp_path: Path, clean_registry: None) -> MakeDist:
     made: dict[str, str] = {}
     make.modules = made  # type: ignore[attr-defined]
     return make
+
+
+@pytest.fixture
+def launches() -> Iterator[list[Any]]:
+    """Append each :class:`cli_helpers.Launch` started by the test: every process of its session is
+    SIGKILLed in teardown, whatever the test's outcome."""
+    started: list[Any] = []
+    yield started
+    for launch in started:
+        launch.kill_all()

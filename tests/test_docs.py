@@ -94,7 +94,7 @@ def _fenced_commands(text: str) -> list[str]:
 
 SETUP = (
     "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && "
-    ".venv/bin/pip install -e '.[megatron,test]' -e plugins/binary_ranking -e plugins/regression "
+    ".venv/bin/pip install -e '.[megatron,serve,test]' -e plugins/binary_ranking -e plugins/regression "
     "-e examples/rm-hinge-ranking"
 )
 MAIN_JOB = f"{SETUP} && .venv/bin/rm-registry train binary_ranking --output runs/quickstart"

@@ -6,21 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from cli_helpers import TINY
+from cli_helpers import TINY, prefs
 from cli_helpers import run_cli as run
-
-
-def _prefs(path: Path, n: int) -> Path:
-    rows = [{"prompt": f"Q{i}: what is {i % 7}+{i % 5}?", "chosen": f" It is {i % 7 + i % 5}. Glad to help!",
-             "rejected": f" It is {i % 7 + i % 5 + 1}, go away."} for i in range(n)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("cli")
-    train, val = _prefs(d / "train.jsonl", 40), _prefs(d / "val.jsonl", 12)
+    train, val = prefs(d / "train.jsonl", 40), prefs(d / "val.jsonl", 12)
     out = d / "run"
     proc = run("train", "binary_ranking", "--data", str(train), "--validation-data", str(val),
                "--output", str(out), "--no-progress", *TINY)
@@ -142,7 +135,7 @@ def test_train_refuses_bad_input_with_exit_2(tmp_path: Path) -> None:
 
 
 def test_evaluate_missing_checkpoint_exit_2(tmp_path: Path) -> None:
-    data = _prefs(tmp_path / "v.jsonl", 2)
+    data = prefs(tmp_path / "v.jsonl", 2)
     proc = run("evaluate", "--checkpoint", str(tmp_path / "nothing"), "--data", str(data))
     assert proc.returncode == 2
     assert str(tmp_path / "nothing") in proc.stderr and "Traceback" not in proc.stderr

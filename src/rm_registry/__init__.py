@@ -26,6 +26,7 @@ from ._errors import (
     PluginNotFoundError,
     PluginValidationError,
     RMRegistryError,
+    StorageError,
     TrainingError,
     UnsafeCheckpointError,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "RMRegistryError",
     "RewardModelPlugin",
     "RewardModelType",
+    "StorageError",
     "Tokenizer",
     "TrainingError",
     "UnsafeCheckpointError",

@@ -1,7 +1,8 @@
 """The ``rm-registry`` command line (also ``python -m rm_registry``).
 
-Exit codes: 0 success, 1 a failed check or a failed run, 2 bad usage or bad input,
-130 interrupted. Errors of ours are printed as one line, ``rm-registry: error: ...``.
+Exit codes: 0 success, 1 a failed check or a failed run (also a full disk or a folder that
+cannot be written), 2 bad usage or bad input, 130 interrupted (SIGINT), 143 stopped by SIGTERM.
+Errors of ours are printed as one line, ``rm-registry: error: ...``.
 
 ``list`` imports neither torch nor any plugin. The engine's subcommands (``train``, ``evaluate``,
 ``score``) come from ``rm_registry._engine_cli``; installed distributions add more through the
@@ -16,7 +17,7 @@ import sys
 import warnings
 from typing import Any, Callable, Sequence, TextIO
 
-from . import _hooks, _registry
+from . import _hooks, _registry, _signals
 from ._errors import (
     ConfigError,
     DataError,
@@ -36,7 +37,8 @@ PROG = "rm-registry"
 _BAD_INPUT = (ConfigError, DataError, PluginNotFoundError, PluginDisabledError, PluginConflictError)
 
 _EPILOG = """\
-exit codes: 0 success, 1 a check or run failed, 2 bad usage or bad input, 130 interrupted.
+exit codes: 0 success, 1 a check or run failed (or a write failed: disk full, no permission),
+  2 bad usage or bad input, 130 interrupted (Ctrl-C, SIGINT), 143 stopped by SIGTERM.
 
 environment:
   RM_REGISTRY_DISABLE   comma-separated plugin or distribution names never to import
@@ -342,8 +344,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             # The engine installs these when first imported; a previous main() in this process
             # may have imported it inside its own catch_warnings, which dropped them on exit.
             engine_warnings.install()
+        _signals.die_with_launcher()
         try:
-            return _main(argv)
+            with _signals.stop_on_signals():
+                try:
+                    return _main(argv)
+                except Exception:
+                    _signals.grace_for_stop()  # a peer stopped first under torchrun: our signal is coming
+                    raise
+        except _signals.Stopped as exc:  # SIGTERM or SIGINT: one line (from rank 0 under torchrun)
+            from .engine._launch import first_process  # cheap: no torch
+
+            if first_process():
+                print(f"{PROG}: {exc.message()}", file=sys.stderr)
+            return exc.exit_code
         except KeyboardInterrupt:
             print(f"{PROG}: interrupted", file=sys.stderr)
             return 130
@@ -380,4 +394,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except RMRegistryError as exc:
         _error(exc)
+        return 1
+    except OSError as exc:  # disk full, no permission... not wrapped by the code that failed
+        if exc.errno is None:
+            raise
+        _error(f"{exc.filename}: {exc.strerror}" if exc.filename else f"{exc.strerror or exc}")
         return 1

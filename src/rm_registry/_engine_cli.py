@@ -1,4 +1,5 @@
-"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``, ``export``.
+"""The engine's subcommands of ``rm-registry``: ``train``, ``evaluate``, ``score``, ``export`` (and
+``serve``, from :mod:`rm_registry.serve`).
 
 Importing this module is cheap (no torch): the engine is imported inside the handlers.
 Handlers return the exit code; our errors are turned into one-line messages by ``_cli.main``
@@ -19,7 +20,7 @@ from .engine._launch import first_process
 __all__ = ["add_subcommands"]
 
 _OVERRIDES_HELP = (
-    "config overrides, key=value in OmegaConf dot-list syntax, e.g. trainer.rm.max_steps=300 "
+    "config overrides in Hydra syntax (key=value, +key=value, ++key=value, ~key), e.g. trainer.rm.max_steps=300 "
     "model.optim.lr=1e-4 \"model.regression.attribute_names=[a,b]\"; `rm-registry info NAME --config` lists the keys"
 )
 
@@ -35,21 +36,28 @@ def add_subcommands(subparsers: Any) -> None:
         help="train a reward model",
         description="Train a reward model of architecture NAME on JSON Lines data. With no --data, trains on "
         "the sample data shipped with the plugin (a quick demonstration on CPU). Works under "
-        "`torchrun -m rm_registry train ...` for data and tensor parallelism.",
+        "`torchrun -m rm_registry train ...` for data and tensor parallelism. SIGTERM or Ctrl-C stops the run "
+        "at once (exit 143 / 130) naming the last step; the same command with --resume continues from the newest "
+        "checkpoint (trainer.rm.save_interval sets how often one is saved).",
         epilog="example: rm-registry train binary_ranking --data prefs.jsonl --validation-data val.jsonl "
         "--output runs/rm1 trainer.rm.max_steps=300 model.optim.lr=1e-4",
     )
     p.add_argument("name", nargs="?", metavar="NAME",
                    help="architecture (see `rm-registry list`); default: model.reward_model_type of --config, "
                         "else binary_ranking")
-    p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full default one")
+    p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full "
+                   "default one; NeMo-Aligner's training_rm.yaml is accepted as it is (docs/migrating-from-nemo-aligner.md)")
     p.add_argument("--data", metavar="JSONL", help="training data (default: the plugin's sample data)")
     p.add_argument("--validation-data", metavar="JSONL", help="validation data")
     p.add_argument("--output", metavar="DIR",
-                   help="run folder for config, metrics.jsonl and checkpoints (default: runs/NAME-YYYYmmdd-HHMMSS)")
+                   help="run folder for config, metrics.jsonl and checkpoints (default: exp_manager.explicit_log_dir, "
+                        "else runs/NAME-YYYYmmdd-HHMMSS)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its latest checkpoint (or start it over if it never "
-                        "reached one)")
+                   help="continue the run in --output from its newest intact checkpoint (a damaged newer one is "
+                        "skipped with a warning), or start it over if it never reached one")
+    p.add_argument("--resume-from", metavar="CHECKPOINT",
+                   help="continue the run from this checkpoint folder of it, e.g. runs/rm1/checkpoints/step_0000100 "
+                        "(implies --resume; --output defaults to its run folder)")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides NAME, when two do (see `rm-registry list`)")
     p.add_argument("--test-data", metavar="JSONL", help="test data, evaluated once at the end (split 'test')")
@@ -115,6 +123,10 @@ def add_subcommands(subparsers: Any) -> None:
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.set_defaults(func=_export)
 
+    from .serve._cli import add_serve_subcommand
+
+    add_serve_subcommand(subparsers)
+
 
 def _quiet_unless_first_rank() -> None:
     """Under torchrun, only global rank 0 shows warnings (megatron-core's import-time notices would
@@ -135,6 +147,11 @@ def _stderr(message: str) -> None:
 def _plugin_name(args: argparse.Namespace) -> str:
     if args.name:
         return str(args.name)
+    from .engine.config import override_type
+
+    set_on_command_line = override_type(args.overrides)
+    if set_on_command_line:
+        return set_on_command_line
     if args.config:
         from omegaconf import OmegaConf
 
@@ -188,7 +205,7 @@ def _train(args: argparse.Namespace) -> int:
     from .engine.config import build_config
     from .engine.trainer import train
 
-    cfg = build_config(plugin, config_file=args.config, overrides=args.overrides,
+    cfg = build_config(plugin, config_file=args.config, overrides=args.overrides, report=True,
                        data_paths={"train": args.data, "validation": args.validation_data, "test": args.test_data})
     if cfg.model.data.data_prefix.train is None:
         sample = dict(plugin.sample_data())
@@ -198,8 +215,8 @@ def _train(args: argparse.Namespace) -> int:
         if cfg.model.data.data_prefix.validation is None and sample.get("validation"):
             cfg.model.data.data_prefix.validation = str(sample["validation"])
         _stderr(f"no --data: training on the sample data shipped with {name} ({sample['train']})")
-    output = Path(args.output) if args.output else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    result = train(plugin, cfg, output, resume=args.resume, progress=not args.no_progress)
+    output, resume = _output_and_resume(args, cfg, name)
+    result = train(plugin, cfg, output, resume=resume, progress=not args.no_progress, resume_from=args.resume_from)
     if first_process():
         summary: dict[str, Any] = {"output": str(result.output_dir), "checkpoint": str(result.last_checkpoint),
                                    "steps": result.steps, "seconds": round(result.seconds, 1)}
@@ -209,6 +226,25 @@ def _train(args: argparse.Namespace) -> int:
             summary["test"] = result.test
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[Path, bool]:
+    """The run folder (--output, else the run of --resume-from, else NeMo's exp_manager.explicit_log_dir,
+    else runs/NAME-time) and whether to resume (--resume or --resume-from, or exp_manager.resume_if_exists
+    as in NeMo-Aligner)."""
+    explicit = cfg.exp_manager.explicit_log_dir
+    if args.output:
+        output = Path(args.output)
+    elif args.resume_from:
+        from .engine.trainer import run_folder_of
+
+        output = run_folder_of(args.resume_from)
+    elif explicit:
+        output = Path(str(explicit))
+        _stderr(f"run folder: {output} (exp_manager.explicit_log_dir)")
+    else:
+        output = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return output, bool(args.resume or args.resume_from or cfg.exp_manager.resume_if_exists)
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -40,6 +40,18 @@ class TrainingError(RMRegistryError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or infinite). The message says what to change."""
 
 
+class StorageError(RMRegistryError, OSError):
+    """A file or folder could not be written or read (disk full, no permission, read-only file system...).
+
+    The message names the path and the operating system's reason (``No space left on device``);
+    ``errno`` and ``filename`` are those of the original :class:`OSError`, chained as ``__cause__``.
+    The command line prints it as one line and exits 1.
+    """
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno 28] ...: 'file'" rendering
+        return str(self.args[0]) if self.args else ""
+
+
 class DataError(RMRegistryError, ValueError):
     """An input data file is invalid.
 

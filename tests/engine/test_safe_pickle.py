@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from checkpoint_payloads import (PICKLED, Payload, assert_allow_list_covers, craft, object_item, pickle_globals,
-                                 refusal)
+                                 rerecord, refusal)
 
 from rm_registry import ConfigError, UnsafeCheckpointError, get_reward_model
 from rm_registry._cli import main
@@ -181,9 +181,27 @@ def test_legitimate_checkpoints_pass_and_load(run: dict[str, Path]) -> None:
 # ------------------------------------------------------------------------------ allow-list = what we write
 
 
-def test_allow_list_is_what_our_saves_write(run: dict[str, Path]) -> None:
+@pytest.fixture(scope="module")
+def legacy(run: dict[str, Path]) -> Path:
+    """Weights as rm-registry saved them before it wrote checkpoints in-process: with megatron-core's
+    own writer, whose ``.metadata`` also pickles its save plans. Such checkpoints must still load."""
+    from megatron.core import dist_checkpointing
+
+    from rm_registry.engine import _cpu_compat
+    from rm_registry.engine.model import RewardModel
+
+    folder = run["dir"] / "legacy"
+    (folder / "weights").mkdir(parents=True)
+    model = RewardModel.from_config(_saved_cfg(run["run"]), vocab_size=258)
+    with _cpu_compat.cuda_device_shims():
+        dist_checkpointing.save(model.sharded_state_dict(), str(folder / "weights"))
+    return folder
+
+
+def test_allow_list_is_what_our_saves_write(run: dict[str, Path], legacy: Path) -> None:
+    _safe_pickle.check_checkpoint(legacy)
     found: dict[str, set[str]] = {"metadata": set(), "torch.save": set()}
-    for ckpt in (run["first"], run["resumed"]):
+    for ckpt in (run["first"], run["resumed"], legacy):
         for kind, names in assert_allow_list_covers(ckpt).items():
             found[kind] |= names
     # ... and no wider: every explicit entry is written by some save (dtypes/storages are a family).
@@ -280,11 +298,13 @@ def test_saved_config_is_data(run: dict[str, Path], tmp_path: Path, capsys: pyte
     text = config.read_text()
     marker = tmp_path / "ran"
     config.write_text(text + f'evil: !!python/object/apply:os.system ["touch {marker}"]\n')
+    rerecord(ckpt)  # else it is refused as damaged (changed since saved) before anything parses it
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(run["validation"])]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"rm-registry: error: {config}: unreadable config: could not determine a constructor")
     assert err.count("\n") == 1 and not marker.exists()
     config.write_text(text.replace("reward_model_type: binary_ranking", "reward_model_type: ${oc.env:HOME}"))
+    rerecord(ckpt)
     assert main(["evaluate", "--checkpoint", str(ckpt), "--data", str(run["validation"])]) == 2
     assert "model.reward_model_type='${oc.env:HOME}' is an interpolation" in capsys.readouterr().err
 

@@ -23,12 +23,14 @@ _EXPORTS = {
     "LoadedRewardModel": "api",
     "load_reward_model": "api",
     "score_file": "api",
+    "CheckpointDamagedError": "checkpoint",
     "check_checkpoint": "_safe_pickle",
     "safe_torch_load": "_safe_pickle",
     "find_latest": "checkpoint",
     "is_complete": "checkpoint",
     "load_checkpoint": "checkpoint",
     "save_checkpoint": "checkpoint",
+    "verify_checkpoint": "checkpoint",
     "build_config": "config",
     "RewardModel": "model",
     "ParallelInfo": "parallel",
@@ -43,6 +45,7 @@ _EXPORTS = {
 
 __all__ = [
     "ByteTokenizer",
+    "CheckpointDamagedError",
     "HFTokenizer",
     "LoadedRewardModel",
     "ParallelInfo",
@@ -61,6 +64,7 @@ __all__ = [
     "save_checkpoint",
     "score_file",
     "train",
+    "verify_checkpoint",
 ]
 
 

@@ -28,7 +28,7 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin
 
-__all__ = ["SampleCosts", "StepSampler", "micro_batches", "eval_batches", "forward_in_chunks", "sample_costs"]
+__all__ = ["SampleCosts", "StepSampler", "epoch_order", "micro_batches", "eval_batches", "forward_in_chunks", "sample_costs"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,14 @@ def sample_costs(plugin: RewardModelPlugin, dataset: Sequence[Any], pad_id: int)
         sequences.append(int(lengths.numel()))
         longest.append(int(lengths.max()) if lengths.numel() else 0)
     return SampleCosts(sequences, longest)
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool) -> list[int]:
+    """``range(n)`` in the seeded random order of ``epoch`` (or in order without ``shuffle``)."""
+    if not shuffle:
+        return list(range(n))
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 @dataclass
@@ -80,12 +88,8 @@ class StepSampler:
         return len(self.costs.sequences) // self.global_batch
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
-        n, gbs = len(self.costs.sequences), self.global_batch
-        if not self.shuffle:
-            order = list(range(n))
-        else:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            order = torch.randperm(n, generator=g).tolist()
+        gbs = self.global_batch
+        order = epoch_order(len(self.costs.sequences), epoch, self.seed, self.shuffle)
         order = order[: self.steps_per_epoch * gbs]  # the last incomplete batch is dropped
         if not self.shuffle or self.group_batches <= 1:
             return [order[i : i + gbs] for i in range(0, len(order), gbs)]

@@ -13,6 +13,10 @@ megatron-core assumes a GPU in a few places that the reward-model path reaches (
    tensor-parallel gathers in ``tensor_parallel.mappings`` allocate there (hit by the backward of
    a row-parallel layer with TP > 1); these are wrapped (:data:`CUDA_DEVICE_CALLS`) so that,
    without CUDA, "the current device" is the CPU during those calls only.
+5. Activation recomputation (``tensor_parallel.checkpoint``, used by ``recompute_granularity``)
+   saves and restores the CUDA generator state around each recomputed chunk;
+   :func:`patch_recompute_rng` makes the CUDA part a no-op (the CPU generator and the CPU RNG
+   tracker are still saved and restored, so dropout replays identically).
 4. ``dist_checkpointing.save`` calls ``torch.cuda.synchronize()`` and
    ``torch.cuda.current_device()``; :func:`cuda_device_shims` makes both harmless around the
    save call only (see :mod:`rm_registry.engine.checkpoint`).
@@ -42,6 +46,7 @@ __all__ = [
     "install_memory_buffer",
     "install_rng_tracker",
     "patch_cuda_device_calls",
+    "patch_recompute_rng",
     "CUDA_DEVICE_CALLS",
 ]
 
@@ -258,4 +263,25 @@ def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
     install_rng_tracker(seed, tp_rank)
     install_memory_buffer()
     patch_cuda_device_calls()
+    patch_recompute_rng()
     return True
+
+
+def patch_recompute_rng() -> None:
+    """Without CUDA, make ``tensor_parallel.random``'s save/restore of all RNG states (used by
+    recomputation) skip the CUDA generator; the CPU generator and the tracker are kept (idempotent)."""
+    from megatron.core.tensor_parallel import random as mrandom
+
+    if getattr(mrandom._get_all_rng_states, "_rm_registry_cpu_patch", False):
+        return
+
+    def get_all() -> tuple[torch.Tensor, None, dict[str, Any]]:
+        return torch.get_rng_state(), None, mrandom.get_cuda_rng_tracker().get_states()
+
+    def set_all(cpu_rng_state: torch.Tensor, cuda_rng_state: Any, tracker_states: dict[str, Any]) -> None:
+        torch.set_rng_state(cpu_rng_state)
+        mrandom.get_cuda_rng_tracker().set_states(tracker_states)
+
+    get_all._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
+    mrandom._get_all_rng_states = get_all
+    mrandom._set_all_rng_states = set_all

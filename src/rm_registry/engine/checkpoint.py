@@ -6,12 +6,20 @@ A checkpoint is one folder::
       weights/              megatron dist_checkpointing (PyTorch DCP): .metadata, *.distcp, ...
       state/rank_00000.pt   trainer state of each rank (torch.save): step, optimizer, RNG, ...
       config.yaml, tokenizer/...   extra files (written by rank 0)
-      checkpoint.json       completion marker, written last
+      checkpoint.json       completion marker, written last: layout, versions, and every file's
+                            size and CRC-32 (checked on load: damage is reported as damage)
 
 Atomicity: everything is written into a hidden sibling ``.step_0000100.tmp``; after a barrier,
 rank 0 writes ``checkpoint.json`` and renames the folder into place. An interrupted save leaves
-at most a hidden ``*.tmp`` folder, which :func:`is_complete` and :func:`find_latest` ignore and
-the next save of the same step removes.
+at most a hidden ``*.tmp`` folder, which :func:`is_complete` and :func:`find_latest` ignore; a
+save that fails or is stopped (disk full, SIGTERM, Ctrl-C) removes its own, and the next save of
+the same step removes one left by SIGKILL. The weights are written by the saving process itself
+(:mod:`._dcp_save`): no helper process can outlive it.
+
+Damage: :func:`verify_checkpoint` compares each file with the size and checksum recorded at save
+time. :func:`find_latest` on a run folder skips a damaged checkpoint (with a warning) for the newest
+intact one; a damaged checkpoint named directly raises :class:`CheckpointDamagedError`.
+Checkpoints saved before the manifest existed load unchecked.
 
 The weights are saved sharded by the tensor-parallel layout of the saving run and load under
 any other layout (``dist_checkpointing`` reshards); see :func:`load_checkpoint` for the state.
@@ -19,12 +27,14 @@ any other layout (``dist_checkpointing`` reshards); see :func:`load_checkpoint` 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,15 +44,18 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from .._errors import ConfigError, UnsafeCheckpointError
 from . import _cpu_compat, _safe_pickle, parallel
+from ._fs import write_failure, writing
 
 __all__ = [
     "MARKER",
+    "CheckpointDamagedError",
     "CheckpointNotFoundError",
     "checkpoint_info",
     "find_latest",
     "is_complete",
     "load_checkpoint",
     "save_checkpoint",
+    "verify_checkpoint",
 ]
 
 #: Completion marker, written last, inside the folder before it is renamed into place.
@@ -54,6 +67,17 @@ _STEP_RE = re.compile(r"^step_(\d+)$")
 
 class CheckpointNotFoundError(ConfigError, FileNotFoundError):
     """No complete checkpoint at the given path (the message names it and what was found)."""
+
+
+class CheckpointDamagedError(ConfigError):
+    """A checkpoint's file differs from what was saved (truncated, emptied, altered or missing).
+
+    The message names the file and what differs; :attr:`path` is that file.
+    """
+
+    def __init__(self, message: str, path: Path | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _rank_world() -> tuple[int, int]:
@@ -79,11 +103,12 @@ def _layout() -> dict[str, int]:
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def _safe_relative(name: str) -> Path:
@@ -118,23 +143,45 @@ def save_checkpoint(
     Returns:
         The final checkpoint folder.
     """
-    from megatron.core import dist_checkpointing
-
     directory = Path(directory).absolute()
     tmp = _tmp_dir(directory)
     rank, world = _rank_world()
     rels = {_safe_relative(k): v for k, v in (extra_files or {}).items()}
+    try:
+        _write_checkpoint(tmp, directory, model, rels, state, rank)
+    except BaseException as exc:  # disk full, no permission, SIGTERM, Ctrl-C: no half-written folder left
+        failure = write_failure(exc, f"checkpoint {directory}", tmp)  # before the removal frees the space
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _undo_publish(directory)
+        if failure is None:
+            raise
+        raise failure from None
+    parallel.barrier()
+    return directory
+
+
+def _write_checkpoint(tmp: Path, directory: Path, model: torch.nn.Module, rels: Mapping[Path, bytes | str],
+                      state: Mapping[str, Any] | None, rank: int) -> None:
+    from megatron.core import dist_checkpointing
+
+    from ._dcp_save import InProcessSaveStrategy
+
     if rank == 0:
-        if tmp.exists():  # left over from an interrupted save
-            shutil.rmtree(tmp)
-        (tmp / "weights").mkdir(parents=True)
-        (tmp / "state").mkdir()
+        with writing(tmp):
+            if tmp.exists():  # left over from a save killed with SIGKILL
+                shutil.rmtree(tmp)
+            (tmp / "weights").mkdir(parents=True)
+            (tmp / "state").mkdir()
     parallel.barrier()
 
     with _cpu_compat.cuda_device_shims():
-        dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "weights"))
+        dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "weights"),
+                                sharded_strategy=InProcessSaveStrategy())
     if state is not None:
-        torch.save(dict(state), tmp / "state" / f"rank_{rank:05d}.pt")
+        buffer = io.BytesIO()  # written by us, so that a full disk is an OSError, not torch's "unexpected pos"
+        torch.save(dict(state), buffer)
+        _fsync_write(tmp / "state" / f"rank_{rank:05d}.pt", buffer.getvalue())
     if rank == 0:
         for rel, content in rels.items():
             _fsync_write(tmp / rel, content.encode("utf-8") if isinstance(content, str) else bytes(content))
@@ -151,11 +198,76 @@ def save_checkpoint(
             "megatron_core": str(package_info.__version__),
             "has_state": state is not None,
             **_layout(),
+            "files": _manifest(tmp),
         }
         _fsync_write(tmp / MARKER, json.dumps(marker, indent=2).encode("utf-8"))
-        _publish(tmp, directory)  # the folder appears complete or not at all
-    parallel.barrier()
-    return directory
+        with writing(directory):
+            _publish(tmp, directory)  # the folder appears complete or not at all
+
+
+def _crc32(path: Path) -> str:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"size": bytes, "crc32": "8 hex digits"}}`` of every file in ``folder`` but the marker."""
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel != MARKER:
+            files[rel] = {"size": path.stat().st_size, "crc32": _crc32(path)}
+    return files
+
+
+#: Checkpoints verified by this process, with the size, mtime and inode of each file then: find_latest
+#: and load_checkpoint read a checkpoint once, and a file changed since is checked again.
+_VERIFIED: set[tuple[str, tuple[tuple[str, int, int, int], ...]]] = set()
+
+
+def verify_checkpoint(directory: str | Path) -> None:
+    """Check every file of a complete checkpoint against the sizes and CRC-32s recorded when it was saved.
+
+    Checkpoints saved without this record (before it existed) are accepted unchecked.
+
+    Raises:
+        CheckpointNotFoundError: not a complete checkpoint.
+        CheckpointDamagedError: a file is missing, has another size or other contents; the
+            message names the file.
+    """
+    directory = Path(directory)
+    files = checkpoint_info(directory).get("files")
+    if files is None:
+        return
+
+    def damaged(path: Path, why: str) -> CheckpointDamagedError:
+        return CheckpointDamagedError(f"{path}: damaged checkpoint file ({why})", path)
+
+    if not isinstance(files, dict) or not all(isinstance(m, dict) for m in files.values()):
+        raise damaged(directory / MARKER, "its list of files is not valid")
+    stats = []
+    for rel in files:  # sizes first: cheap, and what truncation changes
+        rel_path = Path(rel)
+        if rel_path.is_absolute() or ".." in rel_path.parts:
+            raise damaged(directory / MARKER, f"lists {rel!r}, outside the checkpoint")
+        path = directory / rel_path
+        if not path.is_file():
+            raise damaged(path, "missing")
+        stat, saved = path.stat(), files[rel].get("size")
+        if stat.st_size != saved:
+            raise damaged(path, f"{stat.st_size} bytes, {saved} when saved"
+                          + ("; truncated" if isinstance(saved, int) and stat.st_size < saved else ""))
+        stats.append((rel, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    key = (str(directory.resolve()), tuple(stats))
+    if key in _VERIFIED:  # checked by this process and unchanged since: no second read
+        return
+    for rel, meta in files.items():
+        if _crc32(directory / rel) != meta.get("crc32"):
+            raise damaged(directory / rel, "contents differ from when it was saved: checksum mismatch")
+    _VERIFIED.add(key)
 
 
 def checkpoint_info(directory: str | Path) -> dict[str, Any]:
@@ -193,16 +305,19 @@ def find_latest(run_dir: str | Path) -> Path:
     """The checkpoint to use for ``run_dir``.
 
     Accepts a checkpoint folder itself, a run folder containing ``checkpoints/step_XXXXXXX/``, or
-    the ``checkpoints`` folder. Incomplete checkpoints are skipped.
+    the ``checkpoints`` folder. Incomplete checkpoints are skipped; so are damaged ones (see
+    :func:`verify_checkpoint`), with a warning naming the damaged file.
 
     Raises:
         CheckpointNotFoundError: the path does not exist or holds no complete checkpoint; the
             message names the path and what was found.
+        CheckpointDamagedError: ``run_dir`` is a damaged checkpoint, or every checkpoint of the run is.
     """
     path = Path(run_dir)
     if not path.exists():
         raise CheckpointNotFoundError(f"{path}: no such checkpoint or run folder")
     if is_complete(path):
+        verify_checkpoint(path)
         return path
     if not path.is_dir():
         raise CheckpointNotFoundError(f"{path}: not a folder; expected a run or checkpoint folder")
@@ -213,9 +328,9 @@ def find_latest(run_dir: str | Path) -> Path:
                 m = _STEP_RE.match(child.name)
                 if m and child.is_dir():
                     found.append((int(m.group(1)), child))
-    complete = [(step, p) for step, p in found if is_complete(p)]
+    complete = sorted(((step, p) for step, p in found if is_complete(p)), key=lambda sp: sp[0], reverse=True)
     if complete:
-        return max(complete, key=lambda sp: sp[0])[1]
+        return _newest_intact(path, [p for _, p in complete])
     if found:
         names = ", ".join(sorted(p.name for _, p in found))
         raise CheckpointNotFoundError(
@@ -225,6 +340,21 @@ def find_latest(run_dir: str | Path) -> Path:
     raise CheckpointNotFoundError(
         f"{path}: no checkpoint found (expected {MARKER} here or checkpoints/step_XXXXXXX/ inside)"
     )
+
+
+def _newest_intact(run: Path, newest_first: list[Path]) -> Path:
+    damaged: list[CheckpointDamagedError] = []
+    for candidate in newest_first:
+        try:
+            verify_checkpoint(candidate)
+        except CheckpointDamagedError as exc:
+            damaged.append(exc)
+            continue
+        for exc in damaged:
+            warnings.warn(f"skipping a damaged checkpoint: {exc}; using {candidate}", RuntimeWarning, stacklevel=3)
+        return candidate
+    raise CheckpointDamagedError(f"{run}: every checkpoint is damaged: " + "; ".join(map(str, damaged)),
+                                 damaged[0].path)
 
 
 def _why(exc: BaseException) -> str:
@@ -247,6 +377,13 @@ def _publish(tmp: Path, directory: Path) -> None:
         shutil.rmtree(old)
 
 
+def _undo_publish(directory: Path) -> None:
+    """Put back the checkpoint a stopped :func:`_publish` had moved aside (a save replacing a step)."""
+    old = directory.parent / f".{directory.name}.old"
+    if old.is_dir() and not directory.exists():
+        os.rename(old, directory)
+
+
 def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: bool = True) -> dict[str, Any]:
     """Load weights into ``model`` (any tensor-parallel layout) and return this rank's state.
 
@@ -262,6 +399,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
 
     Raises:
         CheckpointNotFoundError: ``directory`` is not a complete checkpoint.
+        CheckpointDamagedError: a file differs from what was saved (see :func:`verify_checkpoint`).
         UnsafeCheckpointError: a pickle references a global that is not checkpoint data (it
             would run code), or a path leads outside the folder. Nothing was executed.
         ConfigError: the weights do not fit ``model`` (a different architecture or size).
@@ -270,6 +408,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
 
     directory = Path(directory)
     info = checkpoint_info(directory)
+    verify_checkpoint(directory)  # damage is named as damage (sizes and CRC-32s recorded at save time)
     _safe_pickle.check_checkpoint(directory)  # every pickle against the allow-list, before torch opens one
     try:
         loaded = dist_checkpointing.load(model.sharded_state_dict(), str(directory / "weights"))
@@ -297,7 +436,7 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     except Exception as exc:  # truncated or foreign file: name it, no traceback from torch
         raise CheckpointNotFoundError(
             f"{path}: unreadable trainer state ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            "resume from an earlier checkpoint folder or start a new run"
+            "resume from an earlier checkpoint (train --resume-from RUN/checkpoints/step_XXXXXXX) or start a new run"
         ) from None
     if not same:
         warnings.warn(

@@ -16,6 +16,7 @@ expected, ...) is refused too.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .._errors import ConfigError, PluginLoadError
+from ._nemo_compat import CompatNotes, translate, validate_nemo_keys
 from .data import OVERLONG_POLICIES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -134,9 +136,24 @@ def _unknown_keys(known: dict[str, Any], layer: dict[str, Any]) -> list[str]:
     return unknown
 
 
+_EXTRA_VALIDATION = re.compile(r"^validation_[A-Za-z0-9_]+$")
+
+
+def _add_validation_sets(base: DictConfig, layer: Any) -> None:
+    """Make room in ``base`` for NeMo-Aligner's extra validation sets ``data_prefix.validation_<name>``."""
+    prefix = OmegaConf.select(OmegaConf.create(layer), "model.data.data_prefix", default=None)
+    if not isinstance(prefix, DictConfig):
+        return
+    for name in prefix:
+        if _EXTRA_VALIDATION.match(str(name)) and name not in base.model.data.data_prefix:
+            OmegaConf.set_struct(base, False)
+            base.model.data.data_prefix[name] = None
+
+
 def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
-    defaults = flatten(OmegaConf.to_container(base, resolve=False))
     plain = OmegaConf.to_container(layer, resolve=False)
+    _add_validation_sets(base, plain)
+    defaults = flatten(OmegaConf.to_container(base, resolve=False))
     unknown = _unknown_keys(defaults, plain)  # type: ignore[arg-type]
     if unknown:
         hints = []
@@ -157,24 +174,39 @@ def merge_closed(base: DictConfig, layer: DictConfig, source: str) -> DictConfig
     return merged
 
 
-def parse_overrides(overrides: Iterable[str]) -> DictConfig:
-    items = list(overrides)
-    for item in items:
-        if "=" not in item or item.startswith("="):
-            raise ConfigError(f"override {item!r} is not of the form key=value (for example trainer.rm.max_steps=300)")
-    layers = []
-    for item in items:
-        try:
-            layers.append(OmegaConf.from_dotlist([item]))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"override {item!r}: cannot parse it ({exc.msg})") from None
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"override {item!r}: the value is not valid YAML ({problem}); "
-                              "quote it, e.g. \"model.regression.attribute_names=[a,b]\"") from None
-    merged = OmegaConf.merge(*layers) if layers else OmegaConf.create({})
-    assert isinstance(merged, DictConfig)
-    return merged
+def parse_overrides(overrides: Iterable[str], *, defaults: DictConfig | None = None,
+                    written: Iterable[str] = ()) -> DictConfig:
+    """One config layer from command-line overrides in Hydra's syntax.
+
+    ``key=value`` and ``++key=value`` set a key; ``+key=value`` too, but refuses a key already
+    written by the ``--config`` file or an earlier override (``written``), as Hydra does; ``~key``
+    (or ``~key=value``) puts the key back to its default (``defaults``: the engine and plugin
+    tree), the closed-tree meaning of Hydra's delete. Values follow Hydra's grammar: ``[a,b]``,
+    ``{k: v}``, quoted strings.
+
+    Raises:
+        ConfigError: naming the override that does not parse or cannot apply.
+    """
+    from ._nemo_compat import NEMO_KEYS, parse_hydra_overrides
+
+    seen = set(written)
+    layer = OmegaConf.create({})
+    for ov in parse_hydra_overrides(overrides):
+        if ov.op == "add" and ov.key in seen:
+            raise ConfigError(f"override {ov.text!r}: {ov.key} is already set (Hydra's '+' only adds a key); "
+                              f"use {ov.key}=... or ++{ov.key}=... to change it")
+        seen.add(ov.key)
+        if ov.op != "delete":
+            OmegaConf.update(layer, ov.key, ov.value, merge=False, force_add=True)
+            continue
+        if defaults is None:
+            raise ConfigError(f"override {ov.text!r}: '~' (reset to default) is only accepted by train")
+        if OmegaConf.select(defaults, ov.key, default="<missing>") == "<missing>":
+            if ov.key in NEMO_KEYS or ov.key.startswith("model.data.data_prefix."):
+                continue  # deleting a NeMo-only key (or an extra validation set) leaves nothing to do
+            raise ConfigError(f"override {ov.text!r}: unknown config key {ov.key!r}")
+        OmegaConf.update(layer, ov.key, OmegaConf.select(defaults, ov.key), merge=False, force_add=True)
+    return layer
 
 
 def build_config(
@@ -183,6 +215,7 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     data_paths: Mapping[str, str | Path | None] | None = None,
+    report: bool = False,
 ) -> DictConfig:
     """Merge the layers for ``plugin`` and validate the result.
 
@@ -192,6 +225,7 @@ def build_config(
         overrides: ``key=value`` strings (``trainer.rm.max_steps=300``).
         data_paths: ``{"train": ..., "validation": ..., "test": ...}`` from the command line;
             they take precedence over ``model.data.data_prefix``.
+        report: Print once (stderr, rank 0) which NeMo-Aligner keys were mapped and ignored.
 
     Raises:
         ConfigError: naming the key (and the file) that is unknown or invalid.
@@ -209,6 +243,9 @@ def build_config(
         raise ConfigError(f"plugin {plugin.name!r}: default_config() is not a valid config tree: {exc}") from None
     cfg = OmegaConf.merge(cfg, plugin_layer)  # open: the plugin adds its own section
     assert isinstance(cfg, DictConfig)
+    defaults_tree = cfg.copy()
+    notes = CompatNotes()
+    written: list[str] = []
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
@@ -221,21 +258,25 @@ def build_config(
         if not isinstance(layer, DictConfig):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         file_type = OmegaConf.select(layer, "model.reward_model_type")
-        if file_type is not None and file_type != plugin.name:
+        if file_type is not None and file_type != plugin.name and override_type(overrides) != plugin.name:
             raise ConfigError(
                 f"{path}: model.reward_model_type={file_type!r} but the architecture is {plugin.name!r}"
             )
-        cfg = merge_closed(cfg, layer, str(path))
-        user_keys = flatten(OmegaConf.to_container(layer, resolve=True))
+        written = list(flatten(OmegaConf.to_container(layer, resolve=False)))
+        cfg, user_set = _merge_nemo(cfg, layer, str(path), notes)
     else:
-        user_keys = {}
+        user_set = []
     if overrides:
-        override_layer = parse_overrides(overrides)
-        cfg = merge_closed(cfg, override_layer, "command line")
-        user_keys.update(flatten(OmegaConf.to_container(override_layer, resolve=True)))
+        override_layer = parse_overrides(overrides, defaults=defaults_tree, written=written)
+        cfg, more = _merge_nemo(cfg, override_layer, "command line", notes)
+        user_set += more
+    if override_type(overrides) not in (None, plugin.name):
+        raise ConfigError(f"model.reward_model_type={override_type(overrides)!r} (command line) but the "
+                          f"architecture is {plugin.name!r}")
     if OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None):
         from .hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
 
+        user_keys = {key: OmegaConf.select(cfg, key, default=None) for key in user_set}
         cfg = apply_pretrained(cfg, user_keys)
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
@@ -245,7 +286,29 @@ def build_config(
     _resolve_learning_rate(cfg)
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
+    if report:
+        notes.report()
     return cfg
+
+
+def override_type(overrides: Iterable[str]) -> str | None:
+    """``model.reward_model_type`` as set on the command line (any Hydra prefix), else None."""
+    from ._nemo_compat import parse_hydra_overrides
+
+    items = [o for o in overrides if "model.reward_model_type" in o]
+    found = [ov.value for ov in parse_hydra_overrides(items) if ov.key == "model.reward_model_type" and ov.op != "delete"]
+    return str(found[-1]) if found else None
+
+
+def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNotes) -> tuple[DictConfig, list[str]]:
+    """Translate NeMo-Aligner keys of ``layer`` (see ``_nemo_compat``), then :func:`merge_closed`.
+
+    Returns:
+        The merged config and the (translated) keys the layer set.
+    """
+    plain, layer_notes = translate(OmegaConf.to_container(layer, resolve=False), source, cfg)  # type: ignore[arg-type]
+    notes.extend(layer_notes)
+    return merge_closed(cfg, OmegaConf.create(plain), source), list(flatten(plain))
 
 
 def _resolve_learning_rate(cfg: DictConfig) -> None:
@@ -364,8 +427,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     _positive(cfg, "trainer.rm.val_check_interval")
     _positive(cfg, "trainer.rm.save_interval")
     _positive(cfg, "trainer.rm.log_every_n_steps")
-    if rm.limit_val_batches is not None:
-        _positive(cfg, "trainer.rm.limit_val_batches")
+    validate_nemo_keys(cfg)
     if rm.gradient_clip_val is not None and float(rm.gradient_clip_val) < 0:
         raise ConfigError(f"trainer.rm.gradient_clip_val={rm.gradient_clip_val}: expected >= 0 (0 or null: no clipping)")
     if world_size > 1:

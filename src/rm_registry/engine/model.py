@@ -42,6 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from .._errors import ConfigError
 from . import parallel
 from ._attention import with_core_attention
+from ._nemo_compat import recompute_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from megatron.core.transformer.spec_utils import ModuleSpec
@@ -241,6 +242,7 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
         add_bias_linear=_flag(cfg, "model.add_bias_linear", True),
         add_qkv_bias=_flag(cfg, "model.add_qkv_bias", False),
         qk_layernorm=_flag(cfg, "model.qk_layernorm", False),
+        **recompute_options(cfg),  # NeMo's activations_checkpoint_* keys
     )
 
 

@@ -22,6 +22,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -29,13 +30,17 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError, TrainingError
+from .._errors import ConfigError, DataError, TrainingError
+from .. import _signals
 from . import checkpoint as ckpt
 from . import parallel
-from ._batching import StepSampler, eval_batches, forward_in_chunks, micro_batches, sample_costs
-from ._fs import atomic_write_text, check_output_dir
+from ._batching import StepSampler, epoch_order, eval_batches, forward_in_chunks, micro_batches, sample_costs
+from ._fs import atomic_write_text, check_output_dir, writing
 from ._launch import first_process
+from ._loggers import attach_loggers, check_loggers
 from ._safe_pickle import check_contained
+from ._splits import build_split_datasets, normalize_prefix
+from ._topk import keep_top_k
 from .config import learning_rate, load_saved_config, to_yaml, validate_engine_config
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
@@ -87,16 +92,27 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the learning rate (:func:`~.config.learning_rate`), then cosine decay to ``sched.min_lr`` (or constant)."""
+    """Linear warmup to ``model.optim.lr``, then cosine decay to ``sched.min_lr`` (or constant).
+
+    With ``sched.constant_steps`` (NeMo-Aligner's CosineAnnealing), the decay ends that many steps
+    before the last step and ``min_lr`` holds for the rest; when it leaves no decay steps, the
+    rate drops to ``min_lr`` right after warmup, as in NeMo.
+    """
     sched = cfg.model.optim.sched
     lr, min_lr, warmup = learning_rate(cfg), float(sched.min_lr), int(sched.warmup_steps)
+
+    # NeMo's CosineAnnealing hold phase: the last `constant_steps` steps stay at min_lr.
+    constant = int(OmegaConf.select(sched, "constant_steps", default=0) or 0)
+    decay = total_steps - warmup - constant
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
         if sched.name == "constant":
             return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        if constant and step >= warmup + max(0, decay):
+            return min_lr / lr
+        progress = min(1.0, (step - warmup) / max(1, decay))
         return (min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))) / lr
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -231,26 +247,57 @@ def _progress(total: int, desc: str, *, enabled: bool, initial: int = 0) -> Any:
 
 
 class _MetricsLog:
-    """``metrics.jsonl`` writer (main rank only). On resume, lines after the checkpoint's step are dropped."""
+    """``metrics.jsonl`` writer (main rank only). On resume, lines after the checkpoint's step are dropped.
+
+    The kept lines are rewritten atomically. A torn last line (the process died or the disk filled
+    while it was written) is dropped with a warning; a bad line before it is a :class:`DataError`.
+    """
 
     def __init__(self, path: Path, *, enabled: bool, keep_until_step: int | None) -> None:
         self.path, self.enabled = path, enabled
         if not enabled:
             return
         if keep_until_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= keep_until_step]
-            path.write_text("".join(line + "\n" for line in kept))
-        self._fh = path.open("a", encoding="utf-8")
+            kept = [line for line, record in _read_metrics(path) if record.get("step", 0) <= keep_until_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        with writing(path):
+            self._fh = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
         if self.enabled:
-            self._fh.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
-            self._fh.flush()
+            with writing(self.path):
+                self._fh.write(json.dumps(record, allow_nan=False, default=_json_default) + "\n")
+                self._fh.flush()
 
     def close(self) -> None:
         if self.enabled:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError:  # the data that failed to flush was reported by write()
+                pass
+
+
+def _read_metrics(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(line, record)`` of each line of ``metrics.jsonl``; a torn last line is dropped with a warning."""
+    with writing(path, "read"):
+        lines = [(number, line) for number, line in enumerate(path.read_text(encoding="utf-8",
+                                                                             errors="replace").splitlines(), 1)
+                 if line.strip()]
+    out = []
+    for number, line in lines:
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            if number != lines[-1][0]:
+                raise DataError(path, number, f"not a JSON object ({exc}); repair or delete the line to resume") \
+                    from None
+            warnings.warn(f"{path}:{number}: dropped a torn last line (a write was interrupted)", RuntimeWarning,
+                          stacklevel=3)
+            continue
+        out.append((line, record))
+    return out
 
 
 def _json_default(value: Any) -> Any:
@@ -286,16 +333,21 @@ def checkpoint_files(cfg: DictConfig, tokenizer: Tokenizer) -> dict[str, bytes |
     return files
 
 
-def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+def _check_output_dir(output_dir: Path, resume: bool, resume_from: Path | None = None) -> Path | None:
     """The checkpoint to resume from, or None for a fresh run. Refuses to mix runs; writes nothing.
 
     With ``resume``, a run folder that never reached a complete checkpoint (interrupted early)
-    starts over; a folder that is not one of our runs is refused.
+    starts over; a folder that is not one of our runs is refused. ``resume_from`` names one
+    checkpoint folder of the run instead of its newest intact one.
     """
     check_output_dir(output_dir)
+    if resume_from is not None:
+        return _resume_checkpoint(output_dir, resume_from)
     if resume:
         try:
             return ckpt.find_latest(output_dir)
+        except ckpt.CheckpointDamagedError:
+            raise  # never start over a run whose checkpoints exist but are damaged
         except (ConfigError, FileNotFoundError) as exc:
             if (output_dir / "config.yaml").is_file() or not output_dir.exists() or not any(output_dir.iterdir()):
                 _say(f"--resume: no complete checkpoint in {output_dir}; starting the run over")
@@ -307,6 +359,30 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
             "before its first checkpoint starts over), or choose a new folder"
         )
     return None
+
+
+def _resume_checkpoint(output_dir: Path, checkpoint: Path) -> Path:
+    """``checkpoint`` if it is an intact checkpoint folder of the run in ``output_dir``."""
+    checkpoint = Path(checkpoint)
+    if not ckpt.is_complete(checkpoint):
+        raise ckpt.CheckpointNotFoundError(
+            f"--resume-from {checkpoint}: not a complete checkpoint folder (expected "
+            f"{output_dir / 'checkpoints' / 'step_XXXXXXX'})"
+        )
+    if checkpoint.resolve().parent != (output_dir / "checkpoints").resolve():
+        raise ConfigError(f"--resume-from {checkpoint}: not a checkpoint of the run in {output_dir} "
+                          f"(expected one of {output_dir / 'checkpoints'}/step_XXXXXXX)")
+    ckpt.verify_checkpoint(checkpoint)
+    return checkpoint
+
+
+def run_folder_of(checkpoint: str | Path) -> Path:
+    """The run folder of a checkpoint folder ``RUN/checkpoints/step_XXXXXXX`` (for ``--resume-from``)."""
+    checkpoint = Path(checkpoint)
+    if checkpoint.parent.name != "checkpoints":
+        raise ConfigError(f"--resume-from {checkpoint}: expected a checkpoint folder RUN/checkpoints/step_XXXXXXX; "
+                          "give --output RUN too")
+    return checkpoint.parent.parent
 
 
 def _same_model(saved: DictConfig, cfg: DictConfig, source: str) -> None:
@@ -329,18 +405,25 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    resume_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``plugin``'s architecture as configured by ``cfg`` (see :func:`~.config.build_config`).
 
     Data and config problems raise before anything is written to ``output_dir``.
 
+    Args:
+        resume: Continue the run in ``output_dir`` from its newest intact checkpoint (a damaged
+            newer one is skipped with a warning).
+        resume_from: Continue from this checkpoint folder of the run (``OUTPUT/checkpoints/step_...``).
+
     Raises:
         ConfigError: bad config, a non-empty ``output_dir`` without ``resume``, too little data.
         DataError: a bad data file (names the file and line).
+        StorageError: a file of the run cannot be written (disk full, no permission).
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    resume_from = _check_output_dir(output_dir, resume)
+    resume_from = _check_output_dir(output_dir, resume, None if resume_from is None else Path(resume_from))
     if resume_from is not None:
         check_contained(resume_from)
         saved = load_saved_config((resume_from / "config.yaml").read_text(encoding="utf-8"),
@@ -348,11 +431,12 @@ def train(
         _same_model(saved, cfg, str(resume_from))
 
     tokenizer = load_tokenizer(cfg)
-    paths = {k: v for k, v in cfg.model.data.data_prefix.items() if v}
-    if "train" not in paths:
+    if not normalize_prefix("train", cfg.model.data.data_prefix.get("train")):
         raise ConfigError("no training data: pass --data FILE or set model.data.data_prefix.train")
-    datasets = plugin.build_datasets(paths, tokenizer, cfg)
-    train_ds, val_ds, test_ds = datasets["train"], datasets.get("validation"), datasets.get("test")
+    check_loggers(cfg)
+    datasets, paths = build_split_datasets(plugin, cfg.model.data.data_prefix, tokenizer, cfg)
+    train_ds, test_ds = datasets["train"], datasets.get("test")
+    val_sets = _validation_sets(datasets)
     stats = {split: _stats_dict(ds) for split, ds in datasets.items()}
     gbs, mbs = int(cfg.model.global_batch_size), int(cfg.model.micro_batch_size)
     if len(train_ds) < gbs:
@@ -408,6 +492,7 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         start_step = int(state["step"])
+        _say(f"resuming from step {start_step} (checkpoint {resume_from})")
 
     if info.is_main:
         atomic_write_text(output_dir / "config.yaml", to_yaml(cfg))
@@ -415,16 +500,18 @@ def train(
         _report_data(stats, paths)
     # A resumed run keeps the log up to its checkpoint; a run started over drops the old lines.
     log = _MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
+    log = attach_loggers(log, cfg, output_dir, enabled=info.is_main)
+    _schedule_note(cfg, total)
     files = checkpoint_files(cfg, tokenizer)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
-    limit_val = rm.limit_val_batches
 
     bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
     last_ckpt: Path | None = resume_from
     validation: dict[str, Any] | None = None
     test: dict[str, Any] | None = None
     model.train()
+    done = _signals.current_step = start_step  # a stop signal reports the steps done
     try:
         for step in range(start_step, total):
             t0 = time.perf_counter()
@@ -455,7 +542,7 @@ def train(
             scheduler.step()
             sums["tokens"], sums["padded_tokens"] = float(tokens), float(padded)
             means = _dp_mean(sums, info)
-            done = step + 1
+            done = _signals.current_step = step + 1
             if done % log_every == 0 or done == total:
                 seconds = time.perf_counter() - t0
                 record = {"step": done, "split": "train", **{k: v for k, v in means.items()
@@ -465,14 +552,11 @@ def train(
                 log.write(finite_for_json(record))
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-            if val_ds is not None and len(val_ds) and (done % val_every == 0 or done == total):
-                validation = evaluate_dataset(plugin, model, val_ds, cfg, tokenizer, info,
-                                              limit_batches=limit_val)
-                log.write(finite_for_json({"step": done, "split": "validation", **validation}))
-                if info.is_main and progress:
-                    _say(_summary_line(done, validation))
+            if val_sets and (done % val_every == 0 or done == total):
+                validation = _validate(plugin, model, val_sets, cfg, tokenizer, info, log, done, progress)
             if done % save_every == 0 or done == total:
                 last_ckpt = _save(output_dir, done, model, optimizer, scheduler, files, info)
+                keep_top_k(output_dir, last_ckpt, validation, cfg, enabled=info.is_main)
         if test_ds is not None and len(test_ds):
             test = evaluate_dataset(plugin, model, test_ds, cfg, tokenizer, info)
             log.write(finite_for_json({"step": total, "split": "test", **test}))
@@ -483,6 +567,54 @@ def train(
         log.close()
     return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=total, validation=validation,
                        test=test, data_stats=stats, seconds=time.perf_counter() - started)
+
+
+def _validation_sets(datasets: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-empty validation sets: ``validation`` first, then NeMo's extra ``validation_<name>`` sets."""
+    names = sorted((k for k in datasets if k == "validation" or k.startswith("validation_")), key=lambda k: (k != "validation", k))
+    return {k: datasets[k] for k in names if len(datasets[k])}
+
+
+def _val_view(dataset: Sequence[Any], cfg: DictConfig) -> Sequence[Any]:
+    """The part of a validation set that is evaluated (NeMo's ``limit_val_batches``, ``val_random_sampler``).
+
+    ``limit_val_batches``: null or 1.0 every sample; an integer N the first N global batches
+    (``N * model.global_batch_size`` samples); a fraction f the first ``f * len`` samples. With
+    ``val_random_sampler`` the samples are taken in a seeded random order instead.
+    """
+    rm, n = cfg.trainer.rm, len(dataset)
+    limit = rm.limit_val_batches
+    if limit is None or (isinstance(limit, float) and limit >= 1.0):
+        keep = n
+    elif isinstance(limit, float):
+        keep = max(1, int(n * limit))
+    else:
+        keep = min(n, int(limit) * int(cfg.model.global_batch_size))
+    if keep == n and not rm.get("val_random_sampler", False):
+        return dataset
+    order = epoch_order(n, 0, int(cfg.seed), bool(rm.get("val_random_sampler", False)))[:keep]
+    return [dataset[i] for i in order]
+
+
+def _validate(plugin: RewardModelPlugin, model: torch.nn.Module, val_sets: Mapping[str, Any], cfg: DictConfig,
+              tokenizer: Tokenizer, info: parallel.ParallelInfo, log: Any, step: int, progress: bool) -> dict[str, Any]:
+    """Evaluate every validation set, log each under its split name; the main set's metrics."""
+    results = {}
+    for name, dataset in val_sets.items():
+        metrics = evaluate_dataset(plugin, model, _val_view(dataset, cfg), cfg, tokenizer, info)
+        log.write(finite_for_json({"step": step, "split": name, **metrics}))
+        if info.is_main and progress:
+            _say(_summary_line(step, metrics).replace("validation", name))
+        results[name] = metrics
+    return results.get("validation") or next(iter(results.values()))
+
+
+def _schedule_note(cfg: DictConfig, total: int) -> None:
+    sched = cfg.model.optim.sched
+    constant = int(OmegaConf.select(sched, "constant_steps", default=0) or 0)
+    if sched.name == "CosineAnnealing" and constant and constant >= total - int(sched.warmup_steps):
+        _say(f"model.optim.sched.constant_steps={constant} leaves no decay steps in this {total}-step run: the learning "
+             f"rate holds at min_lr={sched.min_lr} after warmup (as in NeMo-Aligner)")
 
 
 def _save(output_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,

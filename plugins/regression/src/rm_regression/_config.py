@@ -14,12 +14,26 @@ from rm_registry import ConfigError
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from omegaconf import DictConfig
 
-__all__ = ["HELPSTEER_ATTRIBUTES", "SECTION", "RegressionSettings", "default_config"]
+__all__ = ["BT_LOSSES", "HELPSTEER_ATTRIBUTES", "LOSS_FUNCS", "SECTION", "STEERLM_ATTRIBUTES", "RegressionSettings",
+           "default_config"]
 
 #: The five HelpSteer attributes (0-4 scale), in NeMo-Aligner's SteerLM order. They are the
 #: names used when neither ``attribute_names`` nor ``num_attributes`` is set, and the
 #: attributes of the shipped sample data.
 HELPSTEER_ATTRIBUTES: tuple[str, ...] = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+#: NeMo-Aligner's SteerLM attribute order (9 attributes): the names when ``num_attributes=9``.
+STEERLM_ATTRIBUTES: tuple[str, ...] = (
+    "quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence", "complexity", "verbosity",
+)
+
+#: ``model.regression.loss_func`` values (NeMo-Aligner's): masked MSE, or a Bradley-Terry loss on
+#: HelpSteer2-Preference strength labels (see ``_bt.py``).
+LOSS_FUNCS: tuple[str, ...] = ("regression", "regular_bt", "margin_bt", "scaled_bt")
+BT_LOSSES: tuple[str, ...] = LOSS_FUNCS[1:]
+
+#: The attribute whose output is the reward of the Bradley-Terry losses (helpfulness in SteerLM order).
+BT_ATTRIBUTE_INDEX = 4
 
 #: Where this plugin's keys live in the config tree.
 SECTION = "model.regression"
@@ -48,6 +62,10 @@ def default_config() -> dict[str, Any]:
                 "merge_attributes": False,
                 # Label entries equal to this value are ignored by the loss and the metrics.
                 "loss_mask_val": -100,
+                # regression (masked MSE) | regular_bt | margin_bt | scaled_bt (HelpSteer2-Preference).
+                "loss_func": "regression",
+                # NeMo-Aligner: also load the head when initializing from a reward-model checkpoint.
+                "load_rm_head_weights": False,
             },
             "optim": {"lr": 3.0e-3},
         },
@@ -87,6 +105,8 @@ def _names(raw_names: Any, raw_num: Any) -> tuple[str, ...]:
     if raw_names is None:
         if raw_num is None:
             return HELPSTEER_ATTRIBUTES
+        if raw_num == len(STEERLM_ATTRIBUTES):
+            return STEERLM_ATTRIBUTES
         return tuple(f"attr_{i}" for i in range(raw_num))
     if not isinstance(raw_names, (list, tuple)) or not raw_names:
         raise ConfigError(
@@ -113,7 +133,9 @@ def _names(raw_names: Any, raw_num: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _weights(raw: Any, k: int, names: tuple[str, ...]) -> tuple[float, ...]:
+def _weights(raw: Any, k: int, names: tuple[str, ...], loss_func: str = "regression") -> tuple[float, ...]:
+    if raw is None and loss_func in BT_LOSSES:  # the Bradley-Terry reward is the helpfulness output
+        return tuple(1.0 if i == BT_ATTRIBUTE_INDEX else 0.0 for i in range(k))
     if raw is None:
         return tuple(1.0 / k for _ in range(k))
     if not isinstance(raw, (list, tuple)):
@@ -139,12 +161,22 @@ class RegressionSettings:
         merge_attributes: Whether :meth:`RegressionRewardModel.infer` returns the weighted
             scalar ``[N, 1]`` (NeMo-Aligner's served ``rewards``) instead of ``[N, K]``.
         loss_mask_val: Label value meaning "not labelled" (ignored by loss and metrics).
+        loss_func: One of :data:`LOSS_FUNCS`.
+        load_rm_head_weights: NeMo-Aligner's flag (load the head too when initializing from a
+            reward-model checkpoint).
     """
 
     attribute_names: tuple[str, ...]
     attribute_weights: tuple[float, ...]
     merge_attributes: bool
     loss_mask_val: float
+    loss_func: str = "regression"
+    load_rm_head_weights: bool = False
+
+    @property
+    def bradley_terry(self) -> bool:
+        """Whether the loss is one of the Bradley-Terry variants (A/B pairs in consecutive rows)."""
+        return self.loss_func in BT_LOSSES
 
     @property
     def num_attributes(self) -> int:
@@ -173,7 +205,19 @@ class RegressionSettings:
                 f"{', '.join(sorted(known))}"
             )
         names = _names(_plain(_get(section, "attribute_names")), _plain(_get(section, "num_attributes")))
-        weights = _weights(_plain(_get(section, "attribute_weights")), len(names), names)
+        loss_func = section.get("loss_func", "regression")  # absent in configs saved before it existed
+        if loss_func not in LOSS_FUNCS:
+            raise ConfigError(f"{SECTION}.loss_func={loss_func!r}: expected one of {', '.join(LOSS_FUNCS)}")
+        at = names[BT_ATTRIBUTE_INDEX] if len(names) > BT_ATTRIBUTE_INDEX else None
+        if loss_func in BT_LOSSES and at not in ("helpfulness", f"attr_{BT_ATTRIBUTE_INDEX}"):
+            raise ConfigError(
+                f"{SECTION}.loss_func={loss_func}: the reward is read at attribute {BT_ATTRIBUTE_INDEX} (helpfulness in "
+                f"SteerLM order) but the attributes are {', '.join(names)}; set {SECTION}.num_attributes=9"
+            )
+        head = section.get("load_rm_head_weights", False)
+        if not isinstance(head, bool):
+            raise ConfigError(f"{SECTION}.load_rm_head_weights={head!r}: expected true or false")
+        weights = _weights(_plain(_get(section, "attribute_weights")), len(names), names, loss_func)
         merge = _get(section, "merge_attributes")
         if not isinstance(merge, bool):
             raise ConfigError(f"{SECTION}.merge_attributes={merge!r}: expected true or false")
@@ -185,4 +229,6 @@ class RegressionSettings:
             attribute_weights=weights,
             merge_attributes=merge,
             loss_mask_val=float(mask),
+            loss_func=str(loss_func),
+            load_rm_head_weights=head,
         )

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from rm_registry import Tokenizer
 
-__all__ = ["RegressionSample", "parse_label", "read_regression_file", "collate"]
+__all__ = ["RegressionSample", "parse_label", "read_regression_file", "keep_whole_pairs", "collate"]
 
 
 @dataclass(frozen=True)
@@ -38,11 +38,14 @@ class RegressionSample:
         ids: Token ids, EOS last (length at most ``model.encoder_seq_length``).
         label: K floats in attribute order; masked entries equal ``loss_mask_val``.
         line: 1-based line of the source file (for messages).
+        index: 0-based record number in the file (A/B pairs of the Bradley-Terry losses are
+            records 2i and 2i+1).
     """
 
     ids: list[int]
     label: tuple[float, ...]
     line: int
+    index: int = -1
 
 
 def _number(value: Any) -> float | None:
@@ -194,7 +197,7 @@ def read_regression_file(
             continue
         stats.truncated += int(truncated)
         stats.kept += 1
-        dataset.samples.append(RegressionSample(ids=ids, label=label, line=lineno))
+        dataset.samples.append(RegressionSample(ids=ids, label=label, line=lineno, index=stats.read - 1))
     if not dataset.samples:
         raise DataError(
             path,
@@ -202,6 +205,27 @@ def read_regression_file(
             f"no sample left: all {stats.read} are longer than model.encoder_seq_length={seq_length} "
             f"(model.data.overlong_policy={overlong_policy}); raise model.encoder_seq_length or use truncate",
         )
+    return dataset
+
+
+def keep_whole_pairs(dataset: ListDataset) -> ListDataset:
+    """For the Bradley-Terry losses: keep only A/B pairs (records 2i, 2i+1) whose two lines were kept.
+
+    A sample dropped as too long takes its partner with it (counted as dropped), so that rows stay
+    paired; NeMo-Aligner's wrap-around to the next sample broke the pairing instead.
+
+    Raises:
+        DataError: the file has an odd number of records.
+    """
+    if dataset.stats.read % 2:
+        raise DataError(dataset.path or "?", None,
+                        f"{dataset.stats.read} records: the Bradley-Terry losses need A/B pairs on consecutive lines "
+                        "(an even number of lines)")
+    present = {s.index for s in dataset.samples}
+    kept = [s for s in dataset.samples if (s.index ^ 1) in present]
+    dataset.stats.dropped += len(dataset.samples) - len(kept)
+    dataset.stats.kept = len(kept)
+    dataset.samples[:] = kept
     return dataset
 
 

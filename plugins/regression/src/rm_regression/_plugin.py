@@ -58,7 +58,9 @@ class RegressionPlugin:
         Raises:
             ConfigError: naming the offending key and value.
         """
-        RegressionSettings.from_config(cfg)
+        settings = RegressionSettings.from_config(cfg)
+        if settings.bradley_terry:
+            _check_bt_batches(cfg, settings.loss_func)
         try:
             output_sequence = cfg["model"]["output_sequence"]
         except Exception:
@@ -87,16 +89,19 @@ class RegressionPlugin:
         Raises:
             DataError: naming the file, the line and the problem (before any training work).
         """
-        from ._data import read_regression_file
+        from ._data import keep_whole_pairs, read_regression_file
 
         settings = RegressionSettings.from_config(cfg)
         seq_length = int(cfg["model"]["encoder_seq_length"])
         policy = str(cfg["model"]["data"]["overlong_policy"])
-        return {
+        datasets = {
             split: read_regression_file(path, tokenizer, settings, seq_length=seq_length, overlong_policy=policy)
             for split, path in data_paths.items()
             if path is not None
         }
+        if settings.bradley_terry:
+            datasets = {split: keep_whole_pairs(ds) for split, ds in datasets.items()}
+        return datasets
 
     def collate(self, samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch.Tensor]:
         """``tokens [B, S]``, ``lengths [B]`` (int64) and ``labels [B, K]`` (float32)."""
@@ -113,9 +118,15 @@ class RegressionPlugin:
             ``(loss, {"loss", "mse", "labelled", "mse/<name>" ...})``; the loss is
             ``0 * rewards.sum()`` when every label of the batch is masked.
         """
+        settings = RegressionSettings.from_config(cfg)
+        if settings.bradley_terry:
+            from ._bt import bt_batch_loss
+            from ._data import label_of
+
+            return bt_batch_loss(rewards, label_of(batch), settings)
         from ._metrics import batch_loss
 
-        return batch_loss(rewards, batch, RegressionSettings.from_config(cfg))
+        return batch_loss(rewards, batch, settings)
 
     def evaluation_metrics(
         self,
@@ -126,9 +137,14 @@ class RegressionPlugin:
 
         See :func:`rm_regression._metrics.evaluation_metrics`.
         """
+        settings = RegressionSettings.from_config(cfg)
+        if settings.bradley_terry:
+            from ._bt import bt_evaluation_metrics
+
+            return bt_evaluation_metrics(outputs, settings)
         from ._metrics import evaluation_metrics
 
-        return evaluation_metrics(outputs, RegressionSettings.from_config(cfg))
+        return evaluation_metrics(outputs, settings)
 
     def output_names(self, cfg: DictConfig) -> list[str]:
         """The attribute names, in head-output order (optional member: the ``id2label`` of a
@@ -145,3 +161,19 @@ class RegressionPlugin:
         from ._metrics import score_rows
 
         return score_rows(rewards, RegressionSettings.from_config(cfg))
+
+
+def _check_bt_batches(cfg: DictConfig, loss_func: str) -> None:
+    """The Bradley-Terry losses read A/B pairs from consecutive rows of a micro-batch (NeMo-Aligner's check)."""
+    model, rm = cfg["model"], cfg["trainer"]["rm"]
+    if model["micro_batch_size"] != 2:
+        raise ConfigError(
+            f"model.micro_batch_size={model['micro_batch_size']}: model.regression.loss_func={loss_func} needs "
+            "model.micro_batch_size=2 (one A/B pair per micro-batch, as in NeMo-Aligner)"
+        )
+    for key in ("train_random_sampler", "val_random_sampler"):
+        if rm.get(key, False):
+            raise ConfigError(
+                f"trainer.rm.{key}=true: model.regression.loss_func={loss_func} needs A/B pairs on consecutive "
+                f"lines to stay together; set trainer.rm.{key}=false (NeMo-Aligner's recipe does)"
+            )

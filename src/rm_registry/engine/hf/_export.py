@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..._errors import ConfigError
+from .._fs import temp_dir_beside, write_failure
 from ..tokenizer import ByteTokenizer, HFTokenizer
 from ._convert import to_hf
 from ._family import Family, Rule
@@ -229,8 +229,7 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     files = _tokenizer_files(loaded)
     config = hf_folder_config(loaded, family, vocab, k)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    tmp = temp_dir_beside(output)
     try:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
@@ -239,7 +238,10 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
         if output.exists():
             output.rmdir()  # empty (checked above)
         os.rename(tmp, output)
-    except BaseException:
+    except BaseException as exc:  # a full disk is one line naming the folder, not a safetensors traceback
+        failure = write_failure(exc, output, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if failure is None:
+            raise
+        raise failure from None
     return output

@@ -1,0 +1,134 @@
+"""The model side of the server: encode texts as ``rm-registry score`` does, run batches, and keep
+tensor-parallel ranks in step.
+
+Under ``torchrun`` every rank loads the model; global rank 0 serves HTTP and, before each forward
+pass, broadcasts the batch's token ids so that the other ranks (:meth:`ModelRunner.follow`) run the
+same pass. All forward passes of rank 0 happen on one worker thread (the batcher's), so the
+collectives of consecutive batches never interleave.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ._http import RequestError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine.api import LoadedRewardModel
+
+__all__ = ["ModelRunner", "TextScore"]
+
+#: Control messages broadcast by rank 0 instead of a batch.
+_KEEPALIVE = "keepalive"
+_STOP = "stop"
+
+
+@dataclass(frozen=True)
+class TextScore:
+    """The result for one text.
+
+    Attributes:
+        values: The head's raw outputs, ``K`` floats (``K`` = 1 for a scalar reward model).
+        reward: The scalar ``reward`` of ``rm-registry score`` (the plugin's ``score_outputs``).
+        output: The whole ``score_outputs`` row (``reward`` plus what the plugin adds).
+        tokens: Length of the scored token sequence (EOS included).
+    """
+
+    values: tuple[float, ...]
+    reward: float
+    output: dict[str, Any]
+    tokens: int
+
+
+class ModelRunner:
+    """A loaded reward model behind the server: ``encode`` on the event loop's side, ``forward`` on
+    the worker thread, ``follow`` on the other ranks.
+    """
+
+    def __init__(self, model: LoadedRewardModel) -> None:
+        self.model = model
+        self.info = model.info
+        self.max_length = int(model.cfg.model.encoder_seq_length)
+        self.overlong_error = model.cfg.model.data.overlong_policy == "error"
+        probe = self.forward([self.model.encode("")[0]])[0]  # warm-up pass; tells K and the labels
+        self.num_outputs = len(probe.values)
+        attributes = probe.output.get("attributes")
+        if isinstance(attributes, dict) and len(attributes) == self.num_outputs:
+            self.labels = [str(name) for name in attributes]
+        else:
+            self.labels = [f"LABEL_{i}" for i in range(self.num_outputs)]
+
+    @property
+    def distributed(self) -> bool:
+        return self.info.world_size > 1
+
+    def encode(self, texts: Sequence[str], field: str) -> list[list[int]]:
+        """Token ids of each text, exactly as ``rm-registry score`` makes them (EOS appended, cut to
+        ``encoder_seq_length`` unless ``overlong_policy=error``).
+
+        Raises:
+            RequestError: a text is too long under ``model.data.overlong_policy=error`` (naming
+                ``field[i]``).
+        """
+        out = []
+        for i, text in enumerate(texts):
+            ids, cut = self.model.encode(text)
+            if cut and self.overlong_error:
+                raise RequestError(
+                    400, f"{field}[{i}]",
+                    f"text is longer than model.encoder_seq_length={self.max_length} tokens and the server runs "
+                    "with model.data.overlong_policy=error; shorten it (or serve with "
+                    "model.data.overlong_policy=truncate)")
+            out.append(ids)
+        return out
+
+    def forward(self, batch: list[list[int]]) -> list[TextScore]:
+        """Score one batch of token-id lists ``[B][S_i]``; results in input order.
+
+        Uses :meth:`LoadedRewardModel.rewards` (the same padding and pooling as scoring offline) as a
+        single pass, split across data-parallel ranks when there are several.
+        """
+        if self.distributed:
+            batch = self._broadcast(batch)
+        return self._run(batch)
+
+    def _run(self, batch: list[list[int]]) -> list[TextScore]:
+        per_rank = math.ceil(len(batch) / self.info.dp)
+        raw = self.model.rewards(batch, batch_size=per_rank)  # [B, K]
+        rows = self.model.plugin.score_outputs(raw, self.model.cfg)
+        return [TextScore(tuple(float(v) for v in raw[i].tolist()), float(rows[i]["reward"]), rows[i], len(batch[i]))
+                for i in range(len(batch))]
+
+    def keepalive(self) -> None:
+        """Tell the other ranks that rank 0 is alive (their wait must not reach the process group's
+        timeout while the server is idle)."""
+        if self.distributed:
+            self._broadcast(_KEEPALIVE)
+
+    def stop(self) -> None:
+        """Release the other ranks: their :meth:`follow` returns."""
+        if self.distributed:
+            self._broadcast(_STOP)
+
+    def _broadcast(self, message: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [message]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def follow(self) -> None:
+        """On ranks other than 0: run every batch rank 0 broadcasts, until it stops."""
+        while True:
+            message = self._broadcast(None)
+            if message == _STOP:
+                return
+            if message == _KEEPALIVE:
+                continue
+            try:
+                self._run(message)
+            except Exception as exc:  # rank 0 answers the batch with 500; stay in step with it
+                print(f"rm-registry serve: rank {self.info.rank}: batch failed: {exc}", file=sys.stderr, flush=True)

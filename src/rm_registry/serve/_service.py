@@ -1,0 +1,158 @@
+"""What every dialect shares: the options, the batcher and the model runner behind one object, and the
+decorator that turns refused requests and failed batches into JSON answers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Sequence
+
+from ._batcher import BatchFailed, DynamicBatcher
+from ._http import RequestError, error_response
+from ._metrics import ServerMetrics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from ._runner import ModelRunner, TextScore
+
+__all__ = ["ServeOptions", "Service", "endpoint"]
+
+#: Texts longer than this (in total, characters) are tokenized on a thread, off the event loop.
+_ENCODE_INLINE_CHARS = 16384
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Settings of ``rm-registry serve`` (the command-line flags of the same names).
+
+    Attributes:
+        host: Interface to bind; loopback unless said otherwise.
+        port: TCP port (0: any free port, printed at start).
+        api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
+        max_batch_tokens: Padded tokens (texts x longest) per forward pass.
+        max_padding_tokens: Padding tokens a forward pass may carry (texts of similar length go
+            together).
+        max_wait_ms: How long an idle server waits for more texts before a forward pass.
+        max_request_bytes: Largest request body accepted (413 above).
+        batching: ``False``: one forward pass per request (no batching across requests).
+        served_model_name: The model name of the vLLM and KServe routes.
+        access_log: Log every request (uvicorn's access log).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = None
+    max_batch_tokens: int = 16384
+    max_padding_tokens: int = 1024
+    max_wait_ms: float = 5.0
+    max_request_bytes: int = 16 * 1024 * 1024
+    batching: bool = True
+    served_model_name: str = "reward_model"
+    access_log: bool = False
+
+    def __post_init__(self) -> None:
+        from .._errors import ConfigError
+
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port={self.port}: expected 0..65535")
+        if self.max_batch_tokens < 1:
+            raise ConfigError(f"--max-batch-tokens={self.max_batch_tokens}: expected a positive number")
+        if self.max_padding_tokens < 0:
+            raise ConfigError(f"--max-padding-tokens={self.max_padding_tokens}: expected a number >= 0")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms={self.max_wait_ms}: expected a number >= 0")
+        if self.max_request_bytes < 1:
+            raise ConfigError(f"--max-request-bytes={self.max_request_bytes}: expected a positive number")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api-key (or RM_REGISTRY_API_KEY) is empty; give a non-empty key or none")
+        if not self.served_model_name:
+            raise ConfigError("--served-model-name is empty")
+
+
+class Service:
+    """The model behind the routes: ``await service.score(texts, field)`` gives one
+    :class:`~._runner.TextScore` per text, batched with every other request's texts."""
+
+    def __init__(self, runner: ModelRunner, options: ServeOptions) -> None:
+        self.runner = runner
+        self.options = options
+        self.metrics = ServerMetrics()
+        self.batcher = DynamicBatcher(runner.forward, max_batch_tokens=options.max_batch_tokens,
+                                      max_wait_ms=options.max_wait_ms,
+                                      max_padding_tokens=options.max_padding_tokens, batching=options.batching,
+                                      metrics=self.metrics, keepalive=runner.keepalive)
+        self.ready = False
+        self.created = int(time.time())
+
+    @property
+    def name(self) -> str:
+        return self.options.served_model_name
+
+    @property
+    def num_outputs(self) -> int:
+        return self.runner.num_outputs
+
+    async def start(self) -> None:
+        self.batcher.start()
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Finish queued texts, then release the other tensor-parallel ranks."""
+        self.ready = False
+        await self.batcher.close()
+        self.runner.stop()
+
+    async def score(self, texts: Sequence[str], field: str) -> list[TextScore]:
+        """Score ``texts`` (already checked to be non-empty strings). ``field`` names them in errors."""
+        if sum(len(t) for t in texts) > _ENCODE_INLINE_CHARS:
+            ids = await asyncio.to_thread(self.runner.encode, texts, field)
+        else:
+            ids = self.runner.encode(texts, field)
+        return await self.batcher.submit(ids)
+
+    def check_model(self, body: dict[str, Any], field: str = "model") -> None:
+        """vLLM requests may name the model; it must be the served one (404 otherwise, as vLLM does)."""
+        model = body.get(field)
+        if model is None:
+            return
+        if not isinstance(model, str):
+            raise RequestError(400, field, f"expected a string, got {type(model).__name__}")
+        if model != self.name:
+            raise RequestError(404, field, f"the model {model!r} does not exist; this server serves {self.name!r} "
+                                           "(see GET /v1/models)")
+
+    async def body(self, request: Request) -> dict[str, Any]:
+        from ._http import read_json
+
+        return await read_json(request, self.options.max_request_bytes)
+
+    @staticmethod
+    def request_id(prefix: str) -> str:
+        return f"{prefix}-{uuid.uuid4().hex}"
+
+
+Handler = Callable[["Request"], Awaitable["Response"]]
+
+
+def endpoint(fn: Handler) -> Handler:
+    """Answer a :class:`RequestError` with its 4xx, a failed batch with 500, and 503 before the model
+    is ready or once shutdown has begun; the server goes on in every case."""
+
+    @functools.wraps(fn)
+    async def wrapper(request: Request) -> Response:
+        service: Service = request.app.state.service
+        if not service.ready:
+            return error_response(RequestError(503, "", "the model is not ready (loading or shutting down)"))
+        try:
+            return await fn(request)
+        except RequestError as exc:
+            return error_response(exc)
+        except BatchFailed as exc:
+            return error_response(RequestError(500, "", str(exc)))
+
+    return wrapper

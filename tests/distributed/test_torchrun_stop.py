@@ -1,0 +1,50 @@
+"""A ``torchrun`` training run (2 CPU processes) stopped by SIGTERM, resumed, then torchrun SIGKILLed.
+
+torchrun forwards SIGTERM to its workers: rank 0 prints the one stop line. When torchrun itself is
+SIGKILLed it cannot forward anything; the workers asked the kernel to kill them with it
+(``PR_SET_PDEATHSIG``), so none survives and the pipes close.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from cli_helpers import TINY, Launch, no_temporary_folders, prefs
+
+pytestmark = pytest.mark.slow
+
+
+def _torchrun(*args: str) -> Launch:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return Launch(sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                  "--master-port", str(port), "-m", "rm_registry", *args)
+
+
+def test_workers_stop_with_torchrun_and_die_with_it(tmp_path: Path, launches: list[Launch]) -> None:
+    run = tmp_path / "run"
+    args = ["train", "binary_ranking", "--data", str(prefs(tmp_path / "train.jsonl", 40)), "--output", str(run),
+            "--no-progress", *TINY, "trainer.rm.max_steps=100000", "trainer.rm.save_interval=1",
+            "trainer.rm.val_check_interval=100000"]
+    launch = _torchrun(*args)
+    launches.append(launch)
+    launch.wait_for_checkpoint(run, after=1)
+    launch.proc.send_signal(signal.SIGTERM)
+    _, _, err = launch.finish()
+    stops = re.findall(r"rm-registry: stopped by SIGTERM at step (\d+); resume with --resume", err)
+    assert len(stops) == 1, err[-4000:]  # rank 0 only
+    launch.no_survivors()
+    assert no_temporary_folders(run)
+
+    launch = _torchrun(*args, "--resume")
+    launches.append(launch)
+    launch.wait_for_checkpoint(run, after=int(stops[0]))
+    launch.proc.kill()  # torchrun only, not its workers
+    launch.finish(timeout=60)
+    launch.no_survivors()

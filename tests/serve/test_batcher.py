@@ -1,0 +1,140 @@
+"""The dynamic batcher on its own (no model, no HTTP): length-sorted batches under the token budget,
+batching across requests, a failing batch that fails only its own requests, batching off."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from rm_registry.serve._batcher import BatchFailed, DynamicBatcher
+
+
+class Recorder:
+    """A forward pass that records its batches and scores a sequence as the sum of its ids."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, batch: list[list[int]]) -> list[int]:
+        self.batches.append(batch)
+        if self.fail_on is not None and any(self.fail_on in ids for ids in batch):
+            raise RuntimeError("boom")
+        return [sum(ids) for ids in batch]
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def _request(n: int, length: int, tag: int) -> list[list[int]]:
+    return [[tag] * length for _ in range(n)]
+
+
+def test_concurrent_requests_share_length_sorted_batches_under_the_budget() -> None:
+    forward = Recorder()
+
+    async def main() -> list[list[int]]:
+        b = DynamicBatcher(forward, max_batch_tokens=64, max_wait_ms=50)
+        b.start()
+        requests = [_request(3, length, tag) for tag, length in enumerate([5, 2, 9, 1, 7, 3], start=1)]
+        results = await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+        return [list(r) for r in results]
+
+    results = _run(main())
+    assert results == [[1 * 5] * 3, [2 * 2] * 3, [3 * 9] * 3, [4 * 1] * 3, [5 * 7] * 3, [6 * 3] * 3]  # each its own
+    assert len(forward.batches) < 6  # batched across requests
+    assert sum(len(b) for b in forward.batches) == 18
+    for batch in forward.batches:
+        lengths = [len(ids) for ids in batch]
+        assert lengths == sorted(lengths)
+        assert len(batch) * max(lengths) <= 64 or len(batch) == 1
+    flat = [len(ids) for batch in forward.batches for ids in batch]
+    assert flat == sorted(flat)  # one gathering: every batch comes from one sorted queue
+
+
+def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on() -> None:
+    forward = Recorder(fail_on=-1)
+
+    async def main() -> tuple[list[Any], list[int]]:
+        b = DynamicBatcher(forward, max_batch_tokens=4, max_wait_ms=20)  # budget 4: one length-4 text per batch
+        b.start()
+        first = await asyncio.gather(b.submit([[-1] * 4]), b.submit([[2] * 4]), return_exceptions=True)
+        after = await b.submit([[3] * 4])
+        await b.close()
+        return first, after
+
+    first, after = _run(main())
+    assert isinstance(first[0], BatchFailed) and "RuntimeError: boom" in str(first[0])
+    assert first[1] == [8] and after == [12]
+
+
+def test_without_batching_every_request_is_one_forward_pass() -> None:
+    forward = Recorder()
+
+    async def main() -> None:
+        b = DynamicBatcher(forward, max_batch_tokens=1000, max_wait_ms=50, batching=False)
+        b.start()
+        await asyncio.gather(*(b.submit(_request(2, 3, tag)) for tag in range(5)))
+        await b.close()
+
+    _run(main())
+    assert len(forward.batches) == 5 and all(len(b) == 2 and len({ids[0] for ids in b}) == 1 for b in forward.batches)
+
+
+def test_close_finishes_queued_texts_and_refuses_new_ones() -> None:
+    forward = Recorder()
+
+    async def main() -> tuple[list[int], BaseException | None]:
+        b = DynamicBatcher(forward, max_batch_tokens=1000, max_wait_ms=10_000)  # would wait 10 s for company
+        b.start()
+        pending = asyncio.ensure_future(b.submit([[1, 2]]))
+        await asyncio.sleep(0.05)
+        await asyncio.wait_for(b.close(), timeout=5)  # closing does not wait out max_wait
+        try:
+            await b.submit([[1]])
+        except BatchFailed as exc:
+            return await pending, exc
+        return await pending, None
+
+    done, refused = _run(main())
+    assert done == [3] and isinstance(refused, BatchFailed)
+
+
+def test_keepalive_runs_on_the_worker_when_idle() -> None:
+    calls: list[str] = []
+
+    async def main() -> None:
+        import threading
+
+        b = DynamicBatcher(Recorder(), max_batch_tokens=10, max_wait_ms=1,
+                           keepalive=lambda: calls.append(threading.current_thread().name), keepalive_s=0.02)
+        b.start()
+        await asyncio.sleep(0.2)
+        await b.close()
+
+    _run(main())
+    assert calls and all(name.startswith("rm-registry-model") for name in calls)
+
+
+@pytest.mark.parametrize("bad", [{"max_batch_tokens": 0}, {"max_wait_ms": -1}])
+def test_invalid_settings_are_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        DynamicBatcher(Recorder(), **{"max_batch_tokens": 10, "max_wait_ms": 1, **bad})
+
+
+def test_texts_of_very_different_lengths_go_to_different_batches() -> None:
+    forward = Recorder()
+
+    async def main() -> None:
+        b = DynamicBatcher(forward, max_batch_tokens=100_000, max_wait_ms=50, max_padding_tokens=50)
+        b.start()
+        requests = [_request(1, length, tag) for tag, length in enumerate([100, 10, 12, 101, 11, 102, 10, 100])]
+        await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+
+    _run(main())
+    assert [[len(ids) for ids in batch] for batch in forward.batches] == [[10, 10, 11, 12], [100, 100, 101, 102]]
