@@ -151,3 +151,25 @@ def test_plugin_default_config_raising_is_a_load_error_naming_the_plugin() -> No
 
     with pytest.raises(PluginLoadError, match=r"plugin 'broken': default_config\(\) raised RuntimeError: boom"):
         build_config(Broken())
+
+
+@pytest.mark.parametrize(("overrides", "lr"), [
+    ([], 4e-4),                                       # the default width, 64
+    (["model.hidden_size=256"], 1e-4),                # null scales with 1 / width
+    (["model.hidden_size=256", "model.optim.lr=1e-3"], 1e-3),  # an explicit value is kept
+    (["model.hidden_size=4096", "model.num_attention_heads=32"], 6.25e-6),  # min_lr lowered below it
+])
+def test_null_learning_rate_scales_with_width(overrides: list[str], lr: float) -> None:
+    cfg = build_config(_Plugin(), overrides=overrides)
+    assert cfg.model.optim.lr == pytest.approx(lr)  # resolved into the config (and its saved copy)
+    assert cfg.model.optim.sched.min_lr <= cfg.model.optim.lr
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("model.optim.lr=abc", "model.optim.lr='abc': expected a positive learning rate"),
+    ("model.optim.lr=1e-6", "model.optim.sched.min_lr=1e-05 is larger than model.optim.lr=1e-06"),
+])
+def test_bad_or_too_small_learning_rate_is_refused(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(_Plugin(), overrides=[override])
+    assert fragment in str(info.value)

@@ -159,3 +159,37 @@ def test_too_little_data_names_the_batch_size(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.global_batch_size=64"):
         train(plugin, cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_token_budget_splits_micro_batches_without_changing_the_steps(tmp_path: Path, monkeypatch) -> None:
+    """Micro-batches cut by model.max_tokens_per_micro_batch are weighted by their samples: the same losses."""
+    from rm_registry.engine import trainer as trainer_mod
+
+    shapes: list[tuple[int, int]] = []
+    chunked = trainer_mod.forward_in_chunks
+
+    def spy(model, tokens, lengths, max_tokens):
+        if model.training:
+            shapes.append(tuple(tokens.shape))
+        return chunked(model, tokens, lengths, max_tokens)
+
+    monkeypatch.setattr(trainer_mod, "forward_in_chunks", spy)
+    runs, forwards = {}, {}
+    for name, extra in (("whole", []), ("budget", ["model.max_tokens_per_micro_batch=300"])):
+        plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=3", "model.micro_batch_size=8", *extra)
+        lines = (tmp_path / "train.jsonl").read_text().splitlines()  # lengths from about 40 to 90 tokens
+        (tmp_path / "train.jsonl").write_text("".join(line.replace("Glad", "so " * (i % 17) + "Glad") + "\n"
+                                                      for i, line in enumerate(lines)))
+        shapes.clear()
+        trainer_mod.train(plugin, cfg, tmp_path / name, progress=False)
+        runs[name], forwards[name] = _records(tmp_path / name), list(shapes)
+    assert forwards["whole"] == [(16, s) for _, s in forwards["whole"]] and len(forwards["whole"]) == 3
+    # Micro-batches of different sizes within a step (3, 3, 2 pairs in step 1, so a wrong weighting
+    # would show), each within the budget.
+    assert all(n * s <= 300 for n, s in forwards["budget"])
+    assert len({n for n, _ in forwards["budget"]}) > 1 and len(forwards["budget"]) > 3
+    for a, b in zip(runs["whole"], runs["budget"]):
+        assert (a["step"], a["split"]) == (b["step"], b["split"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6), (a, b)
+        assert b["accuracy"] == pytest.approx(a["accuracy"])

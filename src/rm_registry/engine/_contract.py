@@ -63,11 +63,17 @@ def evaluation_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any]) -> dic
     return batch_to(chosen, "cpu")
 
 
-def metric_weight(plugin: RewardModelPlugin, batch: Mapping[str, Any], cfg: DictConfig) -> float:
-    """The weight of one batch's training metrics: ``plugin.metric_weight(batch, cfg)``, default 1."""
+def metric_weight(plugin: RewardModelPlugin, batch: Mapping[str, Any], cfg: DictConfig, *,
+                  default: float = 1.0) -> float:
+    """The weight of one batch's training metrics: ``plugin.metric_weight(batch, cfg)``, else ``default``.
+
+    The trainer passes the micro-batch's number of samples as ``default``: micro-batches cut by
+    ``model.max_tokens_per_micro_batch`` differ in size, and a plugin without ``metric_weight``
+    gets metrics averaged over samples, as its loss is.
+    """
     method = getattr(plugin, "metric_weight", None)
     if method is None:
-        return 1.0
+        return float(default)
     weight = float(method(batch, cfg))
     if not weight >= 0:  # also refuses NaN
         raise PluginValidationError(f"plugin {plugin.name!r}: metric_weight() returned {weight}; expected a number >= 0")

@@ -32,7 +32,8 @@ from .config import flatten, load_saved_config, merge_closed, parse_overrides, v
 from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
 from .progress import progress_bar
-from .trainer import evaluate_dataset
+from ._batching import SampleCosts, eval_batches
+from .trainer import evaluate_dataset, max_tokens_per_micro_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin, Tokenizer
@@ -41,7 +42,8 @@ __all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_
            "score_file"]
 
 #: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
-LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy")
+LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
+                  "model.attention_backend", "model.max_tokens_per_micro_batch")
 
 
 @dataclass
@@ -60,12 +62,14 @@ class LoadedRewardModel:
                 progress: bool = False) -> torch.Tensor:
         """Raw head outputs ``[B, K]`` for already-tokenized sequences (EOS included).
 
-        Sequences are sorted by length so that each batch pads little; the result is in input
-        order. Split across data-parallel ranks under torchrun; every rank returns all rows.
+        Sequences are sorted by length so that each batch pads little, and batches hold at most
+        ``model.max_tokens_per_micro_batch`` padded tokens; the result is in input order. Split
+        across data-parallel ranks under torchrun; every rank returns all rows.
         """
         batch_size = batch_size or int(self.cfg.model.micro_batch_size)
-        order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
-        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        costs = SampleCosts([1] * len(token_ids), [len(ids) for ids in token_ids])
+        chunks = eval_batches(costs, micro_batch_size=batch_size, max_tokens=max_tokens_per_micro_batch(self.cfg),
+                              sort=True)
         mine = list(range(self.info.dp_rank, len(chunks), self.info.dp))
         self.model.eval()
         results: list[tuple[list[int], torch.Tensor]] = []

@@ -38,6 +38,7 @@ __all__ = [
     "build_config",
     "engine_defaults",
     "flatten",
+    "learning_rate",
     "load_saved_config",
     "merge_closed",
     "parse_overrides",
@@ -52,6 +53,9 @@ _TOKENIZER_LIBRARIES = ("byte", "huggingface")
 _POSITION_EMBEDDINGS = ("learned_absolute", "rope")
 _NORMALIZATIONS = ("LayerNorm", "RMSNorm")  # model.NORMALIZATIONS (this module does not import torch)
 _ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")  # model.ACTIVATIONS
+#: ``model.attention_backend``: ``sdpa`` (causal scaled_dot_product_attention, see ``_attention``)
+#: or ``local`` (megatron's ``DotProductAttention``, which reads a mask tensor).
+ATTENTION_BACKENDS = ("sdpa", "local")
 _SCHEDULERS = ("CosineAnnealing", "constant")
 _OPTIMIZERS = ("adamw", "adam")
 
@@ -341,6 +345,7 @@ def build_config(
         if value is not None:
             cfg.model.data.data_prefix[split] = str(value)
     OmegaConf.set_struct(cfg, True)
+    _resolve_learning_rate(cfg)
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
     _contract.resolve_config(plugin, cfg)
@@ -370,6 +375,17 @@ def _merge_nemo(cfg: DictConfig, layer: DictConfig, source: str, notes: CompatNo
     return merge_closed(cfg, OmegaConf.create(plain), source, types), list(flatten(plain))
 
 
+def _resolve_learning_rate(cfg: DictConfig) -> None:
+    """Replace a null ``model.optim.lr`` by the width-scaled value (so the saved config shows it);
+    its ``sched.min_lr`` is lowered to a tenth of it when it would be above it (very wide models)."""
+    if OmegaConf.select(cfg, "model.optim.lr") is not None or not isinstance(cfg.model.hidden_size, int):
+        return
+    lr = learning_rate(cfg)
+    cfg.model.optim.lr = lr
+    if float(cfg.model.optim.sched.min_lr) > lr:
+        cfg.model.optim.sched.min_lr = lr / 10
+
+
 def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:
     value = OmegaConf.select(cfg, key)
     if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not (allow_minus_one and value == -1)):
@@ -382,6 +398,30 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
     value = OmegaConf.select(cfg, key)
     if value not in choices:
         raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
+
+
+#: ``model.optim.lr: null`` is ``REFERENCE_LR * REFERENCE_WIDTH / model.hidden_size``. Adam moves every
+#: weight by about the learning rate whatever the width, so a wider model needs a smaller one: at
+#: hidden 256, 1e-3 collapsed every reward to one constant within 10 steps and 2.5e-4 still lost
+#: most of its gradient, while 1e-4 (TRL's default) learned (docs/performance.md).
+REFERENCE_LR, REFERENCE_WIDTH = 1e-4, 256
+
+
+def learning_rate(cfg: DictConfig) -> float:
+    """The peak learning rate: ``model.optim.lr``, or when null the width-scaled default
+    (4e-4 at the default hidden size 64, 1e-4 at 256, 2.5e-5 at 1024); :func:`build_config`
+    writes it into the config.
+
+    Raises:
+        ConfigError: a value that is not a positive number.
+    """
+    value = OmegaConf.select(cfg, "model.optim.lr")
+    if value is None:
+        return REFERENCE_LR * REFERENCE_WIDTH / int(cfg.model.hidden_size)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"model.optim.lr={value!r}: expected a positive learning rate (or null: "
+                          f"{REFERENCE_LR:g} x {REFERENCE_WIDTH} / model.hidden_size)")
+    return float(value)
 
 
 def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
@@ -427,6 +467,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
     _choice(cfg, "model.normalization", _NORMALIZATIONS)
     _choice(cfg, "model.activation", _ACTIVATIONS)
+    _check_batching(cfg)
     _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
         raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
@@ -437,9 +478,8 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             raise ConfigError(f"model.{key}={value!r}: expected a probability in [0, 1)")
     _choice(cfg, "model.optim.name", _OPTIMIZERS)
     _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
-    if not float(m.optim.lr) > 0:
-        raise ConfigError(f"model.optim.lr={m.optim.lr!r}: expected a positive learning rate")
-    if float(m.optim.sched.min_lr) > float(m.optim.lr):
+    lr = learning_rate(cfg)
+    if float(m.optim.sched.min_lr) > lr:
         raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
     if not isinstance(m.optim.betas, ListConfig) or len(m.optim.betas) != 2:
         raise ConfigError(f"model.optim.betas={m.optim.betas!r}: expected two numbers [beta1, beta2]")
@@ -467,6 +507,22 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
                 f"model.global_batch_size={m.global_batch_size} is not a multiple of model.micro_batch_size="
                 f"{m.micro_batch_size} x data-parallel size {dp}"
             )
+
+
+def _check_batching(cfg: DictConfig) -> None:
+    """``model.attention_backend``, ``model.max_tokens_per_micro_batch``, ``trainer.rm.length_group_batches``
+    (configs saved before these keys existed lack them: their defaults apply)."""
+    if OmegaConf.select(cfg, "model.attention_backend") is not None:
+        _choice(cfg, "model.attention_backend", ATTENTION_BACKENDS)
+    if OmegaConf.select(cfg, "model.max_tokens_per_micro_batch") is not None:
+        budget = _positive(cfg, "model.max_tokens_per_micro_batch")
+        if budget < cfg.model.encoder_seq_length:
+            raise ConfigError(
+                f"model.max_tokens_per_micro_batch={budget} is smaller than model.encoder_seq_length="
+                f"{cfg.model.encoder_seq_length}: one sequence must fit in a forward pass; raise it or set null"
+            )
+    if OmegaConf.select(cfg, "trainer.rm.length_group_batches") is not None:
+        _positive(cfg, "trainer.rm.length_group_batches")
 
 
 def to_yaml(cfg: DictConfig) -> str:

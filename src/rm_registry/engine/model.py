@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError
 from . import parallel
+from ._attention import with_core_attention
 from ._nemo_compat import recompute_options
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -245,8 +246,10 @@ def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
     )
 
 
-def layer_spec(normalization: str = "LayerNorm", qk_layernorm: bool = False) -> ModuleSpec:
-    """Transformer Engine layer spec when TE and CUDA are present, else megatron's local spec.
+def layer_spec(normalization: str = "LayerNorm", qk_layernorm: bool = False,
+               attention_backend: str = "sdpa") -> ModuleSpec:
+    """Transformer Engine layer spec when TE and CUDA are present, else megatron's local spec
+    with the core attention of ``attention_backend`` (``model.attention_backend``).
 
     ``normalization`` is passed to the local spec so that it picks torch's ``RMSNorm`` /
     ``LayerNorm`` rather than apex's fused LayerNorm where apex is installed.
@@ -261,7 +264,9 @@ def layer_spec(normalization: str = "LayerNorm", qk_layernorm: bool = False) -> 
             return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=qk_layernorm)
         except ImportError:
             pass
-    return get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization)
+    return with_core_attention(
+        get_gpt_layer_local_spec(qk_layernorm=qk_layernorm, normalization=normalization), attention_backend
+    )
 
 
 def _mark_tensor_parallel(module: torch.nn.Module) -> None:
@@ -314,6 +319,8 @@ class RewardModel(MegatronModule):
             each head that is rotated (HF ``partial_rotary_factor``).
         rope_scaling, rope_scaling_factor: Llama 3 rope scaling (megatron-core's fixed variant).
         head_bias: Whether the head has a bias (Hugging Face heads have none).
+        attention_backend: ``sdpa`` (causal SDPA, no mask tensor) or ``local`` (megatron's
+            ``DotProductAttention``); the same weights and rewards either way.
     """
 
     def __init__(
@@ -332,6 +339,7 @@ class RewardModel(MegatronModule):
         rope_scaling: bool = False,
         rope_scaling_factor: float = 8.0,
         head_bias: bool = True,
+        attention_backend: str = "sdpa",
     ) -> None:
         super().__init__(config=config)
         if pooling not in POOLINGS:
@@ -348,10 +356,11 @@ class RewardModel(MegatronModule):
         self.max_sequence_length = max_sequence_length
         self.num_outputs = num_outputs
         self.pooling = pooling
+        self.attention_backend = attention_backend
         self.head_dtype = head_dtype or config.params_dtype
         self.backbone = _HiddenStatesGPT(
             config=config,
-            transformer_layer_spec=layer_spec(config.normalization, config.qk_layernorm),
+            transformer_layer_spec=layer_spec(config.normalization, config.qk_layernorm, attention_backend),
             vocab_size=padded_vocab_size,
             max_sequence_length=max_sequence_length,
             pre_process=True,
@@ -443,6 +452,7 @@ class RewardModel(MegatronModule):
             rope_scaling=_flag(cfg, "model.rope_scaling", False),
             rope_scaling_factor=_number(cfg, "model.rope_scaling_factor", 8.0),
             head_bias=_flag(cfg, "model.head_bias", True),
+            attention_backend=str(OmegaConf.select(cfg, "model.attention_backend", default="sdpa")),
         )
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
@@ -490,6 +500,8 @@ class RewardModel(MegatronModule):
         n, s = tokens.shape
         positions = torch.arange(s, device=tokens.device)
         position_ids = positions.unsqueeze(0).expand(n, s)  # [N, S]
+        if self.attention_backend == "sdpa":  # causal inside the kernel: no mask tensor
+            return self.backbone(tokens, position_ids, None)
         padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
         causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
         # Megatron convention: True = masked. Right padding with a causal mask already keeps

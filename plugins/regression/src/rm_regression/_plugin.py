@@ -85,10 +85,18 @@ class RegressionPlugin:
         With ``attribute_names: null`` the names come from the plugin's defaults; writing them
         into the config saved with every checkpoint means a later change of those defaults cannot
         rename the outputs of an old checkpoint.
+
+        With a Bradley-Terry ``loss_func`` the A/B rows of a pair must stay consecutive, so the
+        engine's length grouping (which reorders the samples of a step by length) is turned off:
+        ``trainer.rm.group_by_length=false``, as NeMo-Aligner's recipe keeps file order.
         """
+        from omegaconf import OmegaConf
+
         settings = RegressionSettings.from_config(cfg)
         cfg.model.regression.attribute_names = list(settings.attribute_names)
         cfg.model.regression.num_attributes = settings.num_attributes
+        if settings.bradley_terry and OmegaConf.select(cfg, "trainer.rm.group_by_length", default=None):
+            cfg.trainer.rm.group_by_length = False
 
     def sample_data(self) -> dict[str, Path]:
         """The shipped HelpSteer-style sample set (``scripts/make_sample_data.py`` writes it)."""
