@@ -26,8 +26,13 @@ def test_a_failing_launch_ends_with_one_line_and_the_exit_code(tmp_path: Path) -
         capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("rm-registry: error:")]
-    assert errors[:2] == ["rm-registry: error: model.micro_batch_size='x' (command line): expected a number like "
-                          "the default 8, got a string"] * 2  # each process says why, once
+    why = ("rm-registry: error: model.micro_batch_size='x' (command line): expected a number like "
+           "the default 8, got a string")
+    # Each process says why, once; a process that torchrun stopped (SIGTERM) after its peer failed
+    # says only that it was stopped, or nothing when it was stopped before it could say anything.
+    assert 1 <= errors.count(why) <= 2 and set(errors[:-1]) == {why}, proc.stderr
+    others = [line for line in proc.stderr.splitlines() if line.startswith("rm-registry:") and line not in errors]
+    assert len(errors) - 1 + len(others) <= 2 and set(others) <= {"rm-registry: stopped by SIGTERM"}, proc.stderr
     assert errors[-1].startswith("rm-registry: error: launch: 2 of the 2 process(es) per node failed, first rank")
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert not out.exists()
