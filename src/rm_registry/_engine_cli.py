@@ -196,8 +196,6 @@ def _train(args: argparse.Namespace) -> int:
         args.overrides = [args.name, *args.overrides]
         args.name = None
     if args.pretrained:
-        from ._errors import ConfigError
-
         if any(o.startswith("pretrained_checkpoint.restore_from_path=") for o in args.overrides):
             raise ConfigError("give either --pretrained or pretrained_checkpoint.restore_from_path=, not both")
         args.overrides = [*args.overrides, f"pretrained_checkpoint.restore_from_path={args.pretrained}"]

@@ -7,7 +7,6 @@ converted and sliced for this tensor-parallel rank, one at a time (see ``_io``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig
