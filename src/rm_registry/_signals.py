@@ -24,6 +24,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 #: Optimizer steps done by the training loop running in this process (None outside training).
 current_step: int | None = None
+#: The stop signal received inside :func:`stop_on_signals` (None: none yet).
+received: int | None = None
 
 
 class Stopped(KeyboardInterrupt):
@@ -67,12 +69,15 @@ def stop_on_signals() -> Iterator[None]:
 
     def handler(signum: int, frame: Any) -> None:
         nonlocal raised
+        global received
         if not raised:
             raised = True
+            received = signum
             raise Stopped(signum)
 
-    global current_step
+    global current_step, received
     current_step = None
+    received = None
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     for sig in _STOP_SIGNALS:
         if sig == signal.SIGINT and previous[sig] is signal.SIG_IGN:  # e.g. started with `nohup ... &`
@@ -92,7 +97,11 @@ def grace_for_stop(seconds: float = 3.0) -> None:
     breaks the collective its peers are in (gloo: ``Connection closed by peer``) before their
     own SIGTERM arrives; waiting here lets that signal raise :class:`Stopped` (reported as the
     stop it is) instead of the peer's error with a traceback. Elsewhere this returns at once.
+    When the signal already came (a library such as torch DCP caught the first Stopped and raised
+    its own error), Stopped is raised again at once.
     """
+    if received is not None:  # our signal came already (a library may have wrapped its Stopped)
+        raise Stopped(received) from None
     if "TORCHELASTIC_RUN_ID" not in os.environ or threading.current_thread() is not threading.main_thread():
         return
     import time
