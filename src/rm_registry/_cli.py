@@ -351,8 +351,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _signals.stop_on_signals():
                 try:
                     return _main(argv)
-                except Exception:
-                    _signals.grace_for_stop()  # a peer stopped first under torchrun: our signal is coming
+                except (_signals.Stopped, KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException:  # also torch DCP's CheckpointException, a BaseException
+                    _signals.grace_for_stop()  # our signal came (or, under torchrun, is coming)
                     raise
         except _signals.Stopped as exc:  # SIGTERM or SIGINT: one line (from rank 0 under torchrun)
             from .engine._launch import first_process  # cheap: no torch
