@@ -235,3 +235,52 @@ def test_configs_saved_before_the_backbone_options_load_as_the_same_model() -> N
     assert (m.normalization, m.activation, m.gated_linear_unit, m.add_bias_linear, m.head_bias, m.qk_layernorm) == (
         "LayerNorm", "gelu", False, True, True, False)
     assert m.num_query_groups is None and m.kv_channels is None and m.vocab_size is None
+
+
+def _hub_snapshot(root: Path, folder: Path) -> Path:
+    """``folder`` laid out as the Hugging Face hub cache stores a download: every file of
+    ``models--org--tiny/snapshots/REV/`` a relative symlink to ``../../blobs/HASH``."""
+    import hashlib
+
+    repo = root / "models--org--tiny"
+    snapshot = repo / "snapshots" / "0123abcd"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in folder.iterdir():
+        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copyfile(file, repo / "blobs" / digest)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", digest))
+    return snapshot
+
+
+def test_hub_cache_snapshots_load_and_links_elsewhere_are_refused(
+        hf_folder: Callable[..., Path], tmp_path: Path, cli: Callable[..., tuple[int, str]]) -> None:
+    """A snapshot folder of the hub cache (symlinks into the repository's blobs) scores as the plain
+    folder does and starts a --pretrained run; a weights link leading anywhere else is refused."""
+    folder = hf_folder("llama")
+    snapshot = _hub_snapshot(tmp_path / "hub", folder)
+    data = tmp_path / "texts.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
+    scores = {}
+    for name, where in (("plain", folder), ("hub", snapshot)):
+        code, err = cli("score", "--checkpoint", str(where), "--data", str(data), "--output",
+                        str(tmp_path / f"{name}.jsonl"), "--no-progress")
+        assert code == 0, err
+        scores[name] = [json.loads(line)["reward"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert scores["hub"] == scores["plain"]
+
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "q", "chosen": " good", "rejected": " bad"}\n' * 8)
+    code, err = cli("train", "binary_ranking", "--pretrained", str(snapshot), "--data", str(prefs), "--output",
+                    str(tmp_path / "run"), "--no-progress", "trainer.rm.max_steps=1", "model.micro_batch_size=2",
+                    "model.global_batch_size=2")
+    assert code == 0, err
+
+    elsewhere = tmp_path / "elsewhere"  # the weights link leads out of the hub repository
+    elsewhere.mkdir()
+    shutil.copyfile(snapshot / "model.safetensors", elsewhere / "model.safetensors")
+    (snapshot / "model.safetensors").unlink()
+    (snapshot / "model.safetensors").symlink_to(elsewhere / "model.safetensors")
+    code, err = cli("score", "--checkpoint", str(snapshot), "--data", str(data), "--output",
+                    str(tmp_path / "refused.jsonl"), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "outside the model folder" in err, err

@@ -28,6 +28,21 @@ BIN = "pytorch_model.bin"
 BLOCK_BYTES = 64 << 20
 
 
+def is_folder_file(folder: Path, file: Path) -> bool:
+    """Whether ``file`` (a name in ``folder``) is the folder's own file.
+
+    It must resolve to a file directly in the folder, except in a Hugging Face hub cache: a
+    snapshot ``models--ORG--NAME/snapshots/REVISION/`` holds symlinks to ``../../blobs/HASH``, so
+    there a file may resolve into that repository's ``blobs`` folder (and nowhere else).
+    """
+    target, snapshot = file.resolve(), folder.resolve()
+    if target.parent == snapshot:
+        return True
+    if snapshot.parent.name != "snapshots":
+        return False
+    return target.parent == (snapshot.parent.parent / "blobs").resolve()
+
+
 class WeightFiles:
     """The weight files of a Hugging Face folder: names, shapes and tensors.
 
@@ -61,8 +76,11 @@ class WeightFiles:
     def _scan(self, file: Path) -> None:
         from safetensors import safe_open
 
-        if not file.is_file() or file.resolve().parent != self.folder.resolve():
+        if not file.is_file():
             raise ConfigError(f"{file}: missing (named by {INDEX})")
+        if not is_folder_file(self.folder, file):
+            raise ConfigError(f"{file}: leads to {file.resolve()}, outside the model folder (named by {INDEX}); "
+                              "weights must be files of the folder itself")
         try:
             with safe_open(str(file), framework="pt") as fh:
                 for key in fh.keys():
