@@ -10,7 +10,12 @@ server's figures also exclude start-up). Every path's rewards are checked to agr
 The two servers and the offline process are started once and stay loaded; the three measurements
 then alternate for --rounds rounds and the median of each is reported, so that a machine whose load
 changes during the run (shared CI runners) skews all three alike. Every process runs torch with
---threads intra-op threads.
+--threads intra-op threads. With --pin the load generator runs on a CPU of its own and every
+server and the offline process on the others (in a deployment the RLHF clients run elsewhere).
+
+It also times the model's forward passes alone (no HTTP, no files) with one text per pass and with
+the batching server's mean number of texts per pass: their ratio is the most that batching across
+requests can gain on this machine, whatever the server does.
 
     python benchmarks/bench_serve.py [--checkpoint RUN] [--texts 512] [--clients 64] [--rounds 3]
 
@@ -54,13 +59,23 @@ def _cli(*args: str) -> list[str]:
 
 class Offline:
     """A process that loads the model once, then times `score_file` (what `rm-registry score` runs)
-    each time it is asked."""
+    each time it is asked, or the model alone (:meth:`model_alone`)."""
 
     CODE = (
-        "import sys, time\n"
-        "from rm_registry.engine.api import load_reward_model, score_file\n"
+        "import json, sys, time\n"
+        "from rm_registry.engine.api import load_reward_model, read_score_inputs, score_file\n"
         "m = load_reward_model(sys.argv[1])\n"
+        "ids = [m.encode(text)[0] for _, text in read_score_inputs(sys.argv[2])]\n"
         "for line in sys.stdin:\n"
+        "    if line.startswith('model'):\n"
+        "        size = int(line.split()[1])\n"
+        "        t = time.perf_counter()\n"
+        "        for x in ids: m.rewards([x])\n"
+        "        one = time.perf_counter() - t\n"
+        "        t = time.perf_counter()\n"
+        "        for i in range(0, len(ids), size): m.rewards(ids[i : i + size], batch_size=size)\n"
+        "        print(json.dumps([one, time.perf_counter() - t]), flush=True)\n"
+        "        continue\n"
         "    t = time.perf_counter()\n"
         "    score_file(m, sys.argv[2], sys.argv[3], progress=False)\n"
         "    print(time.perf_counter() - t, flush=True)\n"
@@ -77,6 +92,16 @@ class Offline:
         self.proc.stdin.flush()
         seconds = float(self.proc.stdout.readline())
         return seconds, [json.loads(line)["reward"] for line in self.out.read_text().splitlines()]
+
+    def model_alone(self, size: int) -> tuple[float, float]:
+        """Seconds of the model's forward passes alone (no HTTP, no file) over every text: one text per
+        pass, and ``size`` texts per pass (the clients' order, each pass length-sorted): the most
+        batching can gain over one pass per request on this machine."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"model {size}\n")
+        self.proc.stdin.flush()
+        one, batched = json.loads(self.proc.stdout.readline())
+        return one, batched
 
     def close(self) -> None:
         assert self.proc.stdin is not None
@@ -148,6 +173,16 @@ def _serve(url: str, texts: list[str], clients: int) -> dict[str, Any]:
             "rewards": rewards}
 
 
+def _mean_batch(url: str) -> float:
+    """Mean texts per forward pass so far, from the server's Prometheus metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=60) as response:
+        text = response.read().decode()
+    found = dict(re.findall(r"^rm_registry_batch_texts_(sum|count) (\S+)$", text, re.M))
+    return float(found["sum"]) / max(1.0, float(found["count"]))
+
+
 def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: statistics.median(r[key] for r in runs) for key in ("texts_per_s", "p50_ms", "p99_ms")}
 
@@ -161,12 +196,24 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads of every process")
     parser.add_argument("--serve-args", default="", help="extra flags of the batching server, e.g. "
                                                          "\"--max-padding-tokens 256\"")
+    parser.add_argument("--pin", action="store_true",
+                        help="run the load generator on the last CPU and the servers and offline scoring on the "
+                             "others (as in a deployment, where the RLHF clients run elsewhere); default: all "
+                             "processes share every CPU")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
+    client_cpus: set[int] | None = None
+    if args.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            parser.error("--pin needs at least two CPUs")
+        client_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, cpus[:-1])  # inherited by the servers and the offline process started below
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(args.threads)}
     runs: dict[str, list[dict[str, Any]]] = {"batched": [], "unbatched": []}
     offline_times: list[float] = []
+    model_runs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         checkpoint = args.checkpoint
@@ -179,6 +226,8 @@ def main() -> None:
         data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
         offline_proc = Offline(checkpoint, data, d / "scores.jsonl", env)
         servers = {"batched": _start(checkpoint, args.serve_args.split(), env), "unbatched": _start(checkpoint, ["--no-batching"], env)}
+        if client_cpus is not None:
+            os.sched_setaffinity(0, client_cpus)  # the client threads, started later, inherit it
         try:
             for _ in range(args.rounds):
                 seconds, offline_rewards = offline_proc.run()
@@ -188,6 +237,10 @@ def main() -> None:
                     worst = max(abs(a - b) for a, b in zip(run.pop("rewards"), offline_rewards))
                     assert worst <= 1e-5, f"{name} serve differs from offline score by {worst:.2e}"
                     runs[name].append(run)
+                mean_batch = _mean_batch(servers["batched"][1])
+                one, batched_s = offline_proc.model_alone(max(1, round(mean_batch)))
+                model_runs.append({"one_per_pass": len(texts) / one, "batched": len(texts) / batched_s,
+                                   "batch": mean_batch})
         finally:
             offline_proc.close()
             for proc, _ in servers.values():
@@ -195,23 +248,31 @@ def main() -> None:
                 proc.wait(timeout=120)
     batched, unbatched = _median(runs["batched"]), _median(runs["unbatched"])
     offline = len(texts) / statistics.median(offline_times)
+    model = {key: statistics.median(r[key] for r in model_runs) for key in model_runs[0]}
     result = {"texts": len(texts), "clients": args.clients, "rounds": args.rounds, "threads": args.threads,
-              "serve_args": args.serve_args,
+              "serve_args": args.serve_args, "pinned": args.pin,
               "serve": batched, "serve_no_batching": unbatched,
               "offline_score_texts_per_s": offline,
+              "model_alone_texts_per_s": model,
+              "model_alone_batching_speedup": model["batched"] / model["one_per_pass"],
               "batching_speedup": batched["texts_per_s"] / unbatched["texts_per_s"],
               "serve_vs_offline": batched["texts_per_s"] / offline}
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{len(texts)} texts, {args.clients} concurrent single-text clients, median of {args.rounds} rounds, "
-          f"{args.threads} torch thread(s) per process (rewards agree to 1e-5)")
+          f"{args.threads} torch thread(s) per process (rewards agree to 1e-5)"
+          + ("; load generator pinned to its own CPU" if args.pin else ""))
     print(f"{'':<26}{'texts/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, run in (("serve (batching)", batched), ("serve --no-batching", unbatched)):
         print(f"{name:<26}{run['texts_per_s']:>10.1f}{run['p50_ms']:>10.1f}{run['p99_ms']:>10.1f}")
     print(f"{'offline rm-registry score':<26}{offline:>10.1f}")
+    print(f"{'model alone, 1 per pass':<26}{model['one_per_pass']:>10.1f}")
+    print(f"{'model alone, batched':<26}{model['batched']:>10.1f}   ({model['batch']:.1f} texts per pass: the "
+          "batching server's mean)")
     print(f"batching speed-up {result['batching_speedup']:.2f}x (goal >= 4x); "
-          f"serve / offline {result['serve_vs_offline']:.2f}x (goal >= 0.8x)")
+          f"serve / offline {result['serve_vs_offline']:.2f}x (goal >= 0.8x); the model alone gains "
+          f"{result['model_alone_batching_speedup']:.2f}x from the same batching (the most the server can)")
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def _peak_mb() -> float:
 
 # ------------------------------------------------------------------------------- rm-registry
 def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], steps: int, chunk: int,
-             out: str, extra: list[str]) -> None:
+             out: str, seed: int, extra: list[str]) -> None:
     from rm_registry import get_reward_model
     from rm_registry.engine import trainer as trainer_mod
     from rm_registry.engine.config import build_config
@@ -144,7 +144,7 @@ def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], step
         f"model.encoder_seq_length={SEQ_LENGTH}", f"model.micro_batch_size={PAIRS_PER_STEP}",
         f"model.global_batch_size={PAIRS_PER_STEP}", "model.tokenizer.library=huggingface",
         f"model.tokenizer.path={paths['tokenizer']}", f"trainer.rm.max_steps={steps}",
-        f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}", *extra,
+        f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}", f"seed={seed}", *extra,
     ], data_paths={"train": paths["train"], "validation": paths["validation"]})
     build = trainer_mod.build_scheduler
 
@@ -242,7 +242,7 @@ def compare(paths: dict[str, str], shape: tuple[int, int, int], steps: int, chun
     ctx = mp.get_context("spawn")
     procs, conns = {}, {}
     for name, target, args in (
-        ("rm-registry", run_ours, (paths, shape, steps, chunk, str(work / "ours"), extra)),
+        ("rm-registry", run_ours, (paths, shape, steps, chunk, str(work / "ours"), seed, extra)),
         ("TRL", run_trl, (paths, shape, steps, chunk, str(work / "trl"), seed)),
     ):
         parent, child = ctx.Pipe()

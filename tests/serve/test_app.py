@@ -53,3 +53,28 @@ def test_bad_settings_exit_2_in_one_line(served_run: dict[str, Any], flags: list
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.startswith("rm-registry: error:")]
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_the_batcher_starts_from_measured_warm_up_passes(served_run: dict[str, Any]) -> None:
+    """The runner times a 1-token pass and an 8 x 128-token pass of the real model; the batcher's cost
+    model starts from them (a fixed cost per pass worth some tokens, shown in /metrics)."""
+    from starlette.testclient import TestClient
+
+    from rm_registry.engine.api import load_reward_model
+    from rm_registry.serve._app import build_app
+    from rm_registry.serve._runner import ModelRunner
+    from rm_registry.serve._service import ServeOptions, Service
+
+    from rm_registry.serve._batcher import PassCost
+
+    runner = ModelRunner(load_reward_model(served_run["checkpoint"]))
+    (small, small_s), (large, large_s) = runner.warmup_passes
+    assert small == 1 and large == 8 * min(128, runner.max_length) and small_s > 0 and large_s > 0
+    service = Service(runner, ServeOptions(max_wait_ms=0))
+    fitted = PassCost()
+    for padded, seconds in runner.warmup_passes:
+        fitted.observe(padded, seconds)
+    assert service.batcher.pass_cost.overhead_tokens == fitted.overhead_tokens
+    with TestClient(build_app(service)) as client:
+        assert client.post("/get_reward", json={"query": TEXTS[:3]}).status_code == 200
+        assert "rm_registry_pass_overhead_tokens " in client.get("/metrics").text

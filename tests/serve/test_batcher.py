@@ -1,5 +1,6 @@
 """The dynamic batcher on its own (no model, no HTTP): length-sorted batches under the token budget,
-batching across requests, a failing batch that fails only its own requests, batching off."""
+cut where the cost is least, batching across requests, a failing batch that fails only its own
+requests, batching off."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from rm_registry.serve._batcher import BatchFailed, DynamicBatcher
+from rm_registry.serve._batcher import BatchFailed, DynamicBatcher, PassCost, plan_batches
 
 
 class Recorder:
@@ -138,3 +139,77 @@ def test_texts_of_very_different_lengths_go_to_different_batches() -> None:
 
     _run(main())
     assert [[len(ids) for ids in batch] for batch in forward.batches] == [[10, 10, 11, 12], [100, 100, 101, 102]]
+
+
+def _cost(lengths: list[int], ends: list[int], overhead: float) -> float:
+    return sum(overhead + (j - i) * lengths[j - 1] for i, j in zip([0, *ends[:-1]], ends))
+
+
+def _all_cuts(n: int) -> list[list[int]]:
+    """Every way to cut n sorted texts into consecutive batches (as end indices)."""
+    import itertools
+
+    return [[*inner, n] for k in range(n) for inner in itertools.combinations(range(1, n), k)]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_plan_is_the_cheapest_cut_under_the_budget_and_the_padding_cap(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    lengths = sorted(rng.randint(1, 40) for _ in range(rng.randint(1, 9)))
+    overhead = rng.choice([0.0, 3.0, 25.0, 400.0])
+    budget = rng.choice([40, 80, 1000])
+    cap = rng.choice([None, 0, 10])
+    ends = plan_batches(lengths, max_tokens=budget, overhead_tokens=overhead, max_padding=cap)
+
+    def allowed(cut: list[int]) -> bool:
+        for i, j in zip([0, *cut[:-1]], cut):
+            size, padding = (j - i) * lengths[j - 1], (j - i) * lengths[j - 1] - sum(lengths[i:j])
+            if j - i > 1 and (size > budget or (cap is not None and padding > cap)):
+                return False
+        return True
+
+    assert allowed(ends) and ends[-1] == len(lengths)
+    assert _cost(lengths, ends, overhead) == min(_cost(lengths, c, overhead) for c in _all_cuts(len(lengths))
+                                                 if allowed(c))
+
+
+def test_a_cheap_pass_gives_tight_batches_and_a_costly_one_few_large_ones() -> None:
+    lengths = sorted([40, 41, 42, 90, 91, 150, 151, 152, 153, 250])
+    tight = plan_batches(lengths, max_tokens=100_000, overhead_tokens=5, max_padding=None)
+    assert tight == [3, 5, 9, 10]  # only texts of nearly the same length share a pass
+    assert plan_batches(lengths, max_tokens=100_000, overhead_tokens=1e6, max_padding=None) == [10]
+    assert plan_batches(lengths, max_tokens=500, overhead_tokens=1e6, max_padding=None) == [5, 8, 10]
+
+
+def test_the_pass_cost_is_fitted_to_the_passes_seen() -> None:
+    cost = PassCost(default_overhead_tokens=256)
+    assert cost.overhead_tokens == 256  # nothing seen yet
+    cost.observe(1, 0.002 + 1e-5, keep=True)  # a = 2 ms, b = 10 us per token: overhead 200 tokens
+    assert cost.overhead_tokens == 256  # one point cannot tell the two parts apart
+    cost.observe(1024, 0.002 + 1024e-5, keep=True)
+    assert cost.overhead_tokens == pytest.approx(200)
+    for tokens in (300, 500, 700) * 200:  # many later passes of other sizes, slightly slower per token
+        cost.observe(tokens, 0.002 + tokens * 1.1e-5)
+    assert 150 < cost.overhead_tokens < 200
+    same = PassCost(default_overhead_tokens=7)
+    for _ in range(20):
+        same.observe(512, 0.01)  # every pass alike: the two parts cannot be told apart
+    assert same.overhead_tokens == 7
+    assert PassCost(fixed_overhead_tokens=3).overhead_tokens == 3
+
+
+def test_the_batcher_cuts_by_the_measured_cost() -> None:
+    forward = Recorder()
+
+    async def main() -> None:
+        b = DynamicBatcher(forward, max_batch_tokens=100_000, max_wait_ms=50,
+                           pass_cost=PassCost(fixed_overhead_tokens=5))
+        b.start()
+        requests = [_request(1, length, tag) for tag, length in enumerate([40, 90, 41, 150, 91, 42])]
+        await asyncio.gather(*(b.submit(r) for r in requests))
+        await b.close()
+
+    _run(main())
+    assert [[len(ids) for ids in batch] for batch in forward.batches] == [[40, 41, 42], [90, 91], [150]]

@@ -94,8 +94,6 @@ def run_server(model: LoadedRewardModel, options: ServeOptions) -> int:
     On global rank 0 only; the other ranks of a torchrun launch call
     :meth:`~._runner.ModelRunner.follow`.
     """
-    import asyncio
-
     import uvicorn
 
     from ._runner import ModelRunner
@@ -119,7 +117,7 @@ def run_server(model: LoadedRewardModel, options: ServeOptions) -> int:
     # that re-raise is a no-op and the process exits 0 after a graceful stop.
     previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        server.run(sockets=[sock])  # on uvloop when installed (the [serve] extra), as `uvicorn` does
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

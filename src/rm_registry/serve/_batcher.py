@@ -3,9 +3,13 @@
 Requests put their encoded texts in a queue and await futures. A single task on the event loop
 waits for the first text, then up to ``max_wait_ms`` for more (or until ``max_batch_tokens`` are
 queued), takes everything queued, sorts it by length and cuts it into batches whose padded size
-(texts x longest) stays under ``max_batch_tokens`` and whose padding (the tokens added to make the
-texts of a batch as long as its longest) stays under ``max_padding_tokens``: texts of similar
-length go together, so little compute is spent on padding, as when scoring a sorted file offline.
+(texts x longest) stays under ``max_batch_tokens``. Where to cut is chosen by cost: a forward pass
+costs about ``a + b x padded tokens`` seconds, so one more pass is worth it when it saves more than
+``a / b`` tokens of padding. The batcher measures ``a`` and ``b`` on its own passes
+(:class:`PassCost`) and cuts the sorted queue where the total is least (:func:`plan_batches`): on
+a CPU, where a pass costs little beyond its tokens, that means tight batches of texts of nearly
+the same length, as when a sorted file is scored offline; on a GPU, where each pass has a large
+fixed cost, few large batches. ``max_padding_tokens`` optionally caps the padding of a batch.
 Each batch runs on one worker thread, so the event loop keeps accepting requests while the model
 computes, and texts that arrive meanwhile form the next batches. A batch that raises fails only its
 own texts (the requests get HTTP 500).
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -27,13 +32,98 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 if TYPE_CHECKING:  # pragma: no cover
     from ._metrics import ServerMetrics
 
-__all__ = ["BatchFailed", "DynamicBatcher"]
+__all__ = ["BatchFailed", "DynamicBatcher", "PassCost", "plan_batches"]
 
 log = logging.getLogger("rm_registry.serve")
 
 
 class BatchFailed(RuntimeError):
     """The forward pass of the batch holding this text raised (the message says why)."""
+
+
+#: Overhead of a pass (in tokens) that makes :func:`plan_batches` use as few passes as it can.
+_FEWEST_PASSES = 1e12
+
+
+class PassCost:
+    """The cost of a forward pass, ``a + b x padded_tokens`` seconds, fitted by least squares to the
+    passes observed (the latest ``window``, plus the warm-up passes, which are kept).
+
+    :attr:`overhead_tokens` is ``a / b``: how many padded tokens cost as much as one more pass.
+    Until the passes seen differ enough in size to fit both terms, it is ``default_overhead_tokens``;
+    with ``fixed_overhead_tokens`` it is that, always.
+    """
+
+    def __init__(self, *, window: int = 256, default_overhead_tokens: float = 256.0,
+                 fixed_overhead_tokens: float | None = None) -> None:
+        if fixed_overhead_tokens is not None and fixed_overhead_tokens < 0:
+            raise ValueError(f"fixed_overhead_tokens={fixed_overhead_tokens}: expected >= 0")
+        self.default = float(default_overhead_tokens)
+        self.fixed = fixed_overhead_tokens
+        self._anchors: list[tuple[float, float]] = []
+        self._recent: deque[tuple[float, float]] = deque(maxlen=window)
+
+    def observe(self, padded_tokens: int, seconds: float, *, keep: bool = False) -> None:
+        """Record one pass (``keep``: never drop it from the fit, for warm-up passes)."""
+        (self._anchors if keep else self._recent).append((float(padded_tokens), float(seconds)))
+
+    @property
+    def overhead_tokens(self) -> float:
+        if self.fixed is not None:
+            return float(self.fixed)
+        points = [*self._anchors, *self._recent]
+        if len(points) < 2:
+            return self.default
+        n = len(points)
+        mean_x = sum(x for x, _ in points) / n
+        mean_y = sum(y for _, y in points) / n
+        sxx = sum((x - mean_x) ** 2 for x, _ in points)
+        if sxx <= (0.25 * mean_x) ** 2 * n:  # sizes too alike to tell the fixed cost from the per-token one
+            return self.default
+        b = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
+        a = mean_y - b * mean_x
+        if not b > 0:
+            return self.default
+        return max(0.0, a / b)
+
+
+def plan_batches(lengths: Sequence[int], *, max_tokens: int, overhead_tokens: float,
+                 max_padding: int | None = None) -> list[int]:
+    """Cut texts sorted by length into consecutive batches at the least total cost.
+
+    Args:
+        lengths: Token counts, ascending.
+        max_tokens: Budget of padded tokens (texts x longest) per batch; a single longer text is a
+            batch of its own.
+        overhead_tokens: Cost of one more forward pass, in padded tokens.
+        max_padding: Optional cap on the padding tokens of a batch.
+
+    Returns:
+        The end index of each batch (exclusive), ascending; the last is ``len(lengths)``. The cost
+        ``sum(overhead_tokens + texts x longest)`` is the least of every such cut (dynamic
+        programming over the sorted lengths, ``O(n x texts per batch)``).
+    """
+    n = len(lengths)
+    prefix = [0]
+    for length in lengths:
+        prefix.append(prefix[-1] + length)
+    best = [0.0] + [math.inf] * n
+    start = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[j - 1]
+        fits = max(1, max_tokens // max(1, longest))  # texts of this length a batch can hold
+        for i in range(j - 1, max(0, j - fits) - 1, -1):
+            if max_padding is not None and i < j - 1 and (j - i) * longest - (prefix[j] - prefix[i]) > max_padding:
+                break  # padding only grows as the batch reaches further back
+            cost = best[i] + overhead_tokens + (j - i) * longest
+            if cost < best[j]:
+                best[j], start[j] = cost, i
+    ends = []
+    j = n
+    while j > 0:
+        ends.append(j)
+        j = start[j]
+    return ends[::-1]
 
 
 @dataclass
@@ -53,28 +143,30 @@ class DynamicBatcher:
         max_batch_tokens: Budget of padded tokens (texts x longest) per forward pass; a single text
             longer than the budget runs alone.
         max_wait_ms: How long the first queued text waits for company when the model is idle.
-        max_padding_tokens: Padding tokens a batch may carry; a text whose length would add more
-            starts the next batch. Small values mean more, tighter passes.
+        max_padding_tokens: Optional cap on the padding tokens of a batch (``None``: only the cost
+            decides).
         batching: ``False``: one forward pass per request.
+        pass_cost: The cost model of a forward pass (default: fitted to the passes this batcher runs).
         keepalive: Called on the worker thread after ``keepalive_s`` idle seconds (tensor-parallel
             followers must hear from rank 0 before their process group times out).
     """
 
     def __init__(self, forward: Callable[[list[list[int]]], Sequence[Any]], *, max_batch_tokens: int,
-                 max_wait_ms: float, max_padding_tokens: int = 1024, batching: bool = True,
-                 metrics: ServerMetrics | None = None,
+                 max_wait_ms: float, max_padding_tokens: int | None = None, batching: bool = True,
+                 metrics: ServerMetrics | None = None, pass_cost: PassCost | None = None,
                  keepalive: Callable[[], None] | None = None, keepalive_s: float = 60.0) -> None:
         if max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens={max_batch_tokens}: expected a positive number")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms={max_wait_ms}: expected >= 0")
-        if max_padding_tokens < 0:
+        if max_padding_tokens is not None and max_padding_tokens < 0:
             raise ValueError(f"max_padding_tokens={max_padding_tokens}: expected >= 0")
         self.forward = forward
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_padding_tokens = max_padding_tokens
         self.batching = batching
+        self.pass_cost = pass_cost or PassCost()
         self.metrics = metrics
         self.keepalive = keepalive
         self.keepalive_s = keepalive_s
@@ -156,8 +248,8 @@ class DynamicBatcher:
                 return
 
     def _take(self) -> list[list[_Item]]:
-        """Cut the queue into batches: all of it, length-sorted, under the token budget (or the
-        oldest request alone, without batching)."""
+        """Cut the queue into batches: all of it, length-sorted, where the cost is least (or the
+        oldest request alone, in as few passes as the budget allows, without batching)."""
         if self.batching:
             items = sorted(self._pending, key=lambda item: len(item.ids))
             self._pending.clear()
@@ -166,25 +258,18 @@ class DynamicBatcher:
             items = []
             while self._pending and self._pending[0].request == first:
                 items.append(self._pending.popleft())
+            items.sort(key=lambda item: len(item.ids))
         self._pending_tokens -= sum(len(item.ids) for item in items)
         self._set_depth()
-        if not self.batching:
-            items.sort(key=lambda item: len(item.ids))
-        batches: list[list[_Item]] = []
-        current: list[_Item] = []
-        tokens = 0  # real tokens in current
-        for item in items:
-            width = len(item.ids)  # sorted by length: the padded width of current + item
-            padding = len(current) * width - tokens
-            too_much_padding = self.batching and padding > self.max_padding_tokens
-            if current and ((len(current) + 1) * width > self.max_batch_tokens or too_much_padding):
-                batches.append(current)
-                current, tokens = [], 0
-            current.append(item)
-            tokens += width
-        if current:
-            batches.append(current)
-        return batches
+        if self.batching:
+            overhead, cap = self.pass_cost.overhead_tokens, self.max_padding_tokens
+            if self.metrics is not None:
+                self.metrics.pass_overhead_tokens.set(overhead)
+        else:
+            overhead, cap = _FEWEST_PASSES, None
+        ends = plan_batches([len(item.ids) for item in items], max_tokens=self.max_batch_tokens,
+                            overhead_tokens=overhead, max_padding=cap)
+        return [items[i:j] for i, j in zip([0, *ends[:-1]], ends)]
 
     async def _run(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.done()]  # skip requests already cancelled
@@ -208,6 +293,7 @@ class DynamicBatcher:
                     item.future.set_exception(failure)
             return
         self._observe(ids, started, ok=True)
+        self.pass_cost.observe(len(ids) * max(len(x) for x in ids), time.perf_counter() - started)
         for item, result in zip(live, results):
             if not item.future.done():
                 item.future.set_result(result)

@@ -39,10 +39,11 @@ def add_serve_subcommand(subparsers: Any) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
                    help="padded tokens (texts x longest text) per forward pass (default 16384); a longer single "
                         "text runs alone")
-    p.add_argument("--max-padding-tokens", type=int, default=1024, metavar="N",
-                   help="padding tokens a forward pass may carry: queued texts are sorted by length and a text "
-                        "that would add more padding starts the next pass (default 1024; lower it on CPUs, "
-                        "where padding costs as much as text, raise it on GPUs, where each pass has a fixed cost)")
+    p.add_argument("--max-padding-tokens", type=int, default=None, metavar="N",
+                   help="cap on the padding tokens of a forward pass (default: none). Queued texts are sorted by "
+                        "length and cut into passes where the cost is least, by the cost of a pass the server "
+                        "measures (a fixed part plus a part per padded token): tight passes on CPUs, where "
+                        "padding costs as much as text, large ones on GPUs, where each pass has a fixed cost")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long an idle server waits for more texts before a forward pass (default 5)")
     p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, metavar="N",

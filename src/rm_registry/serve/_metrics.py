@@ -37,6 +37,8 @@ class ServerMetrics:
         self.tokens_per_second = Gauge("rm_registry_tokens_per_second", "tokens/s of the last forward pass",
                                        registry=r)
         self.queue_depth = Gauge("rm_registry_queue_texts", "texts waiting for a forward pass", registry=r)
+        self.pass_overhead_tokens = Gauge("rm_registry_pass_overhead_tokens", "fixed cost of one forward pass, in "
+                                          "padded tokens (measured; batches are cut by it)", registry=r)
 
     def observe_batch(self, texts: int, tokens: int, padded: int, seconds: float, ok: bool) -> None:
         self.batches.labels("ok" if ok else "error").inc()

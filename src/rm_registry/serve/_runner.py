@@ -53,13 +53,32 @@ class ModelRunner:
         self.info = model.info
         self.max_length = int(model.cfg.model.encoder_seq_length)
         self.overlong_error = model.cfg.model.data.overlong_policy == "error"
-        probe = self.forward([self.model.encode("")[0]])[0]  # warm-up pass; tells K and the labels
+        eos = self.model.encode("")[0]
+        probe = self.forward([eos])[0]  # warm-up pass; tells K and the labels
         self.num_outputs = len(probe.values)
+        self.warmup_passes = self._time_passes(eos[-1])
         attributes = probe.output.get("attributes")
         if isinstance(attributes, dict) and len(attributes) == self.num_outputs:
             self.labels = [str(name) for name in attributes]
         else:
             self.labels = [f"LABEL_{i}" for i in range(self.num_outputs)]
+
+    def _time_passes(self, token: int, rounds: int = 3) -> list[tuple[int, float]]:
+        """Time forward passes of two sizes (one 1-token text; 8 texts of up to 128 tokens), the
+        fastest of ``rounds`` each: ``[(padded tokens, seconds)]``, the first points of the batcher's
+        cost model. Every rank runs them (under torchrun they are broadcast like any batch)."""
+        import time
+
+        width = max(1, min(128, self.max_length))
+        points = []
+        for batch in ([[token]], [[token] * width] * 8):
+            fastest = math.inf
+            for _ in range(rounds):
+                started = time.perf_counter()
+                self.forward(batch)
+                fastest = min(fastest, time.perf_counter() - started)
+            points.append((len(batch) * width if len(batch) > 1 else 1, fastest))
+        return points
 
     @property
     def distributed(self) -> bool:

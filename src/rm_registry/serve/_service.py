@@ -35,8 +35,8 @@ class ServeOptions:
         port: TCP port (0: any free port, printed at start).
         api_key: When set, every route but ``/health`` needs ``Authorization: Bearer <api_key>``.
         max_batch_tokens: Padded tokens (texts x longest) per forward pass.
-        max_padding_tokens: Padding tokens a forward pass may carry (texts of similar length go
-            together).
+        max_padding_tokens: Optional cap on the padding tokens of a forward pass (``None``: batches
+            are cut where the measured cost is least).
         max_wait_ms: How long an idle server waits for more texts before a forward pass.
         max_request_bytes: Largest request body accepted (413 above).
         batching: ``False``: one forward pass per request (no batching across requests).
@@ -48,7 +48,7 @@ class ServeOptions:
     port: int = 8000
     api_key: str | None = None
     max_batch_tokens: int = 16384
-    max_padding_tokens: int = 1024
+    max_padding_tokens: int | None = None
     max_wait_ms: float = 5.0
     max_request_bytes: int = 16 * 1024 * 1024
     batching: bool = True
@@ -62,7 +62,7 @@ class ServeOptions:
             raise ConfigError(f"--port={self.port}: expected 0..65535")
         if self.max_batch_tokens < 1:
             raise ConfigError(f"--max-batch-tokens={self.max_batch_tokens}: expected a positive number")
-        if self.max_padding_tokens < 0:
+        if self.max_padding_tokens is not None and self.max_padding_tokens < 0:
             raise ConfigError(f"--max-padding-tokens={self.max_padding_tokens}: expected a number >= 0")
         if self.max_wait_ms < 0:
             raise ConfigError(f"--max-wait-ms={self.max_wait_ms}: expected a number >= 0")
@@ -86,6 +86,8 @@ class Service:
                                       max_wait_ms=options.max_wait_ms,
                                       max_padding_tokens=options.max_padding_tokens, batching=options.batching,
                                       metrics=self.metrics, keepalive=runner.keepalive)
+        for padded, seconds in runner.warmup_passes:
+            self.batcher.pass_cost.observe(padded, seconds, keep=True)
         self.ready = False
         self.created = int(time.time())
 
