@@ -18,7 +18,8 @@ What it does:
   one, so the preference is learnable), a byte-level ``tokenizer.json`` (256 bytes +
   ``<|endoftext|>`` + ``<pad>``) and a GPT-2 shape (learned positions, sequence length 1024);
 * trains both, 8 pairs per step in float32, each with its own defaults otherwise (what a new user
-  gets; TRL with ``gradient_checkpointing=False``, its fastest setting, and ``bf16=False``). The two
+  gets; TRL with ``gradient_checkpointing=False``, its fastest setting, and ``bf16=False``), both
+  seeded with ``--seed`` (which also draws the data: run several seeds to compare accuracies). The two
   trainers run in two processes that take turns: each runs ``--chunk`` optimizer steps while the
   other waits, so a shared machine's load hits both alike. Startup, data preparation, the first
   chunk (warm-up) and the final evaluation are not timed;
