@@ -293,13 +293,16 @@ class DynamicBatcher:
                     item.future.set_exception(failure)
             return
         self._observe(ids, started, ok=True)
-        self.pass_cost.observe(len(ids) * max(len(x) for x in ids), time.perf_counter() - started)
         for item, result in zip(live, results):
             if not item.future.done():
                 item.future.set_result(result)
 
     def _observe(self, ids: list[list[int]], started: float, ok: bool) -> None:
+        """Record a finished pass: in the metrics, and (when it succeeded) in the cost model."""
+        seconds = time.perf_counter() - started
+        lengths = [len(x) for x in ids]
+        padded = len(ids) * max(lengths)
+        if ok:
+            self.pass_cost.observe(padded, seconds)
         if self.metrics is not None:
-            lengths = [len(x) for x in ids]
-            self.metrics.observe_batch(len(ids), sum(lengths), len(ids) * max(lengths),
-                                       time.perf_counter() - started, ok)
+            self.metrics.observe_batch(len(ids), sum(lengths), padded, seconds, ok)

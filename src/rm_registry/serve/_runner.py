@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -67,8 +68,6 @@ class ModelRunner:
         """Time forward passes of two sizes (one 1-token text; 8 texts of up to 128 tokens), the
         fastest of ``rounds`` each: ``[(padded tokens, seconds)]``, the first points of the batcher's
         cost model. Every rank runs them (under torchrun they are broadcast like any batch)."""
-        import time
-
         width = max(1, min(128, self.max_length))
         points = []
         for batch in ([[token]], [[token] * width] * 8):
@@ -77,7 +76,7 @@ class ModelRunner:
                 started = time.perf_counter()
                 self.forward(batch)
                 fastest = min(fastest, time.perf_counter() - started)
-            points.append((len(batch) * width if len(batch) > 1 else 1, fastest))
+            points.append((len(batch) * len(batch[0]), fastest))
         return points
 
     @property
