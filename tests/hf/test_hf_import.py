@@ -284,3 +284,4 @@ def test_hub_cache_snapshots_load_and_links_elsewhere_are_refused(
     code, err = cli("score", "--checkpoint", str(snapshot), "--data", str(data), "--output",
                     str(tmp_path / "refused.jsonl"), "--no-progress")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "outside the model folder" in err, err
+    assert "model.safetensors" in err and not (tmp_path / "refused.jsonl").exists()

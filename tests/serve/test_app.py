@@ -47,6 +47,7 @@ def test_failed_batch_answers_500_and_the_server_goes_on(served_run: dict[str, A
     (["--max-batch-tokens", "0"], "--max-batch-tokens=0"),
     (["--port", "70000"], "--port=70000"),
     (["--api-key", " "], "--api-key"),
+    (["--max-padding-tokens", "-1"], "--max-padding-tokens=-1"),
 ])
 def test_bad_settings_exit_2_in_one_line(served_run: dict[str, Any], flags: list[str], message: str) -> None:
     proc = run_cli("serve", "--checkpoint", str(served_run["checkpoint"]), *flags)
@@ -63,9 +64,8 @@ def test_the_batcher_starts_from_measured_warm_up_passes(served_run: dict[str, A
     from rm_registry.engine.api import load_reward_model
     from rm_registry.serve._app import build_app
     from rm_registry.serve._runner import ModelRunner
-    from rm_registry.serve._service import ServeOptions, Service
-
     from rm_registry.serve._batcher import PassCost
+    from rm_registry.serve._service import ServeOptions, Service
 
     runner = ModelRunner(load_reward_model(served_run["checkpoint"]))
     (small, small_s), (large, large_s) = runner.warmup_passes
