@@ -13,7 +13,7 @@ then::
 
 What it does:
 
-* builds 2,000 training and 200 held-out preference pairs of synthetic text with log-normal
+* builds 2,000 training and ``--val-pairs`` (2,000) held-out preference pairs of synthetic text with log-normal
   lengths (about 500 tokens per pair; the chosen response has more "good" words than the rejected
   one, so the preference is learnable), a byte-level ``tokenizer.json`` (256 bytes +
   ``<|endoftext|>`` + ``<pad>``) and a GPT-2 shape (learned positions, sequence length 1024);
@@ -24,8 +24,11 @@ What it does:
   other waits, so a shared machine's load hits both alike. Startup, data preparation, the first
   chunk (warm-up) and the final evaluation are not timed;
 * prints steps/s, non-padding tokens/s, padding fraction, final training loss (mean of the last 10
-  steps), validation accuracy on the 200 held-out pairs, peak resident memory of each process, and
-  the ratio of non-padding tokens/s.
+  steps), accuracy on the held-out pairs (both models score the same texts, EOS appended, after
+  the last step), peak resident memory of each process, and the ratio of non-padding tokens/s;
+  then the paired accuracy difference (ours - TRL) with its standard error over the held-out
+  pairs. ``WORK/results-SHAPE.json`` keeps the figures and each model's per-pair outcome, so that
+  several seeds can be pooled (``--pool WORK1 WORK2 ...`` prints the pooled comparison).
 """
 
 from __future__ import annotations
@@ -99,11 +102,11 @@ def write_tokenizer(path: Path) -> None:
     tok.save(str(path))
 
 
-def build_data(folder: Path, seed: int) -> dict[str, Path]:
+def build_data(folder: Path, seed: int, val_pairs: int) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"train": folder / "train.jsonl", "validation": folder / "validation.jsonl",
              "tokenizer": folder / "tokenizer.json"}
-    for split, n, s in (("train", 2000, seed), ("validation", 200, seed + 1)):
+    for split, n, s in (("train", 2000, seed), ("validation", val_pairs, seed + 1)):
         paths[split].write_text("".join(json.dumps(p) + "\n" for p in make_pairs(n, s)))
     write_tokenizer(paths["tokenizer"])
     return paths
@@ -131,6 +134,10 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _held_out(paths: dict[str, str]) -> list[dict[str, str]]:
+    return [json.loads(line) for line in Path(paths["validation"]).read_text().splitlines()]
+
+
 # ------------------------------------------------------------------------------- rm-registry
 def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], steps: int, chunk: int,
              out: str, seed: int, extra: list[str]) -> None:
@@ -146,7 +153,7 @@ def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], step
         f"model.global_batch_size={PAIRS_PER_STEP}", "model.tokenizer.library=huggingface",
         f"model.tokenizer.path={paths['tokenizer']}", f"trainer.rm.max_steps={steps}",
         f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}", f"seed={seed}", *extra,
-    ], data_paths={"train": paths["train"], "validation": paths["validation"]})
+    ], data_paths={"train": paths["train"]})  # held-out pairs: scored below, as TRL's
     build = trainer_mod.build_scheduler
 
     def build_scheduler(*a: Any, **k: Any) -> Any:  # the scheduler steps once after every optimizer step
@@ -166,10 +173,17 @@ def run_ours(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], step
     result = trainer_mod.train(plugin, cfg, out, progress=False)
     records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["split"] == "train"]
+    peak = _peak_mb()  # training's peak: scoring below holds the model twice
+    from rm_registry.engine import load_reward_model
+
+    assert result.last_checkpoint is not None
+    loaded = load_reward_model(result.last_checkpoint)
+    val = _held_out(paths)
+    rewards = [r["reward"] for r in loaded.score([r["chosen"] for r in val] + [r["rejected"] for r in val])]
     conn.send(("done", {
         "tokens": [r["tokens"] for r in train], "padded": [r["padded_tokens"] for r in train],
         "loss": statistics.mean(r["loss"] for r in train[-10:]),
-        "accuracy": (result.validation or {}).get("accuracy"), "peak_mb": _peak_mb(),
+        "correct": [int(c > r) for c, r in zip(rewards[: len(val)], rewards[len(val):])], "peak_mb": peak,
     }))
 
 
@@ -188,7 +202,7 @@ def run_trl(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], steps
     model = GPT2ForSequenceClassification(GPT2Config(
         vocab_size=len(tok), n_positions=SEQ_LENGTH, n_embd=hidden, n_layer=layers, n_head=heads, num_labels=1,
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
-    data = load_dataset("json", data_files={"train": paths["train"], "validation": paths["validation"]})
+    data = load_dataset("json", data_files={"train": paths["train"]})
     args = RewardConfig(output_dir=out, per_device_train_batch_size=PAIRS_PER_STEP, max_steps=steps,
                         logging_steps=1, report_to=[], save_strategy="no", eval_strategy="no", bf16=False,
                         gradient_checkpointing=False, max_length=SEQ_LENGTH, use_cpu=True, seed=seed,
@@ -222,19 +236,23 @@ def run_trl(conn: Any, paths: dict[str, str], shape: tuple[int, int, int], steps
 
     trainer.data_collator = counting
     trainer.train()
+    peak = _peak_mb()
     model.eval()
-    correct = 0
-    val = list(data["validation"])
-    with torch.no_grad():  # batches of 8 pairs, right-padded; GPT-2 pools its last non-pad token
-        for start in range(0, len(val), PAIRS_PER_STEP):
-            recs = val[start : start + PAIRS_PER_STEP]
-            texts = [r["chosen"] + tok.eos_token for r in recs] + [r["rejected"] + tok.eos_token for r in recs]
-            enc = tok(texts, return_tensors="pt", padding=True)
-            chosen, rejected = model(**enc).logits[:, 0].chunk(2)
-            correct += int((chosen > rejected).sum())
+    val = _held_out(paths)
+    texts = [r["chosen"] + tok.eos_token for r in val] + [r["rejected"] + tok.eos_token for r in val]
+    ids = [tok(t)["input_ids"] for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths together: little padding
+    rewards = [0.0] * len(ids)
+    with torch.no_grad():  # right-padded; GPT-2 pools its last non-pad token
+        for start in range(0, len(order), 2 * PAIRS_PER_STEP):
+            rows = order[start : start + 2 * PAIRS_PER_STEP]
+            enc = tok.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+            for i, value in zip(rows, model(**enc).logits[:, 0].tolist()):
+                rewards[i] = value
     conn.send(("done", {"tokens": counts["tokens"][:steps], "padded": counts["padded"][:steps],
-                        "loss": statistics.mean(losses[-10:]), "accuracy": correct / len(data["validation"]),
-                        "peak_mb": _peak_mb()}))
+                        "loss": statistics.mean(losses[-10:]),
+                        "correct": [int(c > r) for c, r in zip(rewards[: len(val)], rewards[len(val):])],
+                        "peak_mb": peak}))
 
 
 # ------------------------------------------------------------------------------------ driver
@@ -271,9 +289,38 @@ def compare(paths: dict[str, str], shape: tuple[int, int, int], steps: int, chun
         tokens = sum(value["tokens"][chunk : chunk * len(times[name])])
         padded = sum(value["padded"][chunk : chunk * len(times[name])])
         results[name] = {"steps_per_s": n_steps / sum(timed), "tokens_per_s": tokens / sum(timed),
-                         "padding": 1 - tokens / padded, "loss": value["loss"], "accuracy": value["accuracy"],
+                         "padding": 1 - tokens / padded, "loss": value["loss"],
+                         "accuracy": statistics.mean(value["correct"]), "correct": value["correct"],
                          "peak_mb": value["peak_mb"]}
     return results
+
+
+def paired(ours: list[int], trl: list[int]) -> tuple[float, float]:
+    """Mean and standard error of the per-pair accuracy difference (ours - TRL), pairs in step."""
+    diffs = [a - b for a, b in zip(ours, trl, strict=True)]
+    return statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+
+
+def pool(folders: list[Path]) -> None:
+    """The accuracy comparison over several runs' ``results-*.json`` (one seed each)."""
+    runs = [json.loads(f.read_text()) for folder in folders for f in sorted(folder.glob("results-*.json"))]
+    if not runs:
+        sys.exit(f"no results-*.json in {', '.join(map(str, folders))}")
+    print("| seed | shape | held-out pairs | ours | TRL | ours - TRL (s.e.) |")
+    print("|---|---|---|---|---|---|")
+    per_seed = []
+    for run in runs:
+        ours, trl = run["rm-registry"], run["TRL"]
+        diff, se = paired(ours["correct"], trl["correct"])
+        per_seed.append(diff)
+        print(f"| {run['seed']} | {run['shape']} | {len(ours['correct'])} | {ours['accuracy']:.4f} | "
+              f"{trl['accuracy']:.4f} | {diff:+.4f} ({se:.4f}) |")
+    ours_all = [c for run in runs for c in run["rm-registry"]["correct"]]
+    trl_all = [c for run in runs for c in run["TRL"]["correct"]]
+    diff, se = paired(ours_all, trl_all)
+    spread = statistics.stdev(per_seed) / math.sqrt(len(per_seed)) if len(per_seed) > 1 else float("nan")
+    print(f"| all {len(runs)} | | {len(ours_all)} | {statistics.mean(ours_all):.4f} | {statistics.mean(trl_all):.4f} | "
+          f"{diff:+.4f} ({se:.4f} over pairs; {spread:.4f} over seeds) |")
 
 
 def main() -> None:
@@ -283,13 +330,21 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=10, help="steps per turn")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--work", type=Path, default=None, help="folder for data and runs (default: a temporary one)")
+    parser.add_argument("--val-pairs", type=int, default=2000, help="held-out pairs both models are scored on")
     parser.add_argument("--ours", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra rm-registry overrides, e.g. model.attention_backend=local")
+    parser.add_argument("--pool", nargs="+", type=Path, metavar="WORK",
+                        help="print the accuracy comparison pooled over earlier runs' --work folders, and exit")
     args = parser.parse_args()
+    if args.pool:
+        pool(args.pool)
+        return
+    if args.val_pairs < 2:
+        parser.error(f"--val-pairs={args.val_pairs}: expected at least 2")
     if args.steps % args.chunk or args.steps // args.chunk < 2:
         parser.error("--steps must be a multiple of --chunk, at least two chunks")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
-    paths = {k: str(v) for k, v in build_data(work / "data", args.seed).items()}
+    paths = {k: str(v) for k, v in build_data(work / "data", args.seed, args.val_pairs).items()}
     shapes = list(SHAPES) if args.shape == "both" else [args.shape]
     print(f"data and runs in {work}; {os.cpu_count()} CPUs", file=sys.stderr)
     rows = []
@@ -299,12 +354,16 @@ def main() -> None:
         for name, r in res.items():
             rows.append((f"{layers}L/{hidden}H", name, r))
         ratio = res["rm-registry"]["tokens_per_s"] / res["TRL"]["tokens_per_s"]
-        rows.append((f"{layers}L/{hidden}H", "ratio", {"tokens_per_s": ratio}))
+        diff = paired(res["rm-registry"]["correct"], res["TRL"]["correct"])
+        rows.append((f"{layers}L/{hidden}H", "ratio", {"tokens_per_s": ratio, "accuracy": diff}))
+        (work / f"results-{shape}.json").write_text(json.dumps({"seed": args.seed, "shape": shape, "steps": args.steps, **res}))
     print(f"\n| shape | trainer | steps/s | tokens/s | padding | final loss | val. accuracy | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|")
     for shape, name, r in rows:
         if name == "ratio":
-            print(f"| {shape} | **ours / TRL** | | **{r['tokens_per_s']:.2f}x** | | | | |")
+            diff, se = r["accuracy"]
+            print(f"| {shape} | **ours / TRL** | | **{r['tokens_per_s']:.2f}x** | | | "
+                  f"ours - TRL: {diff:+.3f} (s.e. {se:.3f}) | |")
             continue
         print(f"| {shape} | {name} | {r['steps_per_s']:.3f} | {r['tokens_per_s']:.0f} | {r['padding']:.1%} | "
               f"{r['loss']:.3f} | {r['accuracy']:.3f} | {r['peak_mb']:.0f} |")

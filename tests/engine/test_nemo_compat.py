@@ -51,6 +51,38 @@ def test_regression_section_of_stock_yaml_ignored_for_binary_ranking(capsys: pyt
     assert "model.regression.loss_func" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["binary_ranking", "regression"])
+def test_load_rm_head_weights_becomes_the_pretrained_head_choice(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """NeMo-Aligner's model.regression.load_rm_head_weights (in its config for every type) decides
+    whether a --pretrained folder's head is loaded; the stock yaml's False draws a new one."""
+    assert _cfg(name, report=True).pretrained_checkpoint.load_rm_head_weights is False
+    assert ("NeMo-Aligner key model.regression.load_rm_head_weights=False -> "
+            "pretrained_checkpoint.load_rm_head_weights=False") in capsys.readouterr().err
+    cfg = _cfg(name, "model.regression.load_rm_head_weights=True")
+    assert cfg.pretrained_checkpoint.load_rm_head_weights is True and "load_rm_head_weights" not in cfg.model.get(
+        "regression", {})
+    assert _cfg(name, config=None).pretrained_checkpoint.load_rm_head_weights is None  # ours: the folder's, if any
+    for config in (STOCK, None):
+        with pytest.raises(ConfigError, match=r"pretrained_checkpoint.load_rm_head_weights='maybe'.*expected"):
+            _cfg(name, "pretrained_checkpoint.load_rm_head_weights=maybe", config=config)
+
+
+def test_runs_saved_with_the_regression_head_flag_still_load() -> None:
+    """Regression runs saved while the flag lived in the plugin's section read back (and resume)
+    as today's config."""
+    from rm_registry.engine.config import load_saved_config, to_yaml
+
+    cfg = _cfg("regression", config=None)
+    old = OmegaConf.to_container(cfg, resolve=True)
+    old["model"]["regression"]["load_rm_head_weights"] = False
+    old.pop("pretrained_checkpoint")
+    loaded = load_saved_config(OmegaConf.to_yaml(OmegaConf.create(old)), "old/config.yaml")
+    assert "load_rm_head_weights" not in loaded.model.regression
+    assert loaded.model == cfg.model and loaded.pretrained_checkpoint.load_rm_head_weights is None
+    get_reward_model("regression").validate_config(loaded)
+    assert load_saved_config(to_yaml(cfg), "new/config.yaml").model == cfg.model
+
+
 def test_unknown_key_that_is_not_nemo_stays_an_error() -> None:
     with pytest.raises(ConfigError, match="unknown config key 'model.no_such_key'"):
         _cfg("regression", "++model.no_such_key=1")

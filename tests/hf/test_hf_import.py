@@ -125,6 +125,45 @@ def test_base_model_starts_training_with_its_weights(hf_folder: Callable[..., Pa
         build_config(plugin, overrides=[f"pretrained_checkpoint.restore_from_path={folder}", "model.hidden_size=64"])
 
 
+@pytest.mark.parametrize("setting", ["null", "true", "false"])
+def test_load_rm_head_weights_keeps_or_redraws_the_folders_head(setting: str, hf_folder: Callable[..., Path],
+                                                               tmp_path: Path, cli: Callable[..., tuple[int, str]]) -> None:
+    """--pretrained on a *ForSequenceClassification folder: its score head starts the run unless
+    pretrained_checkpoint.load_rm_head_weights=false (NeMo-Aligner's model.regression key, mapped)
+    draws a new one. One step of lr 1e-4 moves a weight by about 1e-4; a new draw by about 0.02."""
+    from safetensors.torch import load_file
+
+    from rm_registry.engine import load_reward_model
+
+    folder = hf_folder("llama")
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "q", "chosen": " good", "rejected": " bad"}\n' * 8)
+    key = "model.regression.load_rm_head_weights" if setting == "false" else "pretrained_checkpoint.load_rm_head_weights"
+    run = tmp_path / "run"
+    code, err = cli("train", "binary_ranking", "--pretrained", str(folder), "--data", str(prefs), "--output", str(run),
+                    "--no-progress", "trainer.rm.max_steps=1", "model.micro_batch_size=2", "model.global_batch_size=2",
+                    "model.optim.lr=1e-4", "model.optim.sched.min_lr=0", f"{key}={setting}")
+    assert code == 0, err
+    head = load_reward_model(run).model.head.weight.detach()
+    moved = float((head - load_file(folder / "model.safetensors")["score.weight"]).abs().max())
+    if setting == "false":
+        assert moved > 1e-2
+    else:
+        assert moved < 1e-3
+
+
+def test_load_rm_head_weights_true_on_a_base_model_is_refused(hf_folder: Callable[..., Path], tmp_path: Path,
+                                                              cli: Callable[..., tuple[int, str]]) -> None:
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text('{"prompt": "q", "chosen": " good", "rejected": " bad"}\n' * 8)
+    run = tmp_path / "run"
+    code, err = cli("train", "binary_ranking", "--pretrained", str(hf_folder("llama", seq_cls=False)), "--data",
+                    str(prefs), "--output", str(run), "--no-progress", "pretrained_checkpoint.load_rm_head_weights=true")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "load_rm_head_weights=true" in err and "LlamaForCausalLM" in err and "set it to false or null" in err
+    assert not run.exists()
+
+
 def _broken(tmp_path: Path, folder: Path, edit: Callable[[Path], None]) -> Path:
     copy = tmp_path / "broken"
     shutil.copytree(folder, copy)

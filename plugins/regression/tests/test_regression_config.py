@@ -25,7 +25,7 @@ def test_default_config_is_a_fresh_nested_dict(plugin) -> None:
     first = plugin.default_config()
     assert set(first["model"]["regression"]) == {
         "attribute_names", "num_attributes", "attribute_weights", "merge_attributes", "loss_mask_val",
-        "loss_func", "load_rm_head_weights",
+        "loss_func",
     }
     first["model"]["regression"]["loss_mask_val"] = 7
     assert plugin.default_config()["model"]["regression"]["loss_mask_val"] == -100

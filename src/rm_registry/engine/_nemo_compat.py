@@ -115,6 +115,8 @@ NEMO_KEYS: dict[str, _Rule] = {
     "model.forward_micro_batch_size": _ignore("inference batch size: use `rm-registry score --batch-size`"),
     "model.precision": _ignore("mirrors trainer.precision"),
     "model.seed": _Rule("map", "seed", target="seed"),
+    "model.regression.load_rm_head_weights": _Rule("map", "the pretrained folder's head",
+                                                   target="pretrained_checkpoint.load_rm_head_weights"),
     "model.dist_ckpt_load_strictness": _ignore(_NEMO_FILE),
     "model.overwrite_base_config*": _ignore(_NEMO_FILE),
     "model.ub_tp_comm_overlap*": _ignore(_APEX),
@@ -144,7 +146,7 @@ NEMO_KEYS: dict[str, _Rule] = {
 
 #: NeMo-Aligner's ``model.regression`` keys: its config carries them for every reward_model_type.
 _REGRESSION_KEYS = frozenset(f"model.regression.{k}" for k in (
-    "num_attributes", "merge_attributes", "attribute_weights", "loss_mask_val", "loss_func", "load_rm_head_weights"))
+    "num_attributes", "merge_attributes", "attribute_weights", "loss_mask_val", "loss_func"))
 
 
 def _rule(key: str) -> _Rule | None:

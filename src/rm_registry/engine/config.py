@@ -461,6 +461,10 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
             f"model.global_batch_size={m.global_batch_size} is not a multiple of "
             f"model.micro_batch_size={m.micro_batch_size}"
         )
+    head = OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None)
+    if head is not None and not isinstance(head, bool):
+        raise ConfigError(f"pretrained_checkpoint.load_rm_head_weights={head!r}: expected true (the folder's score "
+                          "head is required), false (a new head) or null (the folder's head when it has one)")
     _choice(cfg, "model.params_dtype", _DTYPES)
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
@@ -547,6 +551,11 @@ def load_saved_config(text: str, source: str) -> DictConfig:
                               "values only, so this one was not written by rm-registry")
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
+    # Moved since: the regression plugin's copy of NeMo-Aligner's flag is the engine's now (it only
+    # acts when a run starts from a Hugging Face folder, which a saved run has done already).
+    regression = OmegaConf.select(cfg, "model.regression")
+    if isinstance(regression, DictConfig):
+        regression.pop("load_rm_head_weights", None)
     # Keys added to the engine after the run was saved take their defaults (today's model).
     merged = OmegaConf.merge(engine_defaults(), cfg)
     assert isinstance(merged, DictConfig)

@@ -64,8 +64,6 @@ def default_config() -> dict[str, Any]:
                 "loss_mask_val": -100,
                 # regression (masked MSE) | regular_bt | margin_bt | scaled_bt (HelpSteer2-Preference).
                 "loss_func": "regression",
-                # NeMo-Aligner: also load the head when initializing from a reward-model checkpoint.
-                "load_rm_head_weights": False,
             },
             "optim": {"lr": 3.0e-3},
         },
@@ -162,8 +160,6 @@ class RegressionSettings:
             scalar ``[N, 1]`` (NeMo-Aligner's served ``rewards``) instead of ``[N, K]``.
         loss_mask_val: Label value meaning "not labelled" (ignored by loss and metrics).
         loss_func: One of :data:`LOSS_FUNCS`.
-        load_rm_head_weights: NeMo-Aligner's flag (load the head too when initializing from a
-            reward-model checkpoint).
     """
 
     attribute_names: tuple[str, ...]
@@ -171,7 +167,6 @@ class RegressionSettings:
     merge_attributes: bool
     loss_mask_val: float
     loss_func: str = "regression"
-    load_rm_head_weights: bool = False
 
     @property
     def bradley_terry(self) -> bool:
@@ -214,9 +209,6 @@ class RegressionSettings:
                 f"{SECTION}.loss_func={loss_func}: the reward is read at attribute {BT_ATTRIBUTE_INDEX} (helpfulness in "
                 f"SteerLM order) but the attributes are {', '.join(names)}; set {SECTION}.num_attributes=9"
             )
-        head = section.get("load_rm_head_weights", False)
-        if not isinstance(head, bool):
-            raise ConfigError(f"{SECTION}.load_rm_head_weights={head!r}: expected true or false")
         weights = _weights(_plain(_get(section, "attribute_weights")), len(names), names, loss_func)
         merge = _get(section, "merge_attributes")
         if not isinstance(merge, bool):
@@ -230,5 +222,4 @@ class RegressionSettings:
             merge_attributes=merge,
             loss_mask_val=float(mask),
             loss_func=str(loss_func),
-            load_rm_head_weights=head,
         )

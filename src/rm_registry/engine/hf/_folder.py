@@ -153,6 +153,13 @@ def apply_pretrained(cfg: Any, user_keys: Mapping[str, Any]) -> Any:
     from omegaconf import OmegaConf
 
     folder = str(OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path"))
+    if OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None) is True:
+        architectures = read_config(Path(folder)).get("architectures") or []
+        if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+            raise ConfigError(
+                f"pretrained_checkpoint.load_rm_head_weights=true but {Path(folder) / CONFIG} names no "
+                f"*ForSequenceClassification architecture ({', '.join(map(str, architectures)) or 'none'}): a base "
+                "model has no head to load; set it to false or null to start a new head")
     for key, value in pretrained_settings(folder).items():
         if key in user_keys and user_keys[key] is not None and user_keys[key] != value:
             raise ConfigError(f"{key}={user_keys[key]!r} contradicts {Path(folder) / CONFIG} ({value!r}); "

@@ -55,13 +55,17 @@ def _resolve(files: WeightFiles, family: Family, name: str) -> str | None:
 
 
 def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig, *, require_head: bool,
-                    progress: bool = False) -> bool:
+                    skip_head: bool = False, missing_head: str = "", progress: bool = False) -> bool:
     """Copy the weights of the Hugging Face folder into ``model`` (this rank's shards).
 
     Args:
         model: Built from ``cfg`` (whose ``model.*`` came from the folder's ``config.json``).
         require_head: The folder must be a ``*ForSequenceClassification`` (scoring it); otherwise a
             base model's missing ``score`` head is drawn from ``N(0, init_method_std)`` (seeded).
+        skip_head: Draw a new head even when the folder has one (its ``score.weight`` is not read;
+            NeMo-Aligner's ``load_rm_head_weights=false``).
+        missing_head: What to do instead, for the message when ``require_head`` finds no head
+            (default: train a reward model from this base model).
 
     Returns:
         Whether the head came from the folder (``score.weight``).
@@ -80,12 +84,18 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     shapes = shapes_of(cfg, num_outputs)
     rank, tp = _tp()
     rules = family.rules(shapes, cfg.model)
+    if require_head and skip_head:
+        raise ValueError("require_head and skip_head exclude each other")
     score = _resolve(files, family, HEAD) if HEAD in files.names() else None
+    skipped = {score} if skip_head and score is not None else set()
+    if skip_head:
+        score = None
     if score is not None:
         rules.append(Rule("head.weight", (score,)))
     elif require_head:
         raise ConfigError(f"{folder}: no {HEAD} tensor: this is a base model, not a reward model "
-                          "(*ForSequenceClassification); train one with `rm-registry train NAME --pretrained DIR`")
+                          "(*ForSequenceClassification); "
+                          + (missing_head or "train one with `rm-registry train NAME --pretrained DIR`"))
 
     uncovered = sorted(set(params) - {r.ours for r in rules} - {"head.weight", "head.bias"})
     if uncovered:
@@ -105,7 +115,7 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
             names.append(real)
             used.add(real)
         resolved.append((rule, names))
-    extra = sorted(n for n in files.names() - used if not any(n.endswith(i) for i in family.ignored))
+    extra = sorted(n for n in files.names() - used - skipped if not any(n.endswith(i) for i in family.ignored))
     if extra:
         raise ConfigError(f"{files.file_of(extra[0])}: tensor {extra[0]!r} is not used by the {family.name} conversion "
                           f"({len(extra)} such); the folder has an option this converter does not support")
