@@ -4,7 +4,9 @@
 with a ``ChildFailedError`` traceback after our one-line error (that traceback is printed by
 torchrun's process, which our code does not run in). ``rm-registry launch [torchrun options]
 COMMAND ...`` starts the same processes through torchrun's own launcher, in this process, and
-turns a failure into one summary line and the failed process's exit code.
+turns a failure into one summary line and the failed process's exit code, and a SIGTERM or
+Ctrl-C sent to it into the workers' stop line and exit code 143 or 130 (torchrun would add its
+``SignalException`` traceback).
 
 Importing this module is cheap; torch is imported by the handler.
 """
@@ -47,6 +49,7 @@ def _launch(args: argparse.Namespace) -> int:
     if at is None:
         raise ConfigError("launch: name the command to run: rm-registry launch [torchrun options] "
                           f"{'|'.join(_COMMANDS)} ... (for example --nproc-per-node 2 train binary_ranking)")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -56,6 +59,10 @@ def _launch(args: argparse.Namespace) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         run(launch_args)
+    except SignalException as exc:
+        # SIGTERM / SIGINT reached the launcher: torchrun has stopped the workers with it (rank 0
+        # printed the stop line); torchrun's own process would end with this exception's traceback.
+        return 128 + int(exc.sigval)
     except ChildFailedError as exc:
         rank, first = exc.get_first_failure()
         code = first.exitcode if first.exitcode > 0 else 1
