@@ -227,6 +227,8 @@ def _train(args: argparse.Namespace) -> int:
             summary["validation"] = result.validation
         if result.test is not None:
             summary["test"] = result.test
+        if result.time_limit_reached:
+            summary["time_limit_reached"] = True
         print(json.dumps(summary, indent=2))
     return 0
 

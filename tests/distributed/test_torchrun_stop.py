@@ -71,3 +71,21 @@ def test_launch_stopped_by_sigterm_exits_143_with_the_stop_line_only(tmp_path: P
     assert "Traceback" not in err and "SignalException" not in err, err[-4000:]
     launch.no_survivors()
     assert no_temporary_folders(run)
+
+
+def test_a_time_limit_stops_every_process_after_the_same_step(tmp_path: Path, launches: list[Launch]) -> None:
+    """exp_manager.max_time_per_run under torchrun: rank 0's clock decides for all, so the run ends
+    cleanly (a rank going on alone would hang in the next collective)."""
+    from rm_registry.engine.checkpoint import find_latest, is_complete
+
+    run = tmp_path / "run"
+    launch = _torchrun(*_endless_training(tmp_path, run), "trainer.rm.save_interval=100000",
+                       "exp_manager.max_time_per_run=00:00:00:03")
+    launches.append(launch)
+    code, _, err = launch.finish()
+    assert code == 0, err[-4000:]
+    stops = re.findall(r"rm-registry: time limit exp_manager.max_time_per_run=00:00:00:03 reached at step (\d+) ", err)
+    assert len(stops) == 1, err[-4000:]
+    last = find_latest(run)
+    assert last is not None and last.name == f"step_{int(stops[0]):07d}" and is_complete(last)
+    launch.no_survivors()

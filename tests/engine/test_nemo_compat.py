@@ -67,6 +67,16 @@ def test_load_rm_head_weights_becomes_the_pretrained_head_choice(name: str, caps
             _cfg(name, "pretrained_checkpoint.load_rm_head_weights=maybe", config=config)
 
 
+def test_trainer_max_time_sets_the_run_timer(capsys: pytest.CaptureFixture[str]) -> None:
+    """NeMo-Aligner reads exp_manager.max_time_per_run (stock: ${trainer.max_time}); either key sets it."""
+    assert _cfg("regression", report=True).exp_manager.max_time_per_run is None
+    assert "max_time" not in capsys.readouterr().err  # null: nothing to say
+    assert _cfg("regression", "trainer.max_time=00:03:55:00").exp_manager.max_time_per_run == "00:03:55:00"
+    assert _cfg("regression", "exp_manager.max_time_per_run=00:00:30:00").exp_manager.max_time_per_run == "00:00:30:00"
+    cfg = _cfg("binary_ranking", "trainer.max_time={hours: 4}", config=None)
+    assert OmegaConf.to_container(cfg.exp_manager.max_time_per_run) == {"hours": 4}
+
+
 def test_runs_saved_with_the_regression_head_flag_still_load() -> None:
     """Regression runs saved while the flag lived in the plugin's section read back (and resume)
     as today's config."""
@@ -91,7 +101,6 @@ def test_unknown_key_that_is_not_nemo_stays_an_error() -> None:
 @pytest.mark.parametrize("override, reason", [
     ("++model.data.reset_position_ids=True", "position ids are never reset"),
     ("model.data.data_impl=mmap", "only JSON Lines"),
-    ("trainer.max_time=00:01:00:00", "wall-clock"),
     ("model.data.splits_string='98,1,1'", "give each split its own file"),
     ("model.mcore_gpt=False", "megatron-core"),
     ("exp_manager.resume_from_checkpoint=/x/last.ckpt", "--resume"),

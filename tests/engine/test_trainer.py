@@ -82,6 +82,54 @@ def test_train_writes_metrics_checkpoints_and_resumes_exactly(tmp_path: Path) ->
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
 
 
+@pytest.mark.slow
+def test_max_time_per_run_validates_saves_and_stops_then_resume_goes_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NeMo-Aligner's run timer: the step that reaches exp_manager.max_time_per_run is validated and
+    checkpointed (though neither interval says so), the run stops cleanly, --resume goes on."""
+    from rm_registry.engine.checkpoint import is_complete
+    from rm_registry.engine.trainer import train
+
+    plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=100000", "trainer.rm.val_check_interval=100000",
+                         "trainer.rm.save_interval=100000", "exp_manager.max_time_per_run=00:00:00:02")
+    run = tmp_path / "run"
+    first = train(plugin, cfg, run, progress=False)
+    n = first.steps
+    assert first.time_limit_reached and 1 <= n < 100000 and first.test is None
+    assert first.last_checkpoint.name == f"step_{n:07d}" and is_complete(first.last_checkpoint)
+    assert [r["step"] for r in _records(run) if r["split"] == "validation"] == [n]
+    assert first.validation is not None and "accuracy" in first.validation
+    assert (f"rm-registry: time limit exp_manager.max_time_per_run=00:00:00:02 reached at step {n} of 6000; "
+            "checkpoint saved, continue with --resume") in capsys.readouterr().err
+
+    second = train(plugin, cfg, run, resume=True, progress=False)
+    m = second.steps
+    assert second.time_limit_reached and m > n
+    assert [r["step"] for r in _records(run) if r["split"] == "train"] == list(range(1, m + 1))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step_{n:07d}", f"step_{m:07d}"]
+
+
+@pytest.mark.parametrize("value, seconds", [("00:00:01:30", 90.0), ("01:00:00:00", 86400.0),
+                                            ({"minutes": 1, "seconds": 5}, 65.0), (None, None)])
+def test_max_time_per_run_forms(value, seconds) -> None:
+    from omegaconf import OmegaConf
+
+    from rm_registry.engine.config import max_time_seconds
+
+    assert max_time_seconds(OmegaConf.create({"exp_manager": {"max_time_per_run": value}})) == seconds
+
+
+@pytest.mark.parametrize("override, message", [
+    ("exp_manager.max_time_per_run=4h", "exp_manager.max_time_per_run='4h': expected \"DD:HH:MM:SS\""),
+    ("exp_manager.max_time_per_run=00:00:00:00", "longer than zero"),
+    ("exp_manager.max_time_per_run={hours: 1, weeks: 2}", "expected \"DD:HH:MM:SS\""),
+    ("exp_manager.max_time_per_run=3", "expected a string or mapping"),
+])
+def test_bad_max_time_per_run_is_refused_naming_it(tmp_path: Path, override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _build(tmp_path, override)
+
+
 def _train_observed(tmp_path: Path, name: str, *extra: str) -> tuple[list[dict], list[dict]]:
     """Train, and return the train lines of metrics.jsonl and what every ``optimizer.step()`` saw.
 

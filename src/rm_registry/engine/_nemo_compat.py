@@ -95,11 +95,12 @@ NEMO_KEYS: dict[str, _Rule] = {
     "trainer.use_distributed_sampler": _ignore("PyTorch Lightning internals ('do not change')"),
     "trainer.max_epochs": _ignore("mirrors trainer.rm.max_epochs, which is what runs"),
     "trainer.max_steps": _ignore("mirrors trainer.rm.max_steps, which is what runs"),
-    "trainer.max_time": _neutral("stopping on wall-clock time is not supported", None),
+    "trainer.max_time": _Rule("map", "stop on wall-clock time", target="exp_manager.max_time_per_run"),
     "trainer.precision": _Rule("map", "precision", target="model.params_dtype", convert=_precision),
     "exp_manager.exp_dir": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.name": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
-    "exp_manager.max_time_per_run": _neutral("stopping on wall-clock time is not supported", None),
+    # ours, read with its stock interpolation (${trainer.max_time}) resolved: trainer.* is not kept
+    "exp_manager.max_time_per_run": _Rule("map", "stop on wall-clock time"),
     "exp_manager.resume_from_checkpoint": _neutral(
         "resume a run with --resume --output RUN_FOLDER (the latest checkpoint)", None),
     "exp_manager.resume_ignore_no_checkpoint": _ignore("a run without a checkpoint always starts over"),
@@ -149,15 +150,17 @@ _REGRESSION_KEYS = frozenset(f"model.regression.{k}" for k in (
     "num_attributes", "merge_attributes", "attribute_weights", "loss_mask_val", "loss_func"))
 
 
-def _rule(key: str) -> _Rule | None:
+def _rule(key: str) -> tuple[_Rule | None, str]:
+    """The rule of ``key``, and what of the key lies below the rule's key (``.hours`` of
+    ``trainer.max_time.hours``: a mapping value is flattened before its rule is looked up)."""
     if key in NEMO_KEYS:
-        return NEMO_KEYS[key]
+        return NEMO_KEYS[key], ""
     for pattern, rule in NEMO_KEYS.items():
         if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(key, pattern):
-            return rule
+            return rule, ""
         if key.startswith(pattern + "."):  # a mapping given where NeMo has one (e.g. train_ds.shuffle)
-            return rule
-    return None
+            return rule, key[len(pattern):]
+    return None, ""
 
 
 @dataclass
@@ -268,7 +271,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             _check_seq_length(_resolved(view, key, raw), view, source)
             notes.mapped[key] = "model.data.seq_length -> model.encoder_seq_length (they must agree)"
             continue
-        rule = _rule(key)
+        rule, below = _rule(key)
         if rule is None and key in _REGRESSION_KEYS and base is not None and not has_regression:
             notes.ignored.append(key)  # NeMo's config carries this section for every reward_model_type
             continue
@@ -284,7 +287,9 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
                 raise ConfigError(f"{key}={value!r} ({source}): {rule.why}; only {allowed} is accepted")
             notes.ignored.append(key)
         else:  # map
-            target = rule.target or key
+            target = rule.target + below if rule.target else key
+            if value is None and target != key:
+                continue  # NeMo's "not set" (trainer.max_time: null): ours keeps its own value
             new = rule.convert(value) if rule.convert else value
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:

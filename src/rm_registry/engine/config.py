@@ -40,6 +40,7 @@ __all__ = [
     "flatten",
     "learning_rate",
     "load_saved_config",
+    "max_time_seconds",
     "merge_closed",
     "parse_overrides",
     "to_yaml",
@@ -110,6 +111,7 @@ ENGINE_NULL_TYPES: dict[str, Any] = {
     "model.data.data_prefix.validation": (str, list),
     "model.data.data_prefix.test": (str, list),
     "trainer.rm.limit_val_batches": int,
+    "exp_manager.max_time_per_run": (str, dict),
 }
 
 _TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "bool", list: "list", dict: "mapping"}
@@ -424,6 +426,43 @@ def learning_rate(cfg: DictConfig) -> float:
     return float(value)
 
 
+_TIME_UNITS = {"days": 86400, "hours": 3600, "minutes": 60, "seconds": 1}
+
+
+def max_time_seconds(cfg: DictConfig) -> float | None:
+    """``exp_manager.max_time_per_run`` in seconds (None: no limit).
+
+    NeMo-Aligner's (and PyTorch Lightning's ``trainer.max_time``) forms: ``"DD:HH:MM:SS"`` or a
+    mapping of ``days``, ``hours``, ``minutes``, ``seconds``.
+
+    Raises:
+        ConfigError: another form, a negative or zero duration, naming the value.
+    """
+    key = "exp_manager.max_time_per_run"
+    value = OmegaConf.select(cfg, key, default=None)
+    if value is None:
+        return None
+    how = 'expected "DD:HH:MM:SS" (for example "00:03:55:00") or {days: .., hours: .., minutes: .., seconds: ..}'
+    if isinstance(value, DictConfig):
+        value = OmegaConf.to_container(value)
+    if isinstance(value, str):
+        parts = value.strip().split(":")
+        if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+            raise ConfigError(f"{key}={value!r}: {how}")
+        seconds = sum(int(p) * unit for p, unit in zip(parts, _TIME_UNITS.values()))
+    elif isinstance(value, dict):
+        unknown = sorted(set(value) - set(_TIME_UNITS))
+        if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                              for v in value.values()):
+            raise ConfigError(f"{key}={value!r}: {how}")
+        seconds = sum(float(v) * _TIME_UNITS[k] for k, v in value.items())
+    else:
+        raise ConfigError(f"{key}={value!r}: {how}")
+    if seconds <= 0:
+        raise ConfigError(f"{key}={value!r}: the limit must be longer than zero (null: no limit)")
+    return float(seconds)
+
+
 def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     """Check the engine's keys (the plugin checks its own section).
 
@@ -496,6 +535,7 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     _positive(cfg, "trainer.rm.save_interval")
     _positive(cfg, "trainer.rm.log_every_n_steps")
     validate_nemo_keys(cfg)
+    max_time_seconds(cfg)
     if rm.gradient_clip_val is not None and float(rm.gradient_clip_val) < 0:
         raise ConfigError(f"trainer.rm.gradient_clip_val={rm.gradient_clip_val}: expected >= 0 (0 or null: no clipping)")
     if world_size > 1:

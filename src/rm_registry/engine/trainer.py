@@ -42,7 +42,7 @@ from ._loggers import attach_loggers, check_loggers
 from ._safe_pickle import check_contained
 from ._splits import build_split_datasets, normalize_prefix
 from ._topk import keep_top_k
-from .config import learning_rate, load_saved_config, to_yaml, validate_engine_config
+from .config import learning_rate, load_saved_config, max_time_seconds, to_yaml, validate_engine_config
 from .progress import progress_bar as _progress
 from .tokenizer import load_tokenizer, tokenizer_to_dir
 
@@ -63,6 +63,8 @@ class TrainResult:
     test: dict[str, Any] | None = None
     data_stats: dict[str, dict[str, int]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: Stopped by ``exp_manager.max_time_per_run`` after ``steps`` steps (checkpoint saved).
+    time_limit_reached: bool = False
 
 
 _to_device = _contract.batch_to  # every tensor of the batch, whatever its first dimension
@@ -488,6 +490,8 @@ def train(
     files = checkpoint_files(cfg, tokenizer, plugin)
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
+    max_time = max_time_seconds(cfg)
+    out_of_time = False
 
     bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
     last_ckpt: Path | None = resume_from
@@ -534,12 +538,20 @@ def train(
                 log.write(finite_for_json(record))
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-            if val_sets and (done % val_every == 0 or done == total):
+            # NeMo-Aligner's run timer: the step that reaches the limit is validated and saved.
+            out_of_time = max_time is not None and _time_is_up(started, max_time, info)
+            if val_sets and (done % val_every == 0 or done == total or out_of_time):
                 validation = _validate(plugin, model, val_sets, cfg, tokenizer, info, log, done, progress)
-            if done % save_every == 0 or done == total:
+            if done % save_every == 0 or done == total or out_of_time:
                 last_ckpt = _save(output_dir, done, model, optimizer, scheduler, files, info)
                 keep_top_k(output_dir, last_ckpt, validation, cfg, enabled=info.is_main)
-        if test_ds is not None and len(test_ds):
+            if out_of_time and done < total:
+                _say(f"rm-registry: time limit exp_manager.max_time_per_run={cfg.exp_manager.max_time_per_run} "
+                     f"reached at step {done} of {total}; checkpoint saved, continue with --resume")
+                break
+        else:
+            out_of_time = False
+        if not out_of_time and test_ds is not None and len(test_ds):
             test = evaluate_dataset(plugin, model, test_ds, cfg, tokenizer, info)
             log.write(finite_for_json({"step": total, "split": "test", **test}))
             if info.is_main and progress:
@@ -547,8 +559,18 @@ def train(
     finally:
         bar.close()
         log.close()
-    return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=total, validation=validation,
-                       test=test, data_stats=stats, seconds=time.perf_counter() - started)
+    return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=done, validation=validation,
+                       test=test, data_stats=stats, seconds=time.perf_counter() - started,
+                       time_limit_reached=out_of_time)
+
+
+def _time_is_up(started: float, limit: float, info: parallel.ParallelInfo) -> bool:
+    """Whether ``limit`` seconds have passed since ``started``, by global rank 0's clock (every
+    rank gets the same answer, so all stop after the same step)."""
+    up = torch.tensor([float(time.perf_counter() - started >= limit)], device=info.device)
+    if info.world_size > 1:
+        torch.distributed.broadcast(up, src=0)
+    return bool(up.item())
 
 
 def _validation_sets(datasets: Mapping[str, Any]) -> dict[str, Any]:
