@@ -62,15 +62,23 @@ class PassCost:
         self.fixed = fixed_overhead_tokens
         self._anchors: list[tuple[float, float]] = []
         self._recent: deque[tuple[float, float]] = deque(maxlen=window)
+        self._fitted: float | None = None  # the fit of the passes seen so far, until the next one
 
     def observe(self, padded_tokens: int, seconds: float, *, keep: bool = False) -> None:
         """Record one pass (``keep``: never drop it from the fit, for warm-up passes)."""
         (self._anchors if keep else self._recent).append((float(padded_tokens), float(seconds)))
+        self._fitted = None
 
     @property
     def overhead_tokens(self) -> float:
+        """Refitted once per pass observed, however often the queue is cut in between."""
         if self.fixed is not None:
             return float(self.fixed)
+        if self._fitted is None:
+            self._fitted = self._fit()
+        return self._fitted
+
+    def _fit(self) -> float:
         points = [*self._anchors, *self._recent]
         if len(points) < 2:
             return self.default
