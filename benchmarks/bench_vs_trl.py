@@ -135,7 +135,10 @@ def _peak_mb() -> float:
 
 
 def _held_out(paths: dict[str, str]) -> list[dict[str, str]]:
-    return [json.loads(line) for line in Path(paths["validation"]).read_text().splitlines()]
+    """The held-out pairs whose texts fit the model with EOS (one token per byte), as both trainers
+    keep only such pairs for training."""
+    pairs = [json.loads(line) for line in Path(paths["validation"]).read_text().splitlines()]
+    return [p for p in pairs if max(len(p["chosen"].encode()), len(p["rejected"].encode())) < SEQ_LENGTH]
 
 
 # ------------------------------------------------------------------------------- rm-registry
