@@ -301,6 +301,8 @@ def compare(paths: dict[str, str], shape: tuple[int, int, int], steps: int, chun
 def paired(ours: list[int], trl: list[int]) -> tuple[float, float]:
     """Mean and standard error of the per-pair accuracy difference (ours - TRL), pairs in step."""
     diffs = [a - b for a, b in zip(ours, trl, strict=True)]
+    if len(diffs) < 2:
+        sys.exit(f"{len(diffs)} held-out pair(s) fit the model: raise --val-pairs")
     return statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
 
 
@@ -311,19 +313,20 @@ def pool(folders: list[Path]) -> None:
         sys.exit(f"no results-*.json in {', '.join(map(str, folders))}")
     print("| seed | shape | held-out pairs | ours | TRL | ours - TRL (s.e.) |")
     print("|---|---|---|---|---|---|")
-    per_seed = []
     for run in runs:
         ours, trl = run["rm-registry"], run["TRL"]
         diff, se = paired(ours["correct"], trl["correct"])
-        per_seed.append(diff)
         print(f"| {run['seed']} | {run['shape']} | {len(ours['correct'])} | {ours['accuracy']:.4f} | "
               f"{trl['accuracy']:.4f} | {diff:+.4f} ({se:.4f}) |")
-    ours_all = [c for run in runs for c in run["rm-registry"]["correct"]]
-    trl_all = [c for run in runs for c in run["TRL"]["correct"]]
-    diff, se = paired(ours_all, trl_all)
-    spread = statistics.stdev(per_seed) / math.sqrt(len(per_seed)) if len(per_seed) > 1 else float("nan")
-    print(f"| all {len(runs)} | | {len(ours_all)} | {statistics.mean(ours_all):.4f} | {statistics.mean(trl_all):.4f} | "
-          f"{diff:+.4f} ({se:.4f} over pairs; {spread:.4f} over seeds) |")
+    for shape in sorted({run["shape"] for run in runs}):
+        same = [run for run in runs if run["shape"] == shape]
+        per_seed = [paired(run["rm-registry"]["correct"], run["TRL"]["correct"])[0] for run in same]
+        ours_all = [c for run in same for c in run["rm-registry"]["correct"]]
+        trl_all = [c for run in same for c in run["TRL"]["correct"]]
+        diff, se = paired(ours_all, trl_all)
+        spread = statistics.stdev(per_seed) / math.sqrt(len(per_seed)) if len(per_seed) > 1 else float("nan")
+        print(f"| all {len(same)} | {shape} | {len(ours_all)} | {statistics.mean(ours_all):.4f} | "
+              f"{statistics.mean(trl_all):.4f} | {diff:+.4f} ({se:.4f} over pairs; {spread:.4f} over seeds) |")
 
 
 def main() -> None:

@@ -67,14 +67,29 @@ def test_load_rm_head_weights_becomes_the_pretrained_head_choice(name: str, caps
             _cfg(name, "pretrained_checkpoint.load_rm_head_weights=maybe", config=config)
 
 
-def test_trainer_max_time_sets_the_run_timer(capsys: pytest.CaptureFixture[str]) -> None:
-    """NeMo-Aligner reads exp_manager.max_time_per_run (stock: ${trainer.max_time}); either key sets it."""
+def test_trainer_max_time_sets_the_run_timer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NeMo-Aligner reads exp_manager.max_time_per_run, which follows ${trainer.max_time} (in its
+    stock yaml and in our defaults) unless it is set itself."""
+    from rm_registry.engine.config import max_time_seconds
+
     assert _cfg("regression", report=True).exp_manager.max_time_per_run is None
-    assert "max_time" not in capsys.readouterr().err  # null: nothing to say
+    assert "max_time" not in capsys.readouterr().err  # ours: nothing to say
     assert _cfg("regression", "trainer.max_time=00:03:55:00").exp_manager.max_time_per_run == "00:03:55:00"
     assert _cfg("regression", "exp_manager.max_time_per_run=00:00:30:00").exp_manager.max_time_per_run == "00:00:30:00"
+    both = _cfg("regression", "exp_manager.max_time_per_run=00:00:30:00", "trainer.max_time=00:04:00:00")
+    assert both.exp_manager.max_time_per_run == "00:00:30:00"  # set itself: it no longer follows
     cfg = _cfg("binary_ranking", "trainer.max_time={hours: 4}", config=None)
-    assert OmegaConf.to_container(cfg.exp_manager.max_time_per_run) == {"hours": 4}
+    assert OmegaConf.to_container(cfg.exp_manager.max_time_per_run) == {"hours": 4} and max_time_seconds(cfg) == 14400
+    four_hours = tmp_path / "four.yaml"
+    four_hours.write_text(STOCK.read_text().replace("  max_time: null", '  max_time: "00:04:00:00"', 1))
+    assert _cfg("regression", config=four_hours).exp_manager.max_time_per_run == "00:04:00:00"
+    assert _cfg("regression", "trainer.max_time=null", config=four_hours).exp_manager.max_time_per_run is None
+    with pytest.raises(ConfigError, match=r"trainer.max_time='4h' \(exp_manager.max_time_per_run follows it\): expected"):
+        _cfg("regression", "trainer.max_time=4h")
+    dangling = tmp_path / "dangling.yaml"
+    dangling.write_text("exp_manager:\n  max_time_per_run: ${trainer.no_such_key}\n")
+    with pytest.raises(ConfigError, match=r"exp_manager.max_time_per_run='\$\{trainer.no_such_key\}'"):
+        _cfg("regression", config=dangling)
 
 
 def test_runs_saved_with_the_regression_head_flag_still_load() -> None:

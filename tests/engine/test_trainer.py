@@ -91,13 +91,15 @@ def test_max_time_per_run_validates_saves_and_stops_then_resume_goes_on(
     from rm_registry.engine.trainer import train
 
     plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=100000", "trainer.rm.val_check_interval=100000",
-                         "trainer.rm.save_interval=100000", "exp_manager.max_time_per_run=00:00:00:02")
+                         "trainer.rm.save_interval=100000", "trainer.rm.log_every_n_steps=100000",
+                         "exp_manager.max_time_per_run=00:00:00:02")
+    cfg.model.data.data_prefix.test = cfg.model.data.data_prefix.validation
     run = tmp_path / "run"
     first = train(plugin, cfg, run, progress=False)
     n = first.steps
-    assert first.time_limit_reached and 1 <= n < 100000 and first.test is None
+    assert first.time_limit_reached and 1 <= n < 100000 and first.test is None  # the test set waits for the end
     assert first.last_checkpoint.name == f"step_{n:07d}" and is_complete(first.last_checkpoint)
-    assert [r["step"] for r in _records(run) if r["split"] == "validation"] == [n]
+    assert [(r["step"], r["split"]) for r in _records(run)] == [(n, "train"), (n, "validation")]
     assert first.validation is not None and "accuracy" in first.validation
     assert (f"rm-registry: time limit exp_manager.max_time_per_run=00:00:00:02 reached at step {n} of 6000; "
             "checkpoint saved, continue with --resume") in capsys.readouterr().err
@@ -105,8 +107,19 @@ def test_max_time_per_run_validates_saves_and_stops_then_resume_goes_on(
     second = train(plugin, cfg, run, resume=True, progress=False)
     m = second.steps
     assert second.time_limit_reached and m > n
-    assert [r["step"] for r in _records(run) if r["split"] == "train"] == list(range(1, m + 1))
+    assert [r["step"] for r in _records(run) if r["split"] == "train"] == [n, m]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [f"step_{n:07d}", f"step_{m:07d}"]
+
+
+def test_a_time_limit_reached_on_the_last_step_ends_the_run_as_usual(tmp_path: Path, monkeypatch) -> None:
+    from rm_registry.engine import trainer as trainer_mod
+
+    calls = []
+    monkeypatch.setattr(trainer_mod, "_time_is_up", lambda *a: calls.append(a) or len(calls) == 4)  # a clock at step 4
+    plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=4", "exp_manager.max_time_per_run=00:01:00:00")
+    cfg.model.data.data_prefix.test = cfg.model.data.data_prefix.validation
+    result = trainer_mod.train(plugin, cfg, tmp_path / "run", progress=False)
+    assert len(calls) == 4 and result.steps == 4 and not result.time_limit_reached and result.test is not None
 
 
 @pytest.mark.parametrize("value, seconds", [("00:00:01:30", 90.0), ("01:00:00:00", 86400.0),

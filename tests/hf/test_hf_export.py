@@ -102,6 +102,10 @@ def test_regression_exports_k_attributes_in_order(runs: Callable[..., Path], tmp
     ours = torch.tensor([[r["attributes"][n] for n in names] for r in scored])
     torch.testing.assert_close(_transformers_logits(out), ours, atol=TOL, rtol=0)
     assert [r["reward"] for r in _scores(cli, out, tmp_path)] == pytest.approx([r["reward"] for r in scored], abs=TOL)
+    # Folders exported before load_rm_head_weights moved to the engine hold it in their regression section.
+    config["rm_registry"]["model"]["regression"]["load_rm_head_weights"] = False
+    (out / "config.json").write_text(json.dumps(config))
+    assert [r["reward"] for r in _scores(cli, out, tmp_path)] == pytest.approx([r["reward"] for r in scored], abs=TOL)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

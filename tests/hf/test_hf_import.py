@@ -152,6 +152,22 @@ def test_load_rm_head_weights_keeps_or_redraws_the_folders_head(setting: str, hf
         assert moved < 1e-3
 
 
+def test_a_head_of_another_width_is_refused_with_the_way_out(hf_folder: Callable[..., Path], tmp_path: Path,
+                                                            cli: Callable[..., tuple[int, str]]) -> None:
+    """A one-output reward model starting a 5-attribute regression run: its head does not fit, and
+    the message says how to start a new one; with load_rm_head_weights=false the run goes."""
+    data = tmp_path / "reg.jsonl"
+    data.write_text("".join(json.dumps({"text": f"User: {i}?\nAssistant: {i}.", "label": [i % 5, 4, 4, 1, 0]}) + "\n"
+                            for i in range(8)))
+    args = ["train", "regression", "--pretrained", str(hf_folder("llama")), "--data", str(data), "--no-progress",
+            "trainer.rm.max_steps=1", "model.micro_batch_size=2", "model.global_batch_size=2"]
+    code, err = cli(*args, "--output", str(tmp_path / "refused"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "'score.weight' has shape [1, " in err and "pretrained_checkpoint.load_rm_head_weights=false" in err, err
+    code, err = cli(*args, "--output", str(tmp_path / "run"), "pretrained_checkpoint.load_rm_head_weights=false")
+    assert code == 0, err
+
+
 def test_load_rm_head_weights_true_on_a_base_model_is_refused(hf_folder: Callable[..., Path], tmp_path: Path,
                                                               cli: Callable[..., tuple[int, str]]) -> None:
     prefs = tmp_path / "prefs.jsonl"
@@ -162,6 +178,11 @@ def test_load_rm_head_weights_true_on_a_base_model_is_refused(hf_folder: Callabl
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "load_rm_head_weights=true" in err and "LlamaForCausalLM" in err and "set it to false or null" in err
     assert not run.exists()
+    code, err = cli("train", "binary_ranking", "--data", str(prefs), "--output", str(run), "--no-progress",
+                    "trainer.rm.max_steps=1", "model.micro_batch_size=2", "model.global_batch_size=2",
+                    "pretrained_checkpoint.load_rm_head_weights=true")
+    assert code == 0, err  # no folder: nothing to load, said once
+    assert err.count("load_rm_head_weights=true has no effect without --pretrained") == 1, err
 
 
 def _broken(tmp_path: Path, folder: Path, edit: Callable[[Path], None]) -> Path:

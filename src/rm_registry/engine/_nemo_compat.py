@@ -95,12 +95,9 @@ NEMO_KEYS: dict[str, _Rule] = {
     "trainer.use_distributed_sampler": _ignore("PyTorch Lightning internals ('do not change')"),
     "trainer.max_epochs": _ignore("mirrors trainer.rm.max_epochs, which is what runs"),
     "trainer.max_steps": _ignore("mirrors trainer.rm.max_steps, which is what runs"),
-    "trainer.max_time": _Rule("map", "stop on wall-clock time", target="exp_manager.max_time_per_run"),
     "trainer.precision": _Rule("map", "precision", target="model.params_dtype", convert=_precision),
     "exp_manager.exp_dir": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.name": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
-    # ours, read with its stock interpolation (${trainer.max_time}) resolved: trainer.* is not kept
-    "exp_manager.max_time_per_run": _Rule("map", "stop on wall-clock time"),
     "exp_manager.resume_from_checkpoint": _neutral(
         "resume a run with --resume --output RUN_FOLDER (the latest checkpoint)", None),
     "exp_manager.resume_ignore_no_checkpoint": _ignore("a run without a checkpoint always starts over"),
@@ -169,13 +166,15 @@ class CompatNotes:
 
     ignored: list[str] = field(default_factory=list)
     mapped: dict[str, str] = field(default_factory=dict)  # NeMo key -> what it became (the last layer wins)
+    notes: list[str] = field(default_factory=list)  # one line each, said as they are
 
     def extend(self, other: CompatNotes) -> None:
         self.ignored += [k for k in other.ignored if k not in self.ignored]
         self.mapped.update(other.mapped)
+        self.notes += [n for n in other.notes if n not in self.notes]
 
     def lines(self) -> list[str]:
-        out = [f"NeMo-Aligner key {m}" for m in self.mapped.values()]
+        out = [f"NeMo-Aligner key {m}" for m in self.mapped.values()] + self.notes
         if self.ignored:
             out.append(
                 f"warning: ignoring NeMo-Aligner keys with no effect here ({len(self.ignored)}): "
@@ -288,8 +287,6 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             notes.ignored.append(key)
         else:  # map
             target = rule.target + below if rule.target else key
-            if value is None and target != key:
-                continue  # NeMo's "not set" (trainer.max_time: null): ours keeps its own value
             new = rule.convert(value) if rule.convert else value
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:

@@ -28,7 +28,7 @@ from . import _contract, _provenance, parallel
 from . import checkpoint as ckpt
 from ._fs import atomic_write_text, check_output_file
 from ._safe_pickle import check_contained
-from .config import flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
+from .config import drop_moved_keys, flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
 from .progress import progress_bar
@@ -267,6 +267,7 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     OmegaConf.set_struct(cfg, True)
     apply_pretrained(cfg, {})
     if meta.get("model"):
+        drop_moved_keys(meta)  # folders exported by earlier versions
         cfg = merge_closed(cfg, OmegaConf.create({"model": meta["model"]}), f"{folder / 'config.json'} rm_registry")
     elif k > 1 and callable(getattr(plugin, "config_for_output_names", None)):
         cfg = merge_closed(cfg, OmegaConf.create(plugin.config_for_output_names(names)),  # type: ignore[attr-defined]

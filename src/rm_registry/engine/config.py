@@ -39,6 +39,7 @@ __all__ = [
     "engine_defaults",
     "flatten",
     "learning_rate",
+    "drop_moved_keys",
     "load_saved_config",
     "max_time_seconds",
     "merge_closed",
@@ -111,7 +112,8 @@ ENGINE_NULL_TYPES: dict[str, Any] = {
     "model.data.data_prefix.validation": (str, list),
     "model.data.data_prefix.test": (str, list),
     "trainer.rm.limit_val_batches": int,
-    "exp_manager.max_time_per_run": (str, dict),
+    "trainer.max_time": (str, dict),
+    "exp_manager.max_time_per_run": (str, dict),  # its default is ${trainer.max_time}
 }
 
 _TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "bool", list: "list", dict: "mapping"}
@@ -160,7 +162,7 @@ def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str,
         default = defaults[key]
         if value is None:
             continue
-        if default is None:
+        if default is None or (isinstance(default, str) and "${" in default):  # null, or following another key
             if isinstance(value, str) and "${" in value:
                 continue  # an interpolation (NeMo-Aligner's files use them): checked once resolved
             if key in types and not _type_ok(value, types[key]):
@@ -342,6 +344,9 @@ def build_config(
 
         user_keys = {key: OmegaConf.select(cfg, key, default=None) for key in user_set}
         cfg = apply_pretrained(cfg, user_keys)
+    elif OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None) is True:
+        notes.notes.append("note: pretrained_checkpoint.load_rm_head_weights=true has no effect without --pretrained "
+                           "(pretrained_checkpoint.restore_from_path): the head starts from scratch")
     cfg.model.reward_model_type = plugin.name
     for split, value in (data_paths or {}).items():
         if value is not None:
@@ -439,27 +444,34 @@ def max_time_seconds(cfg: DictConfig) -> float | None:
         ConfigError: another form, a negative or zero duration, naming the value.
     """
     key = "exp_manager.max_time_per_run"
-    value = OmegaConf.select(cfg, key, default=None)
+    raw = OmegaConf.to_container(cfg.exp_manager, resolve=False).get("max_time_per_run") if "exp_manager" in cfg else None
+    followed = raw[2:-1] if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}") else None
+    try:
+        value = OmegaConf.select(cfg, "exp_manager.max_time_per_run", default=None, throw_on_resolution_failure=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"exp_manager.max_time_per_run={raw!r}: {' '.join(str(exc).split())}") from None
     if value is None:
         return None
-    how = 'expected "DD:HH:MM:SS" (for example "00:03:55:00") or {days: .., hours: .., minutes: .., seconds: ..}'
     if isinstance(value, DictConfig):
         value = OmegaConf.to_container(value)
+    # name the key the user set (the default and NeMo's stock yaml follow ${trainer.max_time})
+    said = f"{followed}={value!r} (exp_manager.max_time_per_run follows it)" if followed else f"{key}={value!r}"
+    how = 'expected "DD:HH:MM:SS" (for example "00:03:55:00") or {days: .., hours: .., minutes: .., seconds: ..}'
     if isinstance(value, str):
         parts = value.strip().split(":")
         if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
-            raise ConfigError(f"{key}={value!r}: {how}")
+            raise ConfigError(f"{said}: {how}")
         seconds = sum(int(p) * unit for p, unit in zip(parts, _TIME_UNITS.values()))
     elif isinstance(value, dict):
         unknown = sorted(set(value) - set(_TIME_UNITS))
         if unknown or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
                               for v in value.values()):
-            raise ConfigError(f"{key}={value!r}: {how}")
+            raise ConfigError(f"{said}: {how}")
         seconds = sum(float(v) * _TIME_UNITS[k] for k, v in value.items())
     else:
-        raise ConfigError(f"{key}={value!r}: {how}")
+        raise ConfigError(f"{said}: {how}")
     if seconds <= 0:
-        raise ConfigError(f"{key}={value!r}: the limit must be longer than zero (null: no limit)")
+        raise ConfigError(f"{said}: the limit must be longer than zero (null: no limit)")
     return float(seconds)
 
 
@@ -502,8 +514,9 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
         )
     head = OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None)
     if head is not None and not isinstance(head, bool):
-        raise ConfigError(f"pretrained_checkpoint.load_rm_head_weights={head!r}: expected true (the folder's score "
-                          "head is required), false (a new head) or null (the folder's head when it has one)")
+        raise ConfigError(f"pretrained_checkpoint.load_rm_head_weights={head!r} (NeMo-Aligner's "
+                          "model.regression.load_rm_head_weights sets it too): expected true (the --pretrained "
+                          "folder's score head is required), false (a new head) or null (the folder's head if any)")
     _choice(cfg, "model.params_dtype", _DTYPES)
     if m.force_head_dtype is not None:
         _choice(cfg, "model.force_head_dtype", _DTYPES)
@@ -574,6 +587,20 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
+def drop_moved_keys(cfg: Any) -> None:
+    """Remove, in place, keys that saved configs (runs, exported ``config.json``) may hold but
+    that live elsewhere now. ``cfg``: a config or a plain dict, from the root.
+
+    ``model.regression.load_rm_head_weights``: the regression plugin's copy of NeMo-Aligner's flag
+    is the engine's ``pretrained_checkpoint.load_rm_head_weights`` now; it only acts when a run
+    starts from a Hugging Face folder, which a saved model has done already.
+    """
+    model = cfg.get("model") if isinstance(cfg, (dict, DictConfig)) else None
+    regression = model.get("regression") if isinstance(model, (dict, DictConfig)) else None
+    if isinstance(regression, (dict, DictConfig)):
+        regression.pop("load_rm_head_weights", None)
+
+
 def load_saved_config(text: str, source: str) -> DictConfig:
     """Read a config stored by :func:`to_yaml` (from a checkpoint folder), as data only.
 
@@ -591,11 +618,7 @@ def load_saved_config(text: str, source: str) -> DictConfig:
                               "values only, so this one was not written by rm-registry")
     if not isinstance(cfg, DictConfig) or OmegaConf.select(cfg, "model.reward_model_type") is None:
         raise ConfigError(f"{source}: not an rm-registry config (no model.reward_model_type)")
-    # Moved since: the regression plugin's copy of NeMo-Aligner's flag is the engine's now (it only
-    # acts when a run starts from a Hugging Face folder, which a saved run has done already).
-    regression = OmegaConf.select(cfg, "model.regression")
-    if isinstance(regression, DictConfig):
-        regression.pop("load_rm_head_weights", None)
+    drop_moved_keys(cfg)
     # Keys added to the engine after the run was saved take their defaults (today's model).
     merged = OmegaConf.merge(engine_defaults(), cfg)
     assert isinstance(merged, DictConfig)

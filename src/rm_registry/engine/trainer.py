@@ -529,7 +529,9 @@ def train(
             scheduler.step()
             means = sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)})
             done = _signals.current_step = step + 1
-            if done % log_every == 0 or done == total:
+            # NeMo-Aligner's run timer: the step that reaches the limit is logged, validated and saved.
+            out_of_time = max_time is not None and _time_is_up(started, max_time, info)
+            if done % log_every == 0 or done == total or out_of_time:
                 seconds = time.perf_counter() - t0
                 record = {"step": done, "split": "train", **{k: v for k, v in means.items()
                                                               if k not in ("tokens", "padded_tokens")}}
@@ -538,8 +540,6 @@ def train(
                 log.write(finite_for_json(record))
             bar.update(1)
             bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
-            # NeMo-Aligner's run timer: the step that reaches the limit is validated and saved.
-            out_of_time = max_time is not None and _time_is_up(started, max_time, info)
             if val_sets and (done % val_every == 0 or done == total or out_of_time):
                 validation = _validate(plugin, model, val_sets, cfg, tokenizer, info, log, done, progress)
             if done % save_every == 0 or done == total or out_of_time:

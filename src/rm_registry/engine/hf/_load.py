@@ -110,8 +110,10 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
             if real is None:
                 raise ConfigError(f"{folder}: tensor {family.prefix + name!r} is missing from the weight files")
             if files.shape(real) != tuple(want):
+                hint = ("; this architecture needs a head of that shape: start a new one with "
+                        "pretrained_checkpoint.load_rm_head_weights=false" if rule.ours == "head.weight" and not require_head else "")
                 raise ConfigError(f"{files.file_of(real)}: tensor {real!r} has shape {list(files.shape(real))}, "
-                                  f"expected {list(want)} from {CONFIG}")
+                                  f"expected {list(want)} from {CONFIG}{hint}")
             names.append(real)
             used.add(real)
         resolved.append((rule, names))
