@@ -283,7 +283,7 @@ def test_configs_saved_before_the_backbone_options_load_as_the_same_model() -> N
 
     from rm_registry.engine.config import engine_defaults, load_saved_config
 
-    old = OmegaConf.to_container(engine_defaults())
+    old = OmegaConf.to_container(engine_defaults(), resolve=True)  # as to_yaml saves
     new_keys = ("normalization", "layernorm_epsilon", "activation", "gated_linear_unit", "num_query_groups",
                 "kv_channels", "add_bias_linear", "add_qkv_bias", "qk_layernorm", "rotary_base", "rotary_percent",
                 "rope_scaling", "rope_scaling_factor", "head_bias", "vocab_size")
