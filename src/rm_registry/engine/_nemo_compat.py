@@ -147,17 +147,15 @@ _REGRESSION_KEYS = frozenset(f"model.regression.{k}" for k in (
     "num_attributes", "merge_attributes", "attribute_weights", "loss_mask_val", "loss_func"))
 
 
-def _rule(key: str) -> tuple[_Rule | None, str]:
-    """The rule of ``key``, and what of the key lies below the rule's key (``.hours`` of
-    ``trainer.max_time.hours``: a mapping value is flattened before its rule is looked up)."""
+def _rule(key: str) -> _Rule | None:
     if key in NEMO_KEYS:
-        return NEMO_KEYS[key], ""
+        return NEMO_KEYS[key]
     for pattern, rule in NEMO_KEYS.items():
         if any(ch in pattern for ch in "*?[") and fnmatch.fnmatchcase(key, pattern):
-            return rule, ""
+            return rule
         if key.startswith(pattern + "."):  # a mapping given where NeMo has one (e.g. train_ds.shuffle)
-            return rule, key[len(pattern):]
-    return None, ""
+            return rule
+    return None
 
 
 @dataclass
@@ -270,7 +268,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             _check_seq_length(_resolved(view, key, raw), view, source)
             notes.mapped[key] = "model.data.seq_length -> model.encoder_seq_length (they must agree)"
             continue
-        rule, below = _rule(key)
+        rule = _rule(key)
         if rule is None and key in _REGRESSION_KEYS and base is not None and not has_regression:
             notes.ignored.append(key)  # NeMo's config carries this section for every reward_model_type
             continue
@@ -286,7 +284,7 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
                 raise ConfigError(f"{key}={value!r} ({source}): {rule.why}; only {allowed} is accepted")
             notes.ignored.append(key)
         else:  # map
-            target = rule.target + below if rule.target else key
+            target = rule.target or key
             new = rule.convert(value) if rule.convert else value
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:
