@@ -491,7 +491,6 @@ def train(
     clip = float(rm.gradient_clip_val) if rm.gradient_clip_val else None
     log_every, val_every, save_every = int(rm.log_every_n_steps), int(rm.val_check_interval), int(rm.save_interval)
     max_time = max_time_seconds(cfg)
-    out_of_time = False
 
     bar = _progress(total, f"train {plugin.name}", enabled=progress and info.is_main, initial=start_step)
     last_ckpt: Path | None = resume_from
@@ -549,9 +548,7 @@ def train(
                 _say(f"rm-registry: time limit exp_manager.max_time_per_run={cfg.exp_manager.max_time_per_run} "
                      f"reached at step {done} of {total}; checkpoint saved, continue with --resume")
                 break
-        else:
-            out_of_time = False
-        if not out_of_time and test_ds is not None and len(test_ds):
+        if done >= total and test_ds is not None and len(test_ds):  # done < total: stopped by the time limit
             test = evaluate_dataset(plugin, model, test_ds, cfg, tokenizer, info)
             log.write(finite_for_json({"step": total, "split": "test", **test}))
             if info.is_main and progress:
@@ -561,7 +558,7 @@ def train(
         log.close()
     return TrainResult(output_dir=output_dir, last_checkpoint=last_ckpt, steps=done, validation=validation,
                        test=test, data_stats=stats, seconds=time.perf_counter() - started,
-                       time_limit_reached=out_of_time)
+                       time_limit_reached=done < total)
 
 
 def _time_is_up(started: float, limit: float, info: parallel.ParallelInfo) -> bool:
