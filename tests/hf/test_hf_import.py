@@ -113,7 +113,7 @@ def test_base_model_starts_training_with_its_weights(hf_folder: Callable[..., Pa
     assert tok.hf_rules and tok.chat_template and tok.pad_id != tok.eos_id
     parallel.initialize(tensor_model_parallel_size=1, seed=1)
     model = plugin.model_class.from_config(cfg, vocab_size=tok.vocab_size)
-    assert not load_hf_weights(model, folder, cfg, require_head=False)
+    assert not load_hf_weights(model, folder, cfg, load_head=None)
     assert model.head.bias is None and float(model.head.weight.detach().std()) > 0
     ref = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = torch.tensor([tok.encode(TEXTS[1])])

@@ -395,7 +395,7 @@ def _check_export(plugin: RewardModelPlugin, cfg: Any, tokenizer: Any, model: to
             again_cfg = OmegaConf.merge(cfg, {"pretrained_checkpoint": {"restore_from_path": str(folder)}})
             apply_pretrained(again_cfg, {})
             again = plugin.model_class.from_config(again_cfg, vocab_size=tokenizer.vocab_size)
-            load_hf_weights(again, folder, again_cfg, require_head=True)
+            load_hf_weights(again, folder, again_cfg, load_head=True)
         except ConfigError as exc:
             raise _fail(plugin, f"Hugging Face export round trip failed: {exc}") from None
         again.eval()

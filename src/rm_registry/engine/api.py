@@ -283,7 +283,7 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    load_hf_weights(model, folder, cfg, require_head=True)
+    load_hf_weights(model, folder, cfg, load_head=True)
     model.eval()
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
 

@@ -451,8 +451,8 @@ def train(
     if pretrained and resume_from is None:
         from .hf import load_hf_weights
 
-        load_head = OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None)
-        load_hf_weights(model, pretrained, cfg, require_head=load_head is True, skip_head=load_head is False,
+        load_hf_weights(model, pretrained, cfg,
+                        load_head=OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None),
                         missing_head="pretrained_checkpoint.load_rm_head_weights=true asks for its head: set it to "
                         "false or null to start a new one", progress=progress and info.is_main)
     optimizer = build_optimizer(model, cfg)

@@ -54,17 +54,17 @@ def _resolve(files: WeightFiles, family: Family, name: str) -> str | None:
     return None
 
 
-def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig, *, require_head: bool,
-                    skip_head: bool = False, missing_head: str = "", progress: bool = False) -> bool:
+def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig, *, load_head: bool | None,
+                    missing_head: str = "", progress: bool = False) -> bool:
     """Copy the weights of the Hugging Face folder into ``model`` (this rank's shards).
 
     Args:
         model: Built from ``cfg`` (whose ``model.*`` came from the folder's ``config.json``).
-        require_head: The folder must be a ``*ForSequenceClassification`` (scoring it); otherwise a
-            base model's missing ``score`` head is drawn from ``N(0, init_method_std)`` (seeded).
-        skip_head: Draw a new head even when the folder has one (its ``score.weight`` is not read;
-            NeMo-Aligner's ``load_rm_head_weights=false``).
-        missing_head: What to do instead, for the message when ``require_head`` finds no head
+        load_head: The folder's ``score`` head (``pretrained_checkpoint.load_rm_head_weights``):
+            ``True``: it must be a ``*ForSequenceClassification`` (scoring it); ``None``: its head
+            if it has one; ``False``: never (its ``score.weight`` is not read). A head not read is
+            drawn from ``N(0, init_method_std)`` (seeded).
+        missing_head: What to do instead, for the message when ``load_head=True`` finds no head
             (default: train a reward model from this base model).
 
     Returns:
@@ -84,15 +84,13 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     shapes = shapes_of(cfg, num_outputs)
     rank, tp = _tp()
     rules = family.rules(shapes, cfg.model)
-    if require_head and skip_head:
-        raise ValueError("require_head and skip_head exclude each other")
     score = _resolve(files, family, HEAD) if HEAD in files.names() else None
-    skipped = {score} if skip_head and score is not None else set()
-    if skip_head:
+    skipped = {score} if load_head is False and score is not None else set()
+    if load_head is False:
         score = None
     if score is not None:
         rules.append(Rule("head.weight", (score,)))
-    elif require_head:
+    elif load_head:
         raise ConfigError(f"{folder}: no {HEAD} tensor: this is a base model, not a reward model "
                           "(*ForSequenceClassification); "
                           + (missing_head or "train one with `rm-registry train NAME --pretrained DIR`"))
@@ -111,7 +109,7 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
                 raise ConfigError(f"{folder}: tensor {family.prefix + name!r} is missing from the weight files")
             if files.shape(real) != tuple(want):
                 hint = ("; this architecture needs a head of that shape: start a new one with "
-                        "pretrained_checkpoint.load_rm_head_weights=false" if rule.ours == "head.weight" and not require_head else "")
+                        "pretrained_checkpoint.load_rm_head_weights=false" if rule.ours == "head.weight" and not load_head else "")
                 raise ConfigError(f"{files.file_of(real)}: tensor {real!r} has shape {list(files.shape(real))}, "
                                   f"expected {list(want)} from {CONFIG}{hint}")
             names.append(real)
