@@ -164,6 +164,7 @@ def test_a_head_of_another_width_is_refused_with_the_way_out(hf_folder: Callable
     code, err = cli(*args, "--output", str(tmp_path / "refused"))
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "'score.weight' has shape [1, " in err and "pretrained_checkpoint.load_rm_head_weights=false" in err, err
+    assert not (tmp_path / "refused").exists()
     code, err = cli(*args, "--output", str(tmp_path / "run"), "pretrained_checkpoint.load_rm_head_weights=false")
     assert code == 0, err
 
