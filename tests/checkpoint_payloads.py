@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import torch
 
-from rm_registry.engine import _safe_pickle
+from rm_registry.engine.checkpoint import _safe_pickle
 
 
 #: The pickled files of a one-process checkpoint (the .distcp one: an object item inside it).
@@ -160,6 +160,6 @@ def assert_allow_list_covers(ckpt: Path) -> dict[str, set[str]]:
                "torch.save": sorted(g for g in found["torch.save"]
                                     if g not in _safe_pickle.TORCH_SAVE_GLOBALS and g not in dtypes | storages)}
     assert missing == {"metadata": [], "torch.save": []}, (
-        f"{ckpt}: our own save wrote globals the allow-list of rm_registry/engine/_safe_pickle.py lacks "
+        f"{ckpt}: our own save wrote globals the allow-list of rm_registry/engine/checkpoint/_safe_pickle.py lacks "
         f"(a torch or megatron-core upgrade?): {missing}; add them if they are plain data")
     return found

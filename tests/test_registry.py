@@ -27,7 +27,7 @@ from rm_registry import (
     rescan,
     unregister_reward_model,
 )
-from rm_registry import _registry
+from rm_registry import _discovery, _registry
 
 pytestmark = pytest.mark.usefixtures("clean_registry")
 
@@ -64,7 +64,7 @@ def test_import_and_list_import_neither_torch_nor_plugins(make_plugin_dist):
     result = _run(
         "import sys, json\n"
         "import rm_registry\n"
-        "scanned_on_import = rm_registry._registry._scan is not None\n"
+        "scanned_on_import = rm_registry._discovery._scan is not None\n"
         "rows = rm_registry.list_reward_models()\n"
         "print(json.dumps({'scanned_on_import': scanned_on_import,"
         " 'names': [r.name for r in rows], 'statuses': {r.name: r.status for r in rows},"
@@ -98,14 +98,14 @@ def test_get_imports_only_the_plugin_asked_for(make_plugin_dist, tmp_path):
 
 def test_scan_happens_once_on_first_use(make_plugin_dist):
     make_plugin_dist("rm-alpha", "alpha")
-    before = _registry._scan_count
-    assert _registry._scan is None  # rescan() only forgets; nothing is read until first use
+    before = _discovery._scan_count
+    assert _discovery._scan is None  # rescan() only forgets; nothing is read until first use
     list_reward_models()
     list_reward_models()
     get_reward_model("alpha")
     with pytest.raises(PluginNotFoundError):
         get_reward_model("nope")
-    assert _registry._scan_count == before + 1
+    assert _discovery._scan_count == before + 1
 
 
 def test_sixteen_threads_get_one_object_loaded_once(make_plugin_dist):
@@ -113,7 +113,7 @@ def test_sixteen_threads_get_one_object_loaded_once(make_plugin_dist):
     # instantiate it (and the scan could run several times).
     make_plugin_dist("rm-slow", "slow", attr="Plugin", delay=0.2)
     module_name = make_plugin_dist.modules["slow"]
-    before = _registry._scan_count
+    before = _discovery._scan_count
     barrier = threading.Barrier(16)
     results: list[object] = []
     errors: list[BaseException] = []
@@ -134,7 +134,7 @@ def test_sixteen_threads_get_one_object_loaded_once(make_plugin_dist):
     assert len(results) == 16
     assert len({id(r) for r in results}) == 1
     assert sys.modules[module_name].INSTANCES == 1
-    assert _registry._scan_count == before + 1
+    assert _discovery._scan_count == before + 1
 
 
 # ------------------------------------------------------------------ broken plugins

@@ -114,7 +114,7 @@ def test_library_write_errors_on_a_full_disk_are_recognised(small_disk: Path) ->
     import torch
     from safetensors.torch import save_file
 
-    from rm_registry.engine._fs import write_failure
+    from rm_registry.engine.checkpoint._fs import write_failure
 
     big = {"w": torch.zeros(512 * 1024)}  # 2 MiB on a 1 MiB file system
     for write in (lambda: save_file(big, str(small_disk / "model.safetensors")),

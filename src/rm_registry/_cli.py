@@ -111,7 +111,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
         print(to_yaml(build_config(plugin)), end="")
         return 0
-    info = _registry._info(args.name, args.distribution)
+    info = _registry.plugin_info(args.name, args.distribution)
     where = f"plugin {info.name!r} ({info.distribution} {info.version}, entry point {info.entry_point})"
     try:
         defaults = plugin.default_config()
@@ -152,7 +152,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         known = {info.name for info in infos}
         for name in args.names:
             if name not in known:
-                raise _registry._not_found(name)
+                raise _registry.not_found_error(name)
         infos = [info for info in infos if info.name in args.names]
     if not infos:
         print("No reward models installed; nothing to check.")

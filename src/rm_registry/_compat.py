@@ -40,7 +40,7 @@ def _member_name(name: str) -> str:
 
 def _missing(cls: type[enum.Enum], value: object) -> Any:
     names = [member.value for member in cls]
-    error = _registry._not_found(str(value))
+    error = _registry.not_found_error(str(value))
     raise UnknownRewardModelType(
         f"{value!r} is not a valid RewardModelType: {error} (members: {', '.join(names) or 'none'})"
     )
@@ -56,11 +56,11 @@ def _build() -> type[enum.Enum]:
         # Names and generation must belong together: if a rescan or registration lands while
         # the names are read (the first listing itself scans), read them again.
         while True:
-            generation = _registry._generation
+            generation = _registry.generation()
             if _cached is not None and _cached[0] == generation:
                 return _cached[1]
             names = sorted({info.name for info in _registry.list_reward_models()})
-            if _registry._generation == generation:
+            if _registry.generation() == generation:
                 break
         members: dict[str, str] = {}
         for name in names:

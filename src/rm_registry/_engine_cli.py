@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .engine._launch import first_process
+from .engine._launch import first_process, quiet_unless_first_rank
 
 __all__ = ["add_subcommands"]
 
@@ -133,16 +133,6 @@ def add_subcommands(subparsers: Any) -> None:
     add_launch(subparsers)
 
 
-def _quiet_unless_first_rank() -> None:
-    """Under torchrun, only global rank 0 shows warnings (megatron-core's import-time notices would
-    otherwise appear once per process). Errors are still printed by every rank that has one.
-    """
-    import warnings
-
-    if not first_process():
-        warnings.simplefilter("ignore")
-
-
 def _stderr(message: str) -> None:
     """A note on stderr, from global rank 0 only under torchrun."""
     if first_process():
@@ -188,7 +178,7 @@ def _check_input_file(path: str | None, option: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    _quiet_unless_first_rank()
+    quiet_unless_first_rank()
     from ._errors import ConfigError
     from ._registry import get_reward_model
 
@@ -253,7 +243,7 @@ def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[P
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    _quiet_unless_first_rank()
+    quiet_unless_first_rank()
     from .engine.api import load_reward_model
     from .engine.trainer import finite_for_json
 
@@ -280,9 +270,9 @@ def _print_table(metrics: dict[str, Any], indent: str = "") -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    _quiet_unless_first_rank()
+    quiet_unless_first_rank()
     from ._errors import ConfigError
-    from .engine._fs import check_output_file
+    from .engine.checkpoint._fs import check_output_file
     from .engine.api import checkpoint_plugin, load_reward_model, read_score_records, score_file
 
     if args.batch_size is not None and args.batch_size < 1:

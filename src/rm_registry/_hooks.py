@@ -34,6 +34,8 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import _discovery
+from ._discovery import HOOKS_ENTRY_POINT_GROUP
 from ._errors import PluginValidationError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -55,8 +57,6 @@ __all__ = [
 
 #: pluggy project name: implementations are marked with ``pluggy.HookimplMarker("rm_registry")``.
 PROJECT_NAME = "rm_registry"
-#: Entry-point group of installed hook implementations.
-HOOKS_ENTRY_POINT_GROUP = "rm_registry_hooks"
 
 #: The names of the hooks (the methods of :class:`HookSpecs`).
 _SPEC_NAMES = frozenset({"rm_registry_plugin_loaded", "rm_registry_allow_plugin", "rm_registry_add_commands"})
@@ -120,7 +120,8 @@ class _HookSpecs:
 
 _lock = threading.RLock()
 _pm: pluggy.PluginManager | None = None
-_entry_points_loaded = False
+#: The entry-point scan the installed implementations were loaded from (a rescan makes a new one).
+_loaded_from: _discovery.Scan | None = None
 #: pluggy names of the implementations loaded from entry points -> description for messages.
 _from_entry_points: dict[str, str] = {}
 assert _SPEC_NAMES == {name for name in vars(_HookSpecs) if name.startswith("rm_registry_")}
@@ -141,26 +142,26 @@ def _bare_manager() -> pluggy.PluginManager:
 
 def _wanted_entry_points() -> dict[str, Any]:
     """The installed hook implementations to load (``RM_REGISTRY_DISABLE`` applied), by pluggy name."""
-    from . import _registry
-
     return {
         f"{entry.distribution}:{entry.name}": entry
-        for entry in _registry._hook_entries()
-        if _registry._env_disabled(entry) is None
+        for entry in _discovery.hook_entries()
+        if _discovery.env_disabled(entry) is None
     }
 
 
 def _manager() -> pluggy.PluginManager:
-    """The plugin manager, with the installed hook implementations loaded (once)."""
-    global _entry_points_loaded
+    """The plugin manager, with the installed hook implementations of the current scan loaded
+    (once per scan: after :func:`rm_registry.rescan` they are read again)."""
+    global _loaded_from
     pm = _bare_manager()
-    if _entry_points_loaded:
+    scan = _discovery.current_scan()
+    if _loaded_from is scan:
         return pm
     with _lock:
-        if not _entry_points_loaded:
+        if _loaded_from is not scan:
             # Set first: a hook module calling back into the registry while it is imported must
             # not start the loading again.
-            _entry_points_loaded = True
+            _loaded_from = scan
             _load_entry_point_hooks(pm)
     return pm
 
@@ -213,13 +214,6 @@ def _unknown_hooks(pm: pluggy.PluginManager, obj: object) -> list[str]:
         for caller in (pm.get_hookcallers(obj) or [])
         if caller.name not in _SPEC_NAMES
     )
-
-
-def _forget_entry_points() -> None:
-    """Make the next hook call look at the entry points again (used by ``rescan``)."""
-    global _entry_points_loaded
-    with _lock:
-        _entry_points_loaded = False
 
 
 def register_hooks(obj: object, name: str | None = None) -> str:
@@ -360,11 +354,11 @@ def _snapshot() -> tuple[list[tuple[object, str | None]], bool]:
 
 
 def _restore(snapshot: tuple[list[tuple[object, str | None]], bool]) -> None:
-    global _pm, _entry_points_loaded
+    global _pm, _loaded_from
     own, _ = snapshot
     with _lock:
         _pm = None
-        _entry_points_loaded = False
+        _loaded_from = None
         _from_entry_points.clear()
         if own:
             pm = _bare_manager()

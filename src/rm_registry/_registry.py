@@ -8,7 +8,8 @@ Installed architectures declare one entry point in the ``reward_models`` group::
 The entry points of every installed distribution are read once per process, on first use
 (:func:`list_reward_models` or :func:`get_reward_model`), under a lock; :func:`rescan` forgets
 that scan. Listing never imports plugin code; :func:`get_reward_model` imports the one plugin
-asked for, once, and validates it against :class:`rm_registry.RewardModelPlugin`.
+asked for, once, and validates it against :class:`rm_registry.RewardModelPlugin`. The scan itself
+is :mod:`._discovery`'s, which :mod:`._hooks` reads too.
 
 The entry point's object should be a plugin *instance*. A class is accepted too: it is
 instantiated once, without arguments. Any other callable is treated as the plugin itself.
@@ -21,22 +22,27 @@ declared by two *different* distributions is a conflict that is never resolved s
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.metadata
-import os
-import re
 import threading
-from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from . import _hooks
+from ._discovery import (
+    DISABLE_ENV,
+    ENTRY_POINT_GROUP,
+    IN_PROCESS,
+    Entry,
+    Scan,
+    current_scan,
+    env_disabled,
+    forget_scan,
+    normalize,
+)
 from ._errors import (
     PluginConflictError,
     PluginDisabledError,
     PluginLoadError,
     PluginNotFoundError,
     PluginValidationError,
-    RMRegistryError,
 )
 from ._protocol import OPTIONAL_MEMBERS, PROTOCOL_MEMBERS, OptionalMembers, PluginInfo, RewardModelPlugin
 
@@ -55,134 +61,35 @@ __all__ = [
     "unregister_reward_model",
 ]
 
-#: Entry-point group that reward-model architectures register under.
-ENTRY_POINT_GROUP = "reward_models"
-#: Environment variable: comma-separated plugin or distribution names never to import.
-DISABLE_ENV = "RM_REGISTRY_DISABLE"
-#: The ``distribution`` of plugins registered with :func:`register_reward_model`.
-IN_PROCESS = "<in-process>"
-
 # Members whose value is data, not a method.
 _DATA_MEMBERS = frozenset({"name", "description"})
 # Never read while validating: resolving it may import torch.
 _LAZY_MEMBERS = frozenset({"model_class"})
 
 
-def _normalize(name: str) -> str:
-    """PEP 503 normalisation, also used for plugin names so ``a-b`` and ``a_b`` match."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-@dataclass(eq=False)
-class _Entry:
-    """One plugin (or hook) declaration and, once loaded, its object."""
-
-    name: str
-    distribution: str
-    version: str
-    value: str
-    group: str
-    ep: importlib.metadata.EntryPoint | None = None
-    plugin: Any = None
-    loaded: bool = False  # set as soon as the object is validated (re-entrant calls see it)
-    ready: bool = False  # set after the plugin_loaded hooks ran (fast path for other threads)
-    failure: RMRegistryError | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def where(self) -> str:
-        if self.distribution == IN_PROCESS:
-            return f"registered in-process ({type(self.plugin).__module__}.{type(self.plugin).__qualname__})"
-        return (
-            f"distribution {self.distribution} {self.version}, "
-            f"entry point {self.name} = {self.value}"
-        )
-
-    def info(self, status: str, error: str | None = None) -> PluginInfo:
-        return PluginInfo(
-            name=self.name,
-            distribution=self.distribution,
-            version=self.version,
-            entry_point=self.value,
-            status=status,
-            error=error,
-        )
-
-
-@dataclass
-class _Scan:
-    plugins: dict[str, list[_Entry]]  # by name, in sys.path order
-    hooks: list[_Entry]
-
-
 _lock = threading.RLock()
-_scan: _Scan | None = None
-_registered: dict[str, _Entry] = {}
+_registered: dict[str, Entry] = {}
 _generation = 0  # bumped on every change of what is known (scan, registration)
-_scan_count = 0  # number of entry-point scans done by this process (for tests and debugging)
 
 
-def _dist_of(ep: importlib.metadata.EntryPoint) -> tuple[str, str]:
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return "<unknown>", "?"
-    try:
-        name = dist.metadata["Name"] or dist.name
-        version = dist.version or "?"
-    except Exception:  # a corrupt METADATA file must not break the listing of the others
-        return "<unknown>", "?"
-    return str(name), str(version)
+_seen: Scan | None = None  # the scan _generation last counted
 
 
-def _entries(
-    eps: importlib.metadata.EntryPoints, group: str, keep: dict[tuple[str, ...], _Entry]
-) -> list[_Entry]:
-    seen: set[tuple[str, str]] = set()
-    entries = []
-    for ep in eps.select(group=group):
-        distribution, version = _dist_of(ep)
-        key = (ep.name, _normalize(distribution))
-        if key in seen:  # the same distribution twice on sys.path: the first one wins
-            continue
-        seen.add(key)
-        previous = keep.get((ep.name, _normalize(distribution), version, ep.value))
-        entries.append(
-            previous
-            or _Entry(ep.name, distribution, version, ep.value, group, ep)
-        )
-    return entries
-
-
-def _discover(keep: dict[tuple[str, ...], _Entry]) -> _Scan:
-    global _scan_count
-    _scan_count += 1
-    # One pass over every installed distribution serves both groups.
-    eps = importlib.metadata.entry_points()
-    plugins: dict[str, list[_Entry]] = {}
-    for entry in _entries(eps, ENTRY_POINT_GROUP, keep):
-        plugins.setdefault(entry.name, []).append(entry)
-    return _Scan(plugins=plugins, hooks=_entries(eps, _hooks.HOOKS_ENTRY_POINT_GROUP, {}))
-
-
-def _get_scan() -> _Scan:
-    global _scan, _generation
-    scan = _scan
-    if scan is not None:
-        return scan
+def _get_scan() -> Scan:
+    global _generation, _seen
+    scan = current_scan()
     with _lock:
-        if _scan is None:
-            _scan = _discover(_keep)
-            _keep.clear()
+        if scan is not _seen:  # a new scan: what is known may have changed
+            _seen = scan
             _generation += 1
-        return _scan
+    return scan
 
 
-# Loaded entries carried over a rescan, so the same plugin object stays the same object.
-_keep: dict[tuple[str, ...], _Entry] = {}
-
-
-def _hook_entries() -> list[_Entry]:
-    return list(_get_scan().hooks)
+def generation() -> int:
+    """A number that changes whenever the set of known reward models may have (a new scan, an
+    in-process registration or removal): caches of names compare it (``RewardModelType``)."""
+    _get_scan()
+    return _generation
 
 
 def rescan() -> None:
@@ -190,42 +97,17 @@ def rescan() -> None:
 
     Use it after installing or uninstalling a plugin distribution at run time. Plugins that
     were already loaded and are still installed keep their object; broken ones are retried.
-    In-process registrations are kept.
+    In-process registrations are kept. Hook implementations are read again too.
     """
-    global _scan, _generation
-    importlib.invalidate_caches()
+    global _generation
+    forget_scan()
     with _lock:
-        if _scan is not None:
-            for entries in _scan.plugins.values():
-                for entry in entries:
-                    if entry.loaded:
-                        key = (entry.name, _normalize(entry.distribution), entry.version, entry.value)
-                        _keep[key] = entry
-        _scan = None
         _generation += 1
-    _hooks._forget_entry_points()
 
 
-def _disable_list() -> list[str]:
-    raw = os.environ.get(DISABLE_ENV, "")
-    return [item.strip() for item in raw.split(",") if item.strip()]
-
-
-def _env_disabled(entry: _Entry) -> str | None:
-    """Why ``RM_REGISTRY_DISABLE`` disables ``entry``, or ``None``."""
-    targets = {_normalize(entry.name), _normalize(entry.distribution)}
-    for item in _disable_list():
-        if _normalize(item) in targets:
-            return (
-                f"disabled by {DISABLE_ENV}={os.environ.get(DISABLE_ENV, '')!r} (it lists {item!r}); "
-                f"remove {item!r} from {DISABLE_ENV} to re-enable it"
-            )
-    return None
-
-
-def _disabled(entry: _Entry) -> str | None:
+def _disabled(entry: Entry) -> str | None:
     """Why ``entry`` may not be imported (environment, then allow hooks), or ``None``."""
-    reason = _env_disabled(entry)
+    reason = env_disabled(entry)
     if reason is not None:
         return reason
     refused = _hooks.refusal(entry.info("available"))
@@ -354,7 +236,7 @@ def _instantiate(obj: Any) -> Any:
     return obj() if isinstance(obj, type) else obj
 
 
-def _load(entry: _Entry) -> Any:
+def _load(entry: Entry) -> Any:
     if entry.ready:
         return entry.plugin
     with entry.lock:
@@ -394,7 +276,7 @@ def _known_names() -> list[str]:
         return sorted(set(_get_scan().plugins) | set(_registered))
 
 
-def _not_found(name: str) -> PluginNotFoundError:
+def not_found_error(name: str) -> PluginNotFoundError:
     names = _known_names()
     if not names:
         return PluginNotFoundError(
@@ -412,7 +294,7 @@ def _not_found(name: str) -> PluginNotFoundError:
     )
 
 
-def _resolve(name: str, distribution: str | None) -> _Entry:
+def _resolve(name: str, distribution: str | None) -> Entry:
     """The one entry ``name`` (and ``distribution``) designates, or our error saying why not."""
     with _lock:
         registered = _registered.get(name)
@@ -422,10 +304,10 @@ def _resolve(name: str, distribution: str | None) -> _Entry:
             if registered is None:
                 raise PluginNotFoundError(f"no reward model {name!r} is registered in-process")
             return registered
-        chosen = [c for c in candidates if _normalize(c.distribution) == _normalize(distribution)]
+        chosen = [c for c in candidates if normalize(c.distribution) == normalize(distribution)]
         if not chosen:
             if not candidates and registered is None:
-                raise _not_found(name)
+                raise not_found_error(name)
             providers = [c.distribution for c in candidates] + ([IN_PROCESS] if registered else [])
             raise PluginNotFoundError(
                 f"distribution {distribution!r} does not provide a reward model named {name!r}; "
@@ -439,7 +321,7 @@ def _resolve(name: str, distribution: str | None) -> _Entry:
     if registered is not None:
         return registered
     if not candidates:
-        raise _not_found(name)
+        raise not_found_error(name)
     enabled = []
     reasons = []
     for candidate in candidates:
@@ -455,7 +337,7 @@ def _resolve(name: str, distribution: str | None) -> _Entry:
     return enabled[0]
 
 
-def _conflict(name: str, entries: list[_Entry]) -> PluginConflictError:
+def _conflict(name: str, entries: list[Entry]) -> PluginConflictError:
     listed = " and ".join(f"{e.distribution} {e.version} (entry point {e.value})" for e in entries)
     first = entries[0].distribution
     others = ",".join(e.distribution for e in entries[1:])
@@ -491,7 +373,7 @@ def get_reward_model(name: str, *, distribution: str | None = None) -> RewardMod
     return _load(entry)
 
 
-def _entry_status(entry: _Entry) -> PluginInfo:
+def _entry_status(entry: Entry) -> PluginInfo:
     reason = _disabled(entry)
     if reason is not None:
         return entry.info("disabled", reason)
@@ -530,8 +412,8 @@ def list_reward_models() -> list[PluginInfo]:
     return rows
 
 
-def _info(name: str, distribution: str | None = None) -> PluginInfo:
-    """The registry row of the plugin :func:`get_reward_model` resolves to (used by the CLI)."""
+def plugin_info(name: str, distribution: str | None = None) -> PluginInfo:
+    """The registry row of the plugin :func:`get_reward_model` resolves to (loading it)."""
     entry = _resolve(name, distribution)
     if entry.distribution == IN_PROCESS:
         return entry.info("registered")
@@ -575,7 +457,7 @@ def register_reward_model(plugin: Any, *, replace: bool = False) -> RewardModelP
     return _register(plugin, replace=replace)[0].plugin
 
 
-def _register(plugin: Any, *, replace: bool) -> tuple[_Entry, _Entry | None]:
+def _register(plugin: Any, *, replace: bool) -> tuple[Entry, Entry | None]:
     global _generation
     plugin = _instantiate(plugin)
     problems = protocol_problems(plugin)
@@ -584,7 +466,7 @@ def _register(plugin: Any, *, replace: bool) -> tuple[_Entry, _Entry | None]:
             f"cannot register {plugin!r} in-process: it does not satisfy the RewardModelPlugin "
             f"protocol: {'; '.join(problems)}"
         )
-    entry = _Entry(
+    entry = Entry(
         name=plugin.name,
         distribution=IN_PROCESS,
         version="",
@@ -657,12 +539,12 @@ def registered_reward_model(plugin: Any, *, replace: bool = False) -> Iterator[R
                 _generation += 1
 
 
-def _snapshot() -> dict[str, _Entry]:
+def _snapshot() -> dict[str, Entry]:
     with _lock:
         return dict(_registered)
 
 
-def _restore(registered: dict[str, _Entry]) -> None:
+def _restore(registered: dict[str, Entry]) -> None:
     """Put the in-process registrations back and forget the scan (test isolation)."""
     global _generation
     with _lock:

@@ -179,7 +179,7 @@ def test_multi_process_checkpoints_are_allow_listed_data(runs: dict[str, Any], l
     (Under DP=2 rank 0 writes every weight shard: the weights are replicated.)
     """
     from rm_registry import UnsafeCheckpointError
-    from rm_registry.engine import _safe_pickle
+    from rm_registry.engine.checkpoint import _safe_pickle
 
     ckpt = runs[layout] / "checkpoints" / "step_0000004"
     assert_allow_list_covers(ckpt)

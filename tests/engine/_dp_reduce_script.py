@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from rm_registry.engine.parallel import ParallelInfo
 from rm_registry import TrainingError
-from rm_registry.engine._metrics import MetricMeans
+from rm_registry.engine.trainer._metrics import MetricMeans
 from rm_registry.engine.trainer import _allreduce_grads, _clip_grad_norm
 
 

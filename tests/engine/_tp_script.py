@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from rm_registry.engine import checkpoint, parallel
 from rm_registry.engine.model import RewardModel
 
-DEFAULTS = Path(__file__).resolve().parents[2] / "src" / "rm_registry" / "engine" / "defaults.yaml"
+DEFAULTS = Path(__file__).resolve().parents[2] / "src" / "rm_registry" / "engine" / "config" / "defaults.yaml"
 SEED = 4321
 
 

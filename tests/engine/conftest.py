@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-DEFAULTS = Path(__file__).resolve().parents[2] / "src" / "rm_registry" / "engine" / "defaults.yaml"
+DEFAULTS = Path(__file__).resolve().parents[2] / "src" / "rm_registry" / "engine" / "config" / "defaults.yaml"
 SEED = 1234
 
 

@@ -48,7 +48,7 @@ def test_grouped_query_attention_matches_megatron(parallel_info, groups: int) ->
     from megatron.core.transformer.enums import AttnMaskType
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    from rm_registry.engine._attention import SDPACausalAttention
+    from rm_registry.engine.model._attention import SDPACausalAttention
 
     config = TransformerConfig(num_layers=1, hidden_size=32, num_attention_heads=4, num_query_groups=groups,
                                attention_dropout=0.0, use_cpu_initialization=True)
@@ -71,7 +71,7 @@ def test_spec_swap_keeps_the_local_spec_untouched() -> None:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer.dot_product_attention import DotProductAttention
 
-    from rm_registry.engine._attention import SDPACausalAttention, with_core_attention
+    from rm_registry.engine.model._attention import SDPACausalAttention, with_core_attention
 
     spec = get_gpt_layer_local_spec()
     swapped = with_core_attention(spec, "sdpa")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rm_registry import ConfigError
-from rm_registry.engine._batching import (
+from rm_registry.engine.data._batching import (
     SampleCosts,
     StepSampler,
     eval_batches,

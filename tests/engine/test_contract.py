@@ -13,7 +13,7 @@ import pytest
 import rm_registry
 from rm_registry import ConfigError, DataError, TrainingError
 from rm_registry.engine import _contract
-from rm_registry.engine._metrics import MetricMeans
+from rm_registry.engine.trainer._metrics import MetricMeans
 from rm_registry.engine.data import fit_group, fit_length
 from rm_registry.engine.parallel import ParallelInfo
 
@@ -145,7 +145,7 @@ def test_fit_length_names_the_sequence_and_fit_group_keeps_groups_whole() -> Non
 
 
 def test_plugin_record_names_the_distribution() -> None:
-    from rm_registry.engine._provenance import plugin_record
+    from rm_registry.engine.checkpoint._provenance import plugin_record
 
     record = plugin_record(rm_registry.get_reward_model("regression"))
     assert record["name"] == "regression" and record["distribution"] == "rm-regression" and record["version"]

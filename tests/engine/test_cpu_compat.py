@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 
-from rm_registry.engine import _cpu_compat
+from rm_registry.engine.parallel import _cpu_compat
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="the workarounds apply only without CUDA")
 

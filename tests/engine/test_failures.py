@@ -179,7 +179,7 @@ def test_torn_last_metrics_line_is_dropped_with_a_warning(run: Path, made: dict[
 
 @pytest.mark.slow
 def test_run_files_follow_the_umask(made: dict[str, Path], tmp_path: Path) -> None:
-    from rm_registry.engine._fs import atomic_write_text
+    from rm_registry.engine.checkpoint._fs import atomic_write_text
 
     for name in ("config.yaml", "data_stats.json", "metrics.jsonl"):
         assert (made["run"] / name).stat().st_mode & 0o777 == 0o666 & ~_umask(), name
@@ -215,7 +215,7 @@ def test_full_disk_while_saving_a_checkpoint(build_model: Callable[..., Any], tm
 @pytest.mark.slow
 def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
-    from rm_registry.engine._fs import atomic_write_text
+    from rm_registry.engine.checkpoint._fs import atomic_write_text
     from rm_registry.engine.trainer import _MetricsLog
 
     target = tmp_path / "config.yaml"

@@ -118,7 +118,7 @@ def test_bad_inputs_are_refused(build_model, tokens, lengths, match: str) -> Non
 
 @pytest.mark.parametrize("overrides, match", [
     ({"hidden_size": 30}, r"model.hidden_size=30 is not divisible by model.num_attention_heads=4"),
-    ({"num_layers": 0}, r"model.num_layers=0: expected an integer >= 1"),
+    ({"num_layers": 0}, r"model.num_layers=0: expected a positive whole number"),
     ({"params_dtype": "float8"}, r"model.params_dtype='float8'"),
     ({"force_head_dtype": "int8"}, r"model.force_head_dtype='int8'"),
     ({"position_embedding_type": "alibi"}, r"model.position_embedding_type='alibi'"),

@@ -13,9 +13,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from rm_registry import ConfigError, get_reward_model
-from rm_registry.engine._nemo_compat import NEMO_KEYS, recompute_options
-from rm_registry.engine._splits import _blend_order, build_split_datasets, normalize_prefix
-from rm_registry.engine._topk import keep_top_k
+from rm_registry.engine.config._nemo_compat import NEMO_KEYS, recompute_options
+from rm_registry.engine.data._splits import _blend_order, build_split_datasets, normalize_prefix
+from rm_registry.engine.checkpoint._topk import keep_top_k
 from rm_registry.engine.config import build_config
 
 STOCK = Path(__file__).parents[1] / "fixtures" / "nemo_aligner" / "training_rm.yaml"

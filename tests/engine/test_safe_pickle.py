@@ -28,7 +28,7 @@ from checkpoint_payloads import (PICKLED, Payload, assert_allow_list_covers, cra
 
 from rm_registry import ConfigError, UnsafeCheckpointError, get_reward_model
 from rm_registry._cli import main
-from rm_registry.engine import _safe_pickle
+from rm_registry.engine.checkpoint import _safe_pickle
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +187,7 @@ def legacy(run: dict[str, Path]) -> Path:
     own writer, whose ``.metadata`` also pickles its save plans. Such checkpoints must still load."""
     from megatron.core import dist_checkpointing
 
-    from rm_registry.engine import _cpu_compat
+    from rm_registry.engine.parallel import _cpu_compat
     from rm_registry.engine.model import RewardModel
 
     folder = run["dir"] / "legacy"

@@ -49,7 +49,7 @@ def test_vllm_pooling_classify_score_and_models(server: Server, served_run: dict
     raw = httpx.post(f"{server.url}/classify", json={"model": "reward_model", "input": TEXTS, "activation": False})
     assert raw.status_code == 200, raw.text
     data = raw.json()["data"]
-    assert all(d["num_classes"] == 1 and d["label"] == "LABEL_0" for d in data)
+    assert all(d["num_classes"] == 1 and d["label"] == "reward" for d in data)
     _close([d["probs"][-1] for d in data], want)
     default = httpx.post(f"{server.url}/classify", json={"input": TEXTS}).json()["data"]  # vLLM: sigmoid for K=1
     _close([d["probs"][0] for d in default], [_sigmoid(w) for w in want])

@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "batch_to",
+    "config_for_output_names",
     "config_types",
     "evaluation_batch",
     "metric_weight",
+    "output_names",
     "resolve_config",
     "score_records",
     "score_texts",
@@ -149,3 +151,28 @@ def resolve_config(plugin: RewardModelPlugin, cfg: DictConfig) -> None:
     method = getattr(plugin, "resolve_config", None)
     if method is not None:
         method(cfg)
+
+
+def output_names(plugin: RewardModelPlugin, cfg: DictConfig, k: int) -> list[str]:
+    """Names of the K head outputs: the plugin's :meth:`output_names` when it gives K of them, else
+    ``reward`` for K = 1 and ``LABEL_0`` ... for more. The ``id2label`` of a Hugging Face export and
+    the labels ``serve`` answers with are both these."""
+    method = getattr(plugin, "output_names", None)
+    if method is not None:
+        names = [str(n) for n in method(cfg)]
+        if len(names) == k:
+            return names
+    return ["reward"] if k == 1 else [f"LABEL_{i}" for i in range(k)]
+
+
+def config_for_output_names(plugin: RewardModelPlugin, names: Sequence[str]) -> Mapping[str, Any]:
+    """The config layer for a foreign Hugging Face reward model whose K > 1 outputs carry these
+    names (the plugin's :meth:`config_for_output_names`; ``{}`` when it has none)."""
+    method = getattr(plugin, "config_for_output_names", None)
+    if method is None or len(names) < 2:
+        return {}
+    layer = method(list(names))
+    if not isinstance(layer, Mapping):
+        raise PluginValidationError(f"plugin {plugin.name!r}: config_for_output_names() must return a mapping, "
+                                    f"got {type(layer).__name__}")
+    return layer

@@ -24,15 +24,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from .._errors import ConfigError, DataError
 from .._registry import get_reward_model
-from . import _contract, _provenance, parallel
+from . import _contract, parallel
+from .checkpoint import _provenance
 from . import checkpoint as ckpt
-from ._fs import atomic_write_text, check_output_file
-from ._safe_pickle import check_contained
+from .checkpoint._fs import atomic_write_text, check_output_file
+from .checkpoint._safe_pickle import check_contained
 from .config import drop_moved_keys, flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, pad_batch, read_jsonl
 from .tokenizer import tokenizer_from_dir
 from .progress import progress_bar
-from ._batching import SampleCosts, eval_batches
+from .data._batching import SampleCosts, eval_batches
 from .trainer import evaluate_dataset, max_tokens_per_micro_batch
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .._errors import ConfigError
+from .hf._config import CONFIG, read_config
 
 if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
@@ -31,6 +32,7 @@ __all__ = [
     "LIBRARIES",
     "ByteTokenizer",
     "HFTokenizer",
+    "folder_tokenizer",
     "load_tokenizer",
     "render_chat_template",
     "tokenizer_from_dir",
@@ -234,8 +236,6 @@ def load_tokenizer(cfg: DictConfig) -> Tokenizer:
     path = OmegaConf.select(cfg, "model.tokenizer.path", default=None)
     pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
     if pretrained and library in _HF_ALIASES and path and Path(path) == Path(pretrained):
-        from .hf import folder_tokenizer
-
         return folder_tokenizer(pretrained)
     if library == "byte":
         return ByteTokenizer()
@@ -247,6 +247,30 @@ def load_tokenizer(cfg: DictConfig) -> Tokenizer:
             )
         return HFTokenizer(path)
     raise ConfigError(f"model.tokenizer.library={library!r}: expected one of {', '.join(LIBRARIES)}")
+
+
+def folder_tokenizer(folder: str | Path) -> HFTokenizer:
+    """The tokenizer of a Hugging Face folder, with Hugging Face's rules (``hf_rules``): special
+    tokens as ``tokenizer(text)``, its chat template, and the pad id ``config.json`` pools by.
+
+    Pad id: ``config.json``'s ``pad_token_id``, else the tokenizer's pad token, else well-known pad
+    names, else EOS (then no EOS is appended to texts: see docs/pretrained.md).
+
+    Raises:
+        ConfigError: no ``tokenizer.json`` (slow, sentencepiece-only tokenizers are not read).
+    """
+    p = Path(folder).expanduser()
+    if not (p / "tokenizer.json").is_file():
+        raise ConfigError(f"{p / 'tokenizer.json'}: missing; the folder needs a fast tokenizer file "
+                          "(save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(...))")
+    hf = read_config(p)
+    pad = hf.get("pad_token_id")
+    if isinstance(pad, list):
+        pad = pad[0] if pad else None
+    tok = HFTokenizer(p, hf_rules=True, pad_id=pad if isinstance(pad, int) else None)
+    if isinstance(pad, int) and not 0 <= pad < max(tok.vocab_size, int(hf.get("vocab_size") or 0)):
+        raise ConfigError(f"{p / CONFIG}: pad_token_id={pad} is outside the vocabulary")
+    return tok
 
 
 def tokenizer_to_dir(tokenizer: Tokenizer, directory: str | Path) -> Path:

@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from ..engine._launch import quiet_unless_first_rank
+
 __all__ = ["add_serve_subcommand"]
 
 API_KEY_ENV = "RM_REGISTRY_API_KEY"
@@ -76,10 +78,9 @@ def _check_extra() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .._engine_cli import _quiet_unless_first_rank
     from ._service import ServeOptions
 
-    _quiet_unless_first_rank()
+    quiet_unless_first_rank()
     _check_extra()
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     options = ServeOptions(host=args.host, port=args.port, api_key=api_key, max_batch_tokens=args.max_batch_tokens,

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
+from ..engine import _contract
 from ._http import RequestError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,11 +59,8 @@ class ModelRunner:
         probe = self.forward([eos])[0]  # warm-up pass; tells K and the labels
         self.num_outputs = len(probe.values)
         self.warmup_passes = self._time_passes(eos[-1])
-        attributes = probe.output.get("attributes")
-        if isinstance(attributes, dict) and len(attributes) == self.num_outputs:
-            self.labels = [str(name) for name in attributes]
-        else:
-            self.labels = [f"LABEL_{i}" for i in range(self.num_outputs)]
+        # the names a Hugging Face export writes as id2label (vLLM serving that folder answers them)
+        self.labels = _contract.output_names(model.plugin, model.cfg, self.num_outputs)
 
     def _time_passes(self, token: int, rounds: int = 3) -> list[tuple[int, float]]:
         """Time forward passes of two sizes (one 1-token text; 8 texts of up to 128 tokens), the

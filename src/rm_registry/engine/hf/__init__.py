@@ -27,7 +27,7 @@ _EXPORTS = {
     "is_hf_folder": "_folder",
     "looks_like_hf_folder": "_folder",
     "pretrained_settings": "_folder",
-    "read_config": "_folder",
+    "read_config": "_config",
     "load_hf_weights": "_load",
     "export_checkpoint": "_export",
     "export_model": "_export",

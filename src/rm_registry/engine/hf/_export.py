@@ -21,11 +21,13 @@ import torch
 from omegaconf import OmegaConf
 
 from ..._errors import ConfigError
-from .._fs import temp_dir_beside, write_failure
+from .. import _contract
+from ..checkpoint._fs import temp_dir_beside, write_failure
 from ..tokenizer import ByteTokenizer, HFTokenizer
 from ._convert import to_hf
 from ._family import Family, Rule
-from ._folder import CONFIG, META_KEY, family_of
+from ._config import CONFIG, META_KEY
+from ._folder import family_of
 from ._load import HEAD, shapes_of
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -44,7 +46,7 @@ BYTE_CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n' }}
 def _check_target(output: Path) -> None:
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise ConfigError(f"--output {output}: exists and is not an empty folder; export writes a new folder")
-    from .._fs import check_output_dir
+    from ..checkpoint._fs import check_output_dir
 
     check_output_dir(output)
 
@@ -86,20 +88,11 @@ def _fold_head_bias(state: dict[str, torch.Tensor], final_bias_key: str) -> None
     state[final_bias_key] = (state[final_bias_key].double() + delta).to(state[final_bias_key].dtype)
 
 
-def _output_names(loaded: LoadedRewardModel, k: int) -> list[str]:
-    names = getattr(loaded.plugin, "output_names", None)
-    if callable(names):
-        got = [str(n) for n in names(loaded.cfg)]
-        if len(got) == k:
-            return got
-    return ["reward"] if k == 1 else [f"LABEL_{i}" for i in range(k)]
-
-
 def hf_folder_config(loaded: LoadedRewardModel, family: Family, vocab: int, k: int) -> dict[str, Any]:
     """``config.json`` of the exported folder."""
     m = loaded.cfg.model
     tok = loaded.tokenizer
-    names = _output_names(loaded, k)
+    names = _contract.output_names(loaded.plugin, loaded.cfg, k)
     dtype = str(m.params_dtype)
     bos = getattr(tok, "bos_token", None)
     bos_id = tok.token_id(bos) if isinstance(tok, HFTokenizer) and bos else None

@@ -11,14 +11,13 @@ from typing import Any, Mapping
 
 from ..._errors import ConfigError
 from . import gpt2, llama, qwen2, qwen3
+from ..tokenizer import folder_tokenizer
+from ._config import CONFIG, META_KEY, read_config
 from ._family import Family
 
 __all__ = ["FAMILIES", "looks_like_hf_folder", "family_for_config", "family_of", "is_hf_folder", "pretrained_settings", "read_config",
            "folder_tokenizer", "CONFIG", "META_KEY"]
 
-CONFIG = "config.json"
-#: Section of an exported ``config.json`` that records the rm-registry architecture and its settings.
-META_KEY = "rm_registry"
 #: Every supported family (one module each).
 FAMILIES: tuple[Family, ...] = (llama.FAMILY, qwen2.FAMILY, qwen3.FAMILY, gpt2.FAMILY)
 
@@ -36,28 +35,6 @@ def looks_like_hf_folder(path: str | Path) -> bool:
     marks = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "tokenizer.json")
     return p.is_dir() and (is_hf_folder(p) or (any((p / m).is_file() for m in marks)
                                                and not (p / "checkpoint.json").exists()))
-
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    """``config.json`` of a Hugging Face folder.
-
-    Raises:
-        ConfigError: the folder or the file is missing or malformed (naming it).
-    """
-    p = Path(folder).expanduser()
-    if not p.is_dir():
-        raise ConfigError(f"{p}: no such folder (expected a Hugging Face model folder with config.json; "
-                          "hub ids are not downloaded, download the folder first)")
-    file = p / CONFIG
-    if not file.is_file():
-        raise ConfigError(f"{file}: missing; {p} is not a Hugging Face model folder")
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{file}: malformed JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{file}: expected a JSON object")
-    return data
 
 
 def family_for_config(hf: Mapping[str, Any], file: Path) -> Family:
@@ -112,32 +89,6 @@ def pretrained_settings(folder: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{tok.path}: the tokenizer has {tok.vocab_size} tokens but {file} has vocab_size={vocab}: "
                           "its ids do not fit the embedding")
     return settings
-
-
-def folder_tokenizer(folder: str | Path) -> Any:
-    """The tokenizer of a Hugging Face folder, with Hugging Face's rules (``hf_rules``): special
-    tokens as ``tokenizer(text)``, its chat template, and the pad id ``config.json`` pools by.
-
-    Pad id: ``config.json``'s ``pad_token_id``, else the tokenizer's pad token, else well-known pad
-    names, else EOS (then no EOS is appended to texts: see docs/pretrained.md).
-
-    Raises:
-        ConfigError: no ``tokenizer.json`` (slow, sentencepiece-only tokenizers are not read).
-    """
-    from ..tokenizer import HFTokenizer
-
-    p = Path(folder).expanduser()
-    if not (p / "tokenizer.json").is_file():
-        raise ConfigError(f"{p / 'tokenizer.json'}: missing; the folder needs a fast tokenizer file "
-                          "(save one with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(...))")
-    hf = read_config(p)
-    pad = hf.get("pad_token_id")
-    if isinstance(pad, list):
-        pad = pad[0] if pad else None
-    tok = HFTokenizer(p, hf_rules=True, pad_id=pad if isinstance(pad, int) else None)
-    if isinstance(pad, int) and not 0 <= pad < max(tok.vocab_size, int(hf.get("vocab_size") or 0)):
-        raise ConfigError(f"{p / CONFIG}: pad_token_id={pad} is outside the vocabulary")
-    return tok
 
 
 def apply_pretrained(cfg: Any, user_keys: Mapping[str, Any]) -> Any:

@@ -17,7 +17,7 @@ from typing import Iterator
 import torch
 
 from ..._errors import ConfigError, UnsafeCheckpointError
-from .._safe_pickle import safe_torch_load
+from ..checkpoint._safe_pickle import safe_torch_load
 
 __all__ = ["WeightFiles"]
 

@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from ..._errors import ConfigError
 from ._convert import expected_hf_shapes, to_ours, tp_slice
 from ._family import Family, Rule, Shapes
-from ._folder import CONFIG, family_for_config, read_config
+from ._config import CONFIG, read_config
+from ._folder import family_for_config
 from ._io import WeightFiles
 
 __all__ = ["load_hf_weights", "shapes_of"]

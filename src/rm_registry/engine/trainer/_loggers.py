@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError
+from ..._errors import ConfigError
 
 __all__ = ["attach_loggers", "check_loggers"]
 

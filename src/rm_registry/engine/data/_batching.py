@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .._protocol import RewardModelPlugin
+    from ..._protocol import RewardModelPlugin
 
 __all__ = ["SampleCosts", "StepSampler", "epoch_order", "micro_batches", "eval_batches", "forward_in_chunks", "sample_costs"]
 

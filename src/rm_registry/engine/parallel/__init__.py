@@ -22,7 +22,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .._errors import ConfigError
+from ..._errors import ConfigError
+from ..config import engine_defaults
+from ..config._checks import check_parallel_sizes
 from . import _cpu_compat
 
 __all__ = ["ParallelInfo", "initialize", "shutdown", "get_info", "manual_seed", "barrier"]
@@ -79,26 +81,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _check_sizes(tp: int, pp: int, world_size: int) -> None:
-    if not isinstance(tp, int) or tp < 1:
-        raise ConfigError(f"model.tensor_model_parallel_size={tp!r}: expected an integer >= 1")
-    if not isinstance(pp, int) or pp < 1:
-        raise ConfigError(f"model.pipeline_model_parallel_size={pp!r}: expected an integer >= 1")
-    if pp > 1:
-        raise ConfigError(
-            f"model.pipeline_model_parallel_size={pp}: pipeline parallelism is not supported "
-            "(it needs megatron-core's pipeline schedules, which the engine does not use). "
-            "Supported: tensor parallelism (model.tensor_model_parallel_size) times data "
-            "parallelism (the remaining processes). Set model.pipeline_model_parallel_size=1."
-        )
-    if world_size % (tp * pp) != 0:
-        raise ConfigError(
-            f"model.tensor_model_parallel_size={tp} (x pipeline {pp}) does not divide the world "
-            f"size {world_size}: launch a multiple of {tp * pp} processes "
-            f"(torchrun --nproc-per-node ...) or change model.tensor_model_parallel_size"
-        )
-
-
 def _init_process_group() -> None:
     """Join torchrun's process group, or make a one-process group on a free local port."""
     global _OWNS_PROCESS_GROUP
@@ -153,7 +135,7 @@ def manual_seed(seed: int) -> None:
 
 
 def initialize(
-    *, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, seed: int = 1234
+    *, tensor_model_parallel_size: int = 1, pipeline_model_parallel_size: int = 1, seed: int | None = None
 ) -> ParallelInfo:
     """Initialize torch.distributed and megatron-core's parallel state, and seed every RNG.
 
@@ -163,7 +145,7 @@ def initialize(
 
     Idempotent: a second call with the same sizes returns the current :class:`ParallelInfo`
     without re-seeding; a call with different sizes rebuilds megatron's groups (the process
-    group is kept) and seeds again.
+    group is kept) and seeds again. ``seed`` None: the engine's default (``seed`` in ``defaults.yaml``).
 
     Raises:
         ConfigError: the world size is not a multiple of ``tp * pp``, or ``pp > 1``.
@@ -171,12 +153,15 @@ def initialize(
     global _INFO
     from megatron.core import parallel_state
 
+    if seed is None:
+        seed = int(engine_defaults().seed)
+
     tp, pp = tensor_model_parallel_size, pipeline_model_parallel_size
     if _INFO is not None and (_INFO.tp, _INFO.pp) == (tp, pp) and parallel_state.model_parallel_is_initialized():
         return _INFO
     _cpu_compat.check_megatron_version()
     world_size = dist.get_world_size() if dist.is_initialized() else _env_int("WORLD_SIZE", 1)
-    _check_sizes(tp, pp, world_size)
+    check_parallel_sizes(tp, pp, world_size)
     _init_process_group()
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from omegaconf import ListConfig, OmegaConf
 
-from .._errors import ConfigError
-from .data import DatasetStats, ListDataset
+from ..._errors import ConfigError
+from . import DatasetStats, ListDataset
 
 if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
 
-    from .._protocol import RewardModelPlugin, Tokenizer
+    from ..._protocol import RewardModelPlugin, Tokenizer
 
 __all__ = ["normalize_prefix", "build_split_datasets", "describe"]
 

@@ -44,7 +44,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from .._errors import ConfigError, UnsafeCheckpointError
+from ..._errors import ConfigError, UnsafeCheckpointError
 
 __all__ = [
     "DCP_METADATA_GLOBALS",

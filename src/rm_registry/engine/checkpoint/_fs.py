@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from .._errors import ConfigError, StorageError
+from ..._errors import ConfigError, StorageError
 
 __all__ = ["check_output_dir", "check_output_file", "atomic_write_text", "atomic_write_bytes",
            "storage_error", "writing", "write_failure", "temp_dir_beside"]

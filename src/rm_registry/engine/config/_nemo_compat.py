@@ -28,7 +28,10 @@ from typing import Any, Callable, Iterable, Mapping
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .._errors import ConfigError
+from ..._errors import ConfigError
+from .._launch import first_process
+from ..data._splits import normalize_prefix
+from ._checks import flatten
 
 __all__ = ["NEMO_KEYS", "CompatNotes", "HydraOverride", "parse_hydra_overrides", "recompute_options", "register_resolvers",
            "translate", "validate_nemo_keys"]
@@ -182,7 +185,6 @@ class CompatNotes:
 
     def report(self) -> None:
         """Print :meth:`lines` on stderr (global rank 0 only under torchrun)."""
-        from ._launch import first_process
 
         if first_process():
             for line in self.lines():
@@ -246,7 +248,6 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
         ConfigError: a key whose value would change the run and cannot be honoured, naming the
             key, the value and why.
     """
-    from .config import flatten
 
     register_resolvers()
     view = _view(base, layer)
@@ -404,7 +405,6 @@ def validate_nemo_keys(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key and value.
     """
-    from ._splits import normalize_prefix
 
     recompute_options(cfg)
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
-from .._errors import TrainingError
+from ..._errors import TrainingError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .parallel import ParallelInfo
+    from ..parallel import ParallelInfo
 
 __all__ = ["MetricMeans"]
 

@@ -24,15 +24,30 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .._errors import ConfigError, PluginLoadError
-from . import _contract
+from ..._errors import ConfigError, PluginLoadError
+from .. import _contract
+from ._checks import (
+    ATTENTION_BACKENDS,
+    DTYPES,
+    OPTIMIZERS,
+    SCHEDULERS,
+    TOKENIZER_LIBRARIES,
+    check_parallel_sizes,
+    choice,
+    flatten,
+    model_shape,
+    positive,
+    type_name,
+    type_ok,
+)
 from ._nemo_compat import CompatNotes, translate, validate_nemo_keys
-from .data import OVERLONG_POLICIES
+from ..data import OVERLONG_POLICIES
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .._protocol import RewardModelPlugin
+    from ..._protocol import RewardModelPlugin
 
 __all__ = [
+    "ATTENTION_BACKENDS",
     "DEFAULTS_PATH",
     "ENGINE_NULL_TYPES",
     "build_config",
@@ -50,34 +65,9 @@ __all__ = [
 
 DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 
-_DTYPES = ("float32", "bfloat16", "float16")
-_TOKENIZER_LIBRARIES = ("byte", "huggingface")
-_POSITION_EMBEDDINGS = ("learned_absolute", "rope")
-_NORMALIZATIONS = ("LayerNorm", "RMSNorm")  # model.NORMALIZATIONS (this module does not import torch)
-_ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")  # model.ACTIVATIONS
-#: ``model.attention_backend``: ``sdpa`` (causal scaled_dot_product_attention, see ``_attention``)
-#: or ``local`` (megatron's ``DotProductAttention``, which reads a mask tensor).
-ATTENTION_BACKENDS = ("sdpa", "local")
-_SCHEDULERS = ("CosineAnnealing", "constant")
-_OPTIMIZERS = ("adamw", "adam")
-
-
 def engine_defaults() -> DictConfig:
     """The engine's default tree (a fresh copy)."""
     return OmegaConf.load(DEFAULTS_PATH)  # type: ignore[return-value]
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b.c": leaf}`` for every leaf of a plain nested dict (lists are leaves)."""
-    out: dict[str, Any] = {}
-    if isinstance(node, Mapping):
-        for key, value in node.items():
-            path = f"{prefix}.{key}" if prefix else str(key)
-            if isinstance(value, Mapping) and value:
-                out.update(flatten(value, path))
-            else:
-                out[path] = value
-    return out
 
 
 def _kind(value: Any) -> str:
@@ -116,33 +106,6 @@ ENGINE_NULL_TYPES: dict[str, Any] = {
     "exp_manager.max_time_per_run": (str, dict),  # its default is ${trainer.max_time}
 }
 
-_TYPE_NAMES = {int: "whole number", float: "number", str: "string", bool: "bool", list: "list", dict: "mapping"}
-
-
-def _type_ok(value: Any, spec: Any) -> bool:
-    """Whether ``value`` fits a declared type (or tuple of types); ``float`` accepts whole numbers."""
-    for t in spec if isinstance(spec, tuple) else (spec,):
-        if t is bool and isinstance(value, bool):
-            return True
-        if isinstance(value, bool):
-            continue
-        if t is float and isinstance(value, (int, float)):
-            return True
-        if t is int and isinstance(value, float) and value.is_integer():
-            return True
-        if t in (list, tuple) and isinstance(value, (list, tuple)):
-            return True
-        if t is dict and isinstance(value, Mapping):
-            return True
-        if isinstance(t, type) and t not in (list, tuple, dict) and isinstance(value, t):
-            return True
-    return False
-
-
-def _type_name(spec: Any) -> str:
-    return " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in (spec if isinstance(spec, tuple) else (spec,)))
-
-
 def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str,
                  types: Mapping[str, Any] | None = None) -> None:
     """Refuse a layer value whose kind differs from the default's, or from the declared type of a
@@ -165,8 +128,8 @@ def _check_types(defaults: dict[str, Any], layer: dict[str, Any], source: str,
         if default is None or (isinstance(default, str) and "${" in default):  # null, or following another key
             if isinstance(value, str) and "${" in value:
                 continue  # an interpolation (NeMo-Aligner's files use them): checked once resolved
-            if key in types and not _type_ok(value, types[key]):
-                raise ConfigError(f"{key}={value!r} ({source}): expected a {_type_name(types[key])}, got a {_kind(value)}")
+            if key in types and not type_ok(value, types[key]):
+                raise ConfigError(f"{key}={value!r} ({source}): expected a {type_name(types[key])}, got a {_kind(value)}")
             continue
         want, got = _kind(default), _kind(value)
         if want != got and not (want == "mapping" and got == "mapping"):
@@ -340,7 +303,7 @@ def build_config(
         raise ConfigError(f"model.reward_model_type={override_type(overrides)!r} (command line) but the "
                           f"architecture is {plugin.name!r}")
     if OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None):
-        from .hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
+        from ..hf import apply_pretrained  # architecture, tokenizer and head from the folder's config.json
 
         user_keys = {key: OmegaConf.select(cfg, key, default=None) for key in user_set}
         cfg = apply_pretrained(cfg, user_keys)
@@ -391,20 +354,6 @@ def _resolve_learning_rate(cfg: DictConfig) -> None:
     cfg.model.optim.lr = lr
     if float(cfg.model.optim.sched.min_lr) > lr:
         cfg.model.optim.sched.min_lr = lr / 10
-
-
-def _positive(cfg: DictConfig, key: str, *, allow_minus_one: bool = False) -> int:
-    value = OmegaConf.select(cfg, key)
-    if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and not (allow_minus_one and value == -1)):
-        extra = " or -1" if allow_minus_one else ""
-        raise ConfigError(f"{key}={value!r}: expected a positive whole number{extra}")
-    return value
-
-
-def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in choices:
-        raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
 
 
 #: ``model.optim.lr: null`` is ``REFERENCE_LR * REFERENCE_WIDTH / model.hidden_size``. Adam moves every
@@ -482,31 +431,9 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
         ConfigError: naming the key and the value.
     """
     m = cfg.model
-    for key in ("num_layers", "hidden_size", "num_attention_heads", "encoder_seq_length", "micro_batch_size",
-                "global_batch_size", "tensor_model_parallel_size", "pipeline_model_parallel_size",
-                "make_vocab_size_divisible_by"):
-        _positive(cfg, f"model.{key}")
-    if m.ffn_hidden_size is not None:
-        _positive(cfg, "model.ffn_hidden_size")
-    if m.max_position_embeddings is not None:
-        _positive(cfg, "model.max_position_embeddings")
-        if m.max_position_embeddings < m.encoder_seq_length:
-            raise ConfigError(
-                f"model.max_position_embeddings={m.max_position_embeddings} is smaller than "
-                f"model.encoder_seq_length={m.encoder_seq_length}"
-            )
-    if m.encoder_seq_length < 2:
-        raise ConfigError(f"model.encoder_seq_length={m.encoder_seq_length}: need at least 2 (a token and EOS)")
-    if m.get("kv_channels") is None and m.hidden_size % m.num_attention_heads:
-        raise ConfigError(
-            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads={m.num_attention_heads}"
-        )
-    tp = m.tensor_model_parallel_size
-    if m.num_attention_heads % tp:
-        raise ConfigError(
-            f"model.num_attention_heads={m.num_attention_heads} is not divisible by "
-            f"model.tensor_model_parallel_size={tp}"
-        )
+    shape = model_shape(cfg)  # the model's keys, as the model builder reads them
+    positive(cfg, "model.micro_batch_size")
+    positive(cfg, "model.global_batch_size")
     if m.global_batch_size % m.micro_batch_size:
         raise ConfigError(
             f"model.global_batch_size={m.global_batch_size} is not a multiple of "
@@ -517,23 +444,17 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
         raise ConfigError(f"pretrained_checkpoint.load_rm_head_weights={head!r} (NeMo-Aligner's "
                           "model.regression.load_rm_head_weights sets it too): expected true (the --pretrained "
                           "folder's score head is required), false (a new head) or null (the folder's head if any)")
-    _choice(cfg, "model.params_dtype", _DTYPES)
+    # a saved or written config holds the canonical names (the model builder also reads bf16, 16, ...)
+    choice(cfg, "model.params_dtype", DTYPES)
     if m.force_head_dtype is not None:
-        _choice(cfg, "model.force_head_dtype", _DTYPES)
-    _choice(cfg, "model.position_embedding_type", _POSITION_EMBEDDINGS)
-    _choice(cfg, "model.normalization", _NORMALIZATIONS)
-    _choice(cfg, "model.activation", _ACTIVATIONS)
+        choice(cfg, "model.force_head_dtype", DTYPES)
     _check_batching(cfg)
-    _choice(cfg, "model.tokenizer.library", _TOKENIZER_LIBRARIES)
+    choice(cfg, "model.tokenizer.library", TOKENIZER_LIBRARIES)
     if m.tokenizer.library == "huggingface" and not m.tokenizer.path:
         raise ConfigError("model.tokenizer.library=huggingface needs model.tokenizer.path (a local tokenizer.json)")
-    _choice(cfg, "model.data.overlong_policy", OVERLONG_POLICIES)
-    for key in ("hidden_dropout", "attention_dropout"):
-        value = m[key]
-        if not 0.0 <= float(value) < 1.0:
-            raise ConfigError(f"model.{key}={value!r}: expected a probability in [0, 1)")
-    _choice(cfg, "model.optim.name", _OPTIMIZERS)
-    _choice(cfg, "model.optim.sched.name", _SCHEDULERS)
+    choice(cfg, "model.data.overlong_policy", OVERLONG_POLICIES)
+    choice(cfg, "model.optim.name", OPTIMIZERS)
+    choice(cfg, "model.optim.sched.name", SCHEDULERS)
     lr = learning_rate(cfg)
     if float(m.optim.sched.min_lr) > lr:
         raise ConfigError(f"model.optim.sched.min_lr={m.optim.sched.min_lr} is larger than model.optim.lr={m.optim.lr}")
@@ -542,23 +463,18 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
     if int(m.optim.sched.warmup_steps) < 0:
         raise ConfigError(f"model.optim.sched.warmup_steps={m.optim.sched.warmup_steps}: expected >= 0")
     rm = cfg.trainer.rm
-    _positive(cfg, "trainer.rm.max_steps", allow_minus_one=True)
-    _positive(cfg, "trainer.rm.max_epochs")
-    _positive(cfg, "trainer.rm.val_check_interval")
-    _positive(cfg, "trainer.rm.save_interval")
-    _positive(cfg, "trainer.rm.log_every_n_steps")
+    positive(cfg, "trainer.rm.max_steps", allow_minus_one=True)
+    positive(cfg, "trainer.rm.max_epochs")
+    positive(cfg, "trainer.rm.val_check_interval")
+    positive(cfg, "trainer.rm.save_interval")
+    positive(cfg, "trainer.rm.log_every_n_steps")
     validate_nemo_keys(cfg)
     max_time_seconds(cfg)
     if rm.gradient_clip_val is not None and float(rm.gradient_clip_val) < 0:
         raise ConfigError(f"trainer.rm.gradient_clip_val={rm.gradient_clip_val}: expected >= 0 (0 or null: no clipping)")
     if world_size > 1:
-        model_parallel = tp * m.pipeline_model_parallel_size
-        if world_size % model_parallel:
-            raise ConfigError(
-                f"world size {world_size} is not divisible by model.tensor_model_parallel_size * "
-                f"model.pipeline_model_parallel_size = {model_parallel}"
-            )
-        dp = world_size // model_parallel
+        check_parallel_sizes(shape.tensor_parallel, shape.pipeline_parallel, world_size)
+        dp = world_size // (shape.tensor_parallel * shape.pipeline_parallel)
         if m.global_batch_size % (m.micro_batch_size * dp):
             raise ConfigError(
                 f"model.global_batch_size={m.global_batch_size} is not a multiple of model.micro_batch_size="
@@ -567,19 +483,17 @@ def validate_engine_config(cfg: DictConfig, *, world_size: int = 1) -> None:
 
 
 def _check_batching(cfg: DictConfig) -> None:
-    """``model.attention_backend``, ``model.max_tokens_per_micro_batch``, ``trainer.rm.length_group_batches``
-    (configs saved before these keys existed lack them: their defaults apply)."""
-    if OmegaConf.select(cfg, "model.attention_backend") is not None:
-        _choice(cfg, "model.attention_backend", ATTENTION_BACKENDS)
+    """``model.max_tokens_per_micro_batch``, ``trainer.rm.length_group_batches`` (configs saved
+    before these keys existed lack them: their defaults apply)."""
     if OmegaConf.select(cfg, "model.max_tokens_per_micro_batch") is not None:
-        budget = _positive(cfg, "model.max_tokens_per_micro_batch")
+        budget = positive(cfg, "model.max_tokens_per_micro_batch")
         if budget < cfg.model.encoder_seq_length:
             raise ConfigError(
                 f"model.max_tokens_per_micro_batch={budget} is smaller than model.encoder_seq_length="
                 f"{cfg.model.encoder_seq_length}: one sequence must fit in a forward pass; raise it or set null"
             )
     if OmegaConf.select(cfg, "trainer.rm.length_group_batches") is not None:
-        _positive(cfg, "trainer.rm.length_group_batches")
+        positive(cfg, "trainer.rm.length_group_batches")
 
 
 def to_yaml(cfg: DictConfig) -> str:

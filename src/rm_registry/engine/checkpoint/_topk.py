@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig
 
-from .._errors import ConfigError
+from ..._errors import ConfigError
 from ._fs import atomic_write_text
 
 __all__ = ["keep_top_k"]

@@ -30,24 +30,25 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError, DataError, TrainingError
-from .. import _signals
-from . import _contract, _provenance, parallel
-from . import checkpoint as ckpt
+from ..._errors import ConfigError, DataError, TrainingError
+from ... import _signals
+from .. import _contract, parallel
+from ..checkpoint import _provenance
+from .. import checkpoint as ckpt
 from ._metrics import MetricMeans
-from ._batching import StepSampler, epoch_order, eval_batches, forward_in_chunks, micro_batches, sample_costs
-from ._fs import atomic_write_text, check_output_dir, writing
-from ._launch import first_process
+from ..data._batching import StepSampler, epoch_order, eval_batches, forward_in_chunks, micro_batches, sample_costs
+from ..checkpoint._fs import atomic_write_text, check_output_dir, writing
+from .._launch import first_process
 from ._loggers import attach_loggers, check_loggers
-from ._safe_pickle import check_contained
-from ._splits import build_split_datasets, normalize_prefix
-from ._topk import keep_top_k
-from .config import learning_rate, load_saved_config, max_time_seconds, to_yaml, validate_engine_config
-from .progress import progress_bar as _progress
-from .tokenizer import load_tokenizer, tokenizer_to_dir
+from ..checkpoint._safe_pickle import check_contained
+from ..data._splits import build_split_datasets, normalize_prefix
+from ..checkpoint._topk import keep_top_k
+from ..config import learning_rate, load_saved_config, max_time_seconds, to_yaml, validate_engine_config
+from ..progress import progress_bar as _progress
+from ..tokenizer import load_tokenizer, tokenizer_to_dir
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .._protocol import RewardModelPlugin, Tokenizer
+    from ..._protocol import RewardModelPlugin, Tokenizer
 
 __all__ = ["TrainResult", "train", "evaluate_dataset", "build_optimizer", "build_scheduler", "checkpoint_files", "finite_for_json"]
 
@@ -449,7 +450,7 @@ def train(
     model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
     pretrained = OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None)
     if pretrained and resume_from is None:
-        from .hf import load_hf_weights
+        from ..hf import load_hf_weights
 
         load_hf_weights(model, pretrained, cfg,
                         load_head=OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None),

@@ -39,10 +39,12 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from omegaconf import DictConfig, OmegaConf
 
-from .._errors import ConfigError
-from . import parallel
+from ..._errors import ConfigError
+from .. import parallel
 from ._attention import with_core_attention
-from ._nemo_compat import recompute_options
+from ..config._checks import ACTIVATIONS as ACTIVATION_NAMES
+from ..config._checks import DTYPE_ALIASES, NORMALIZATIONS, POOLINGS, POSITION_EMBEDDINGS, ModelShape, model_shape
+from ..config._nemo_compat import recompute_options
 
 if TYPE_CHECKING:  # pragma: no cover
     from megatron.core.transformer.spec_utils import ModuleSpec
@@ -58,37 +60,19 @@ __all__ = [
     "parse_dtype",
 ]
 
-#: Pooling modes: ``last`` (last real token), ``mean`` (mean over real tokens), ``sequence``
-#: (one reward per token).
-POOLINGS = ("last", "mean", "sequence")
-
-#: ``model.normalization`` values (megatron-core names).
-NORMALIZATIONS = ("LayerNorm", "RMSNorm")
-
-
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     """The tanh approximation of GELU (GPT-2's ``gelu_new``, megatron's ``fast_gelu``)."""
     return F.gelu(x, approximate="tanh")
 
 
-#: ``model.activation`` values and their functions (``gelu`` is exact, erf-based: megatron's default).
+#: The function of each ``model.activation`` value (the names: ``config._checks.ACTIVATIONS``).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,
     "gelu_tanh": gelu_tanh,
     "silu": F.silu,
     "relu": F.relu,
 }
-
-_DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "16": torch.float16,
-}
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
 
 
 def parse_dtype(value: Any, key: str) -> torch.dtype:
@@ -100,49 +84,9 @@ def parse_dtype(value: Any, key: str) -> torch.dtype:
     if isinstance(value, torch.dtype):
         return value
     name = str(value).lower().replace("torch.", "")
-    if name not in _DTYPES:
+    if name not in DTYPE_ALIASES:
         raise ConfigError(f"{key}={value!r}: expected one of float32, bfloat16, float16")
-    return _DTYPES[name]
-
-
-def _req(cfg: DictConfig, key: str) -> Any:
-    value = OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
-    if value is None:
-        raise ConfigError(f"{key} is missing from the config")
-    return value
-
-
-def _positive_int(cfg: DictConfig, key: str) -> int:
-    value = _req(cfg, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key}={value!r}: expected an integer >= 1")
-    return int(value)
-
-
-def _probability(cfg: DictConfig, key: str) -> float:
-    value = OmegaConf.select(cfg, key, default=0.0)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"{key}={value!r}: expected a number in [0, 1)")
-    return float(value)
-
-
-def _optional_int(cfg: DictConfig, key: str) -> int | None:
-    value = OmegaConf.select(cfg, key, default=None)
-    return None if value is None else _positive_int(cfg, key)
-
-
-def _flag(cfg: DictConfig, key: str, default: bool) -> bool:
-    value = OmegaConf.select(cfg, key, default=default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: expected true or false")
-    return value
-
-
-def _number(cfg: DictConfig, key: str, default: float) -> float:
-    value = OmegaConf.select(cfg, key, default=default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(f"{key}={value!r}: expected a number > 0")
-    return float(value)
+    return getattr(torch, DTYPE_ALIASES[name])
 
 
 def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
@@ -162,86 +106,47 @@ def padded_vocab_size(vocab_size: int, divisible_by: int, tp: int) -> int:
     return -(-vocab_size // divisible_by) * divisible_by
 
 
-def build_transformer_config(cfg: DictConfig) -> TransformerConfig:
-    """Validate ``cfg.model.*`` and build megatron's :class:`TransformerConfig` from it.
+def build_transformer_config(cfg: DictConfig, shape: ModelShape | None = None) -> TransformerConfig:
+    """Megatron's :class:`TransformerConfig` for ``cfg.model.*``.
+
+    Args:
+        cfg: The config tree.
+        shape: Its validated values (:func:`~rm_registry.engine.config._checks.model_shape`),
+            when the caller has them already.
 
     Raises:
-        ConfigError: naming the offending key and value.
+        ConfigError: naming the offending key and value (the checks are ``model_shape``'s).
     """
-    num_layers = _positive_int(cfg, "model.num_layers")
-    hidden = _positive_int(cfg, "model.hidden_size")
-    heads = _positive_int(cfg, "model.num_attention_heads")
-    tp = _positive_int(cfg, "model.tensor_model_parallel_size")
-    pp = _positive_int(cfg, "model.pipeline_model_parallel_size")
-    ffn = OmegaConf.select(cfg, "model.ffn_hidden_size", default=None)
-    ffn = 4 * hidden if ffn is None else _positive_int(cfg, "model.ffn_hidden_size")
-    kv_channels = _optional_int(cfg, "model.kv_channels")
-    if kv_channels is None and hidden % heads:
-        raise ConfigError(
-            f"model.hidden_size={hidden} is not divisible by model.num_attention_heads={heads} "
-            "(or set model.kv_channels, the head size)"
-        )
-    groups = _optional_int(cfg, "model.num_query_groups")
-    if groups is not None and (heads % groups or groups % tp):
-        raise ConfigError(
-            f"model.num_query_groups={groups} must divide model.num_attention_heads={heads} and be a multiple "
-            f"of model.tensor_model_parallel_size={tp} (each tensor-parallel rank holds whole query groups)"
-        )
-    if heads % tp:
-        raise ConfigError(
-            f"model.num_attention_heads={heads} is not divisible by "
-            f"model.tensor_model_parallel_size={tp} (heads are split over tensor-parallel ranks)"
-        )
-    if ffn % tp:
-        raise ConfigError(
-            f"model.ffn_hidden_size={ffn} is not divisible by model.tensor_model_parallel_size={tp}"
-        )
-    if pp != 1:
-        raise ConfigError(
-            f"model.pipeline_model_parallel_size={pp}: pipeline parallelism is not supported; "
-            "use model.tensor_model_parallel_size and data parallelism"
-        )
-    std = OmegaConf.select(cfg, "model.init_method_std", default=0.02)
-    if isinstance(std, bool) or not isinstance(std, (int, float)) or std <= 0:
-        raise ConfigError(f"model.init_method_std={std!r}: expected a number > 0")
-    dtype = parse_dtype(OmegaConf.select(cfg, "model.params_dtype", default="float32"), "model.params_dtype")
-    norm = str(OmegaConf.select(cfg, "model.normalization", default="LayerNorm"))
-    if norm not in NORMALIZATIONS:
-        raise ConfigError(f"model.normalization={norm!r}: expected one of {', '.join(NORMALIZATIONS)}")
-    act = str(OmegaConf.select(cfg, "model.activation", default="gelu"))
-    if act not in ACTIVATIONS:
-        raise ConfigError(f"model.activation={act!r}: expected one of {', '.join(ACTIVATIONS)}")
-    eps = OmegaConf.select(cfg, "model.layernorm_epsilon", default=1e-5)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-        raise ConfigError(f"model.layernorm_epsilon={eps!r}: expected a number > 0")
+    s = model_shape(cfg) if shape is None else shape
+    dtype = parse_dtype(s.params_dtype, "model.params_dtype")
     return TransformerConfig(
-        num_layers=num_layers,
-        hidden_size=hidden,
-        ffn_hidden_size=ffn,
-        num_attention_heads=heads,
-        hidden_dropout=_probability(cfg, "model.hidden_dropout"),
-        attention_dropout=_probability(cfg, "model.attention_dropout"),
-        init_method_std=float(std),
+        num_layers=s.num_layers,
+        hidden_size=s.hidden_size,
+        ffn_hidden_size=s.ffn_hidden_size,
+        num_attention_heads=s.num_attention_heads,
+        hidden_dropout=s.hidden_dropout,
+        attention_dropout=s.attention_dropout,
+        init_method_std=s.init_method_std,
         params_dtype=dtype,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=1,
+        tensor_model_parallel_size=s.tensor_parallel,
+        pipeline_model_parallel_size=s.pipeline_parallel,
         # Full weights drawn on the CPU, then sliced: identical under every TP layout.
         use_cpu_initialization=True,
         # Weights loaded from a pretrained folder overwrite every tensor: drawing them first would
         # only cost time and a full-size float32 copy per tensor (see engine/hf).
         perform_initialization=not OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None),
         sequence_parallel=False,
-        normalization=norm,
-        layernorm_epsilon=float(eps),
-        activation_func=ACTIVATIONS[act],
-        gated_linear_unit=_flag(cfg, "model.gated_linear_unit", False),
-        num_query_groups=groups,
-        kv_channels=kv_channels,
-        add_bias_linear=_flag(cfg, "model.add_bias_linear", True),
-        add_qkv_bias=_flag(cfg, "model.add_qkv_bias", False),
-        qk_layernorm=_flag(cfg, "model.qk_layernorm", False),
+        normalization=s.normalization,
+        layernorm_epsilon=s.layernorm_epsilon,
+        activation_func=ACTIVATIONS[s.activation],
+        gated_linear_unit=s.gated_linear_unit,
+        num_query_groups=s.num_query_groups,
+        kv_channels=s.kv_channels,
+        add_bias_linear=s.add_bias_linear,
+        add_qkv_bias=s.add_qkv_bias,
+        qk_layernorm=s.qk_layernorm,
         **recompute_options(cfg),  # NeMo's activations_checkpoint_* keys
     )
 
@@ -346,10 +251,9 @@ class RewardModel(MegatronModule):
             raise ConfigError(f"pooling={pooling!r}: expected one of {', '.join(POOLINGS)}")
         if num_outputs < 1:
             raise ConfigError(f"num_outputs={num_outputs}: expected >= 1")
-        if position_embedding_type not in ("learned_absolute", "rope"):
+        if position_embedding_type not in POSITION_EMBEDDINGS:
             raise ConfigError(
-                f"model.position_embedding_type={position_embedding_type!r}: "
-                "expected learned_absolute or rope"
+                f"position_embedding_type={position_embedding_type!r}: expected one of {', '.join(POSITION_EMBEDDINGS)}"
             )
         self.vocab_size = vocab_size
         self.padded_vocab_size = padded_vocab_size
@@ -405,54 +309,35 @@ class RewardModel(MegatronModule):
         Raises:
             ConfigError: naming the offending key and value.
         """
-        config = build_transformer_config(cfg)
-        tp = config.tensor_model_parallel_size
+        shape = model_shape(cfg)
+        config = build_transformer_config(cfg, shape)
+        tp = shape.tensor_parallel
         if not parallel_state.model_parallel_is_initialized():
-            parallel.initialize(tensor_model_parallel_size=tp, seed=int(OmegaConf.select(cfg, "seed", default=1234)))
+            seed = OmegaConf.select(cfg, "seed", default=None)  # None: the engine's default seed
+            parallel.initialize(tensor_model_parallel_size=tp, seed=None if seed is None else int(seed))
         elif parallel_state.get_tensor_model_parallel_world_size() != tp:
             raise ConfigError(
                 f"model.tensor_model_parallel_size={tp} but the parallel state was initialized "
                 f"with {parallel_state.get_tensor_model_parallel_world_size()}; call "
                 f"rm_registry.engine.parallel.initialize(tensor_model_parallel_size={tp}) first"
             )
-        seq_len = _positive_int(cfg, "model.encoder_seq_length")
-        max_pos = OmegaConf.select(cfg, "model.max_position_embeddings", default=None)
-        max_pos = seq_len if max_pos is None else _positive_int(cfg, "model.max_position_embeddings")
-        if max_pos < seq_len:
-            raise ConfigError(
-                f"model.max_position_embeddings={max_pos} is smaller than "
-                f"model.encoder_seq_length={seq_len}"
-            )
-        output_sequence = bool(OmegaConf.select(cfg, "model.output_sequence", default=False))
-        avg_pool = bool(OmegaConf.select(cfg, "model.use_avg_pool", default=False))
-        if output_sequence and avg_pool:
-            raise ConfigError("model.output_sequence and model.use_avg_pool cannot both be true")
-        pooling = "sequence" if output_sequence else "mean" if avg_pool else "last"
-        head = OmegaConf.select(cfg, "model.force_head_dtype", default=None)
-        head_dtype = None if head is None else parse_dtype(head, "model.force_head_dtype")
-        divisible = _positive_int(cfg, "model.make_vocab_size_divisible_by")
         # A pretrained embedding may have more rows than the tokenizer has tokens (Qwen2).
-        vocab_size = max(vocab_size, _optional_int(cfg, "model.vocab_size") or 0)
-        percent = _number(cfg, "model.rotary_percent", 1.0)
-        if percent > 1:
-            raise ConfigError(f"model.rotary_percent={percent}: expected a number in (0, 1]")
+        vocab_size = max(vocab_size, shape.vocab_size or 0)
         model = cls(
             config,
             vocab_size=vocab_size,
-            padded_vocab_size=padded_vocab_size(vocab_size, divisible, tp),
-            max_sequence_length=max_pos,
+            padded_vocab_size=padded_vocab_size(vocab_size, shape.make_vocab_size_divisible_by, tp),
+            max_sequence_length=shape.max_position_embeddings,
             num_outputs=num_outputs,
-            pooling=pooling,
-            head_dtype=head_dtype,
-            position_embedding_type=str(
-                OmegaConf.select(cfg, "model.position_embedding_type", default="learned_absolute")
-            ),
-            rotary_base=_number(cfg, "model.rotary_base", 10000),
-            rotary_percent=percent,
-            rope_scaling=_flag(cfg, "model.rope_scaling", False),
-            rope_scaling_factor=_number(cfg, "model.rope_scaling_factor", 8.0),
-            head_bias=_flag(cfg, "model.head_bias", True),
-            attention_backend=str(OmegaConf.select(cfg, "model.attention_backend", default="sdpa")),
+            pooling=shape.pooling,
+            head_dtype=None if shape.head_dtype is None else parse_dtype(shape.head_dtype, "model.force_head_dtype"),
+            position_embedding_type=shape.position_embedding_type,
+            rotary_base=shape.rotary_base,
+            rotary_percent=shape.rotary_percent,
+            rope_scaling=shape.rope_scaling,
+            rope_scaling_factor=shape.rope_scaling_factor,
+            head_bias=shape.head_bias,
+            attention_backend=shape.attention_backend,
         )
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())

@@ -42,8 +42,10 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .._errors import ConfigError, UnsafeCheckpointError
-from . import _cpu_compat, _safe_pickle, parallel
+from ..._errors import ConfigError, UnsafeCheckpointError
+from ..parallel import _cpu_compat
+from . import _safe_pickle
+from .. import parallel
 from ._fs import write_failure, writing
 
 __all__ = [

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from .._errors import ConfigError, DataError
+from ..._errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from .._protocol import Tokenizer
+    from ..._protocol import Tokenizer
 
 __all__ = [
     "OVERLONG_POLICIES",

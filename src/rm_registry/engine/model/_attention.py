@@ -30,8 +30,8 @@ from megatron.core import tensor_parallel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from .._errors import ConfigError
-from .config import ATTENTION_BACKENDS
+from ..._errors import ConfigError
+from ..config import ATTENTION_BACKENDS
 
 __all__ = ["ATTENTION_BACKENDS", "SDPACausalAttention", "with_core_attention"]
 

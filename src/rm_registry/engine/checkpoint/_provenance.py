@@ -19,11 +19,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import PluginNotFoundError
-from .._registry import IN_PROCESS, get_reward_model, plugin_distribution
+from ..._errors import PluginNotFoundError
+from ..._registry import IN_PROCESS, get_reward_model, plugin_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .._protocol import RewardModelPlugin
+    from ..._protocol import RewardModelPlugin
 
 __all__ = ["PLUGIN_FILE", "plugin_for_checkpoint", "plugin_record", "read_record", "warn_if_other_version"]
 
