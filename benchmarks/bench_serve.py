@@ -63,9 +63,9 @@ class Offline:
 
     CODE = (
         "import json, sys, time\n"
-        "from rm_registry.engine.api import load_reward_model, read_score_inputs, score_file\n"
+        "from rm_registry.engine.api import load_reward_model, read_score_records, score_file\n"
         "m = load_reward_model(sys.argv[1])\n"
-        "ids = [m.encode(text)[0] for _, text in read_score_inputs(sys.argv[2])]\n"
+        "ids = [m.encode(texts[0])[0] for _, texts in read_score_records(sys.argv[2], None)]\n"
         "for line in sys.stdin:\n"
         "    if line.startswith('model'):\n"
         "        size = int(line.split()[1])\n"

@@ -231,7 +231,7 @@ def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[P
     if args.output:
         output = Path(args.output)
     elif args.resume_from:
-        from .engine.trainer import run_folder_of
+        from .engine.checkpoint._run import run_folder_of
 
         output = run_folder_of(args.resume_from)
     elif explicit:
@@ -245,7 +245,7 @@ def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[P
 def _evaluate(args: argparse.Namespace) -> int:
     quiet_unless_first_rank()
     from .engine.api import load_reward_model
-    from .engine.trainer import finite_for_json
+    from .engine.evaluation import finite_for_json
 
     _check_input_file(args.data, "--data")
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)

@@ -22,14 +22,6 @@ never reshapes or splits them; the one rule for where they live is in
 
 Optional members (:class:`OptionalMembers`, listed in :data:`OPTIONAL_MEMBERS`) extend the
 contract; a plugin that defines none of them behaves exactly as before they existed.
-from __future__ import annotations``), so the registry can check plugins cheaply.
-
-Shapes used below:
-    N: number of sequences in a batch (for pairwise data, ``2 * P`` with the P chosen
-       sequences first and the P rejected ones after them, as NeMo-Aligner concatenates).
-    S: the longest sequence in the batch (batches are padded to it, not to ``seq_length``).
-    K: the number of reward outputs of the head (1 for Bradley-Terry, the number of
-       attributes for regression).
 """
 
 from __future__ import annotations
@@ -57,7 +49,10 @@ class Tokenizer(Protocol):
     pad_id: int
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, without special tokens."""
+        """Token ids of ``text``. The byte tokenizer adds no special tokens; a Hugging Face
+        folder's tokenizer (``hf_rules``) adds the ones its ``tokenizer.json`` rules add, as
+        ``tokenizer(text)`` does in transformers. Either way the engine appends EOS itself
+        (``rm_registry.engine.data.encode_text``), unless the ids already end with it."""
         ...
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -81,13 +76,14 @@ class RewardModelPlugin(Protocol):
         datasets = plugin.build_datasets({"train": path, ...}, tokenizer, cfg)
         batch = plugin.collate(samples, pad_id=tokenizer.pad_id)   # tokens [N, S], lengths [N], extras
         batch = every tensor of batch moved to the model's device
-        rewards = model(batch["tokens"], batch["lengths"])            # [N, K]
+        rewards = model(batch["tokens"], batch["lengths"])            # [N, K] ([N, S, K] per token)
         loss, metrics = plugin.loss(rewards, batch, cfg)             # training
         plugin.evaluation_metrics([(rewards, batch), ...], cfg)      # whole validation set, on CPU
         plugin.score_outputs(rewards, cfg)                            # one dict per scored text, on CPU
 
     Metrics of ``loss`` are averaged over micro-batches and data-parallel ranks **by name**,
-    weighted by :meth:`OptionalMembers.metric_weight` (1 per batch by default): every batch must
+    weighted by :meth:`OptionalMembers.metric_weight` (by default the micro-batch's number of
+    samples): every batch must
     return the same metric names, or training stops naming the names that differ.
     """
 
@@ -102,7 +98,8 @@ class RewardModelPlugin(Protocol):
 
         It must provide ``from_config(cfg, *, vocab_size) -> instance`` and its ``forward``
         must map ``tokens [N, S]`` (int64) and ``lengths [N]`` (int64, number of real tokens
-        of each row) to rewards ``[N, K]`` (float). ``rm_registry.engine.RewardModel`` does
+        of each row) to rewards ``[N, K]`` (float), or ``[N, S, K]`` for a model that scores
+        every token (``model.output_sequence``). ``rm_registry.engine.RewardModel`` does
         this for megatron-core GPT backbones; plugins normally subclass it.
         """
         ...
@@ -182,7 +179,7 @@ class RewardModelPlugin(Protocol):
         """Scalar training loss and per-batch metrics.
 
         Args:
-            rewards: Model outputs ``[N, K]`` for ``batch``.
+            rewards: Model outputs ``[N, K]`` for ``batch`` (``[N, S, K]`` for a per-token model).
             batch: What :meth:`collate` returned.
             cfg: The merged config.
 
@@ -203,7 +200,7 @@ class RewardModelPlugin(Protocol):
         """Metrics over a whole evaluation set.
 
         Args:
-            outputs: ``(rewards [N, K], batch)`` for every batch of the set, in order, on the
+            outputs: ``(rewards [N, K] or [N, S, K], batch)`` for every batch of the set, in order, on the
                 CPU. ``batch`` holds the keys of :attr:`OptionalMembers.evaluation_batch_keys`
                 (by default every key but ``tokens``, which is large and rarely needed). Under
                 data parallelism only these are gathered from the other ranks. May be empty
@@ -243,7 +240,9 @@ class OptionalMembers(Protocol):
         Training metrics are averaged by name over micro-batches and data-parallel ranks as
         ``sum(weight * value) / sum(weight)``; a batch of weight 0 does not count. Return the
         number of things the metrics average over (pairs, groups, labelled entries).
-        Default: 1 per batch (every micro-batch counts the same).
+        Default: the micro-batch's number of samples (micro-batches cut by
+        ``model.max_tokens_per_micro_batch`` differ in size; metrics are then means over samples,
+        as the loss is).
         """
         ...
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from rm_registry.engine.parallel import ParallelInfo
 from rm_registry import TrainingError
 from rm_registry.engine.trainer._metrics import MetricMeans
-from rm_registry.engine.trainer import _allreduce_grads, _clip_grad_norm
+from rm_registry.engine.trainer._optim import allreduce_grads, clip_grad_norm
 
 
 def main(out: Path) -> None:
@@ -37,10 +37,10 @@ def main(out: Path) -> None:
     names = [n for n, p in model.named_parameters() if p.grad is not None]
     local = {n: p.grad.tolist() for n, p in model.named_parameters() if p.grad is not None}
 
-    _allreduce_grads(model, info, group)
+    allreduce_grads(model, info, group)
     averaged = {n: p.grad.tolist() for n, p in model.named_parameters() if p.grad is not None}
     record = {"names": names, "local": local, "averaged": averaged}
-    record["norm"] = _clip_grad_norm(model, 0.05, info)
+    record["norm"] = clip_grad_norm(model, 0.05, info)
     record["clipped"] = {n: p.grad.tolist() for n, p in model.named_parameters() if p.grad is not None}
     means = MetricMeans("step 1")  # rank r: one micro-batch of weight r + 1
     means.add({"loss": float(rank + 1), "accuracy": 0.25 * rank}, float(rank + 1))

@@ -66,10 +66,11 @@ def test_token_budget_splits_micro_batches() -> None:
         [0, 1], [2], [4], [3]]
 
 
-def test_eval_batches_limit_keeps_the_first_samples_before_sorting() -> None:
+def test_eval_batches_hold_every_sample_longest_first() -> None:
     costs = _costs(50)
-    batches = eval_batches(costs, micro_batch_size=4, max_tokens=None, sort=True, limit_batches=3)
-    assert sorted(i for b in batches for i in b) == list(range(12))
+    batches = eval_batches(costs, micro_batch_size=4, max_tokens=None, sort=True)
+    assert sorted(i for b in batches for i in b) == list(range(50))
+    assert all(len(b) <= 4 for b in batches)
     lengths = [costs.longest[i] for b in batches for i in b]
     assert lengths == sorted(lengths, reverse=True)
 

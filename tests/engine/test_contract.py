@@ -193,7 +193,7 @@ def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
         parallel_info: Any, build_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from rm_registry.engine import trainer
+    from rm_registry.engine import _contract, evaluation
     from rm_registry.engine.config import build_config
     from rm_registry.engine.tokenizer import ByteTokenizer
 
@@ -204,10 +204,11 @@ def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
     dataset = plugin.build_datasets({"validation": plugin.sample_data()["validation"]}, tok, cfg)["validation"]
     dataset.samples = dataset.samples[:7]
     moved: list[set[str]] = []
-    real = trainer._to_device
+    real = _contract.batch_to
 
     def spy(batch: Any, device: Any) -> Any:
-        moved.append({k for k, v in batch.items() if isinstance(v, torch.Tensor)})
+        if isinstance(device, torch.device):  # to the model's device; evaluation_batch's own move names "cpu"
+            moved.append({k for k, v in batch.items() if isinstance(v, torch.Tensor)})
         return real(batch, device)
 
     seen: list[Any] = []
@@ -217,9 +218,9 @@ def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
         seen.extend(outputs)
         return original(self, outputs, cfg)
 
-    monkeypatch.setattr(trainer, "_to_device", spy)
+    monkeypatch.setattr(_contract, "batch_to", spy)
     monkeypatch.setattr(type(plugin), "evaluation_metrics", metrics)
-    result = trainer.evaluate_dataset(plugin, build_model(), dataset, cfg, tok, parallel_info)
+    result = evaluation.evaluate_dataset(plugin, build_model(), dataset, cfg, tok, parallel_info)
     assert result["num_pairs"] == 7
     assert moved == [{"tokens", "lengths", "margin", "has_margin"}] * 3  # every tensor, every batch (3 + 3 + 1)
     assert [set(b) for _, b in seen] == [{"lengths", "margin", "has_margin"}] * 3  # no tokens kept or gathered

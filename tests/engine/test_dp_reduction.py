@@ -1,8 +1,8 @@
 """The data-parallel reductions of one optimizer step, with two real gloo processes and no torchrun.
 
 ``_dp_reduce_script.py`` runs as ranks 0 and 1 (a small torch model, a different batch on each
-rank) and records the gradients before and after the trainer's ``_allreduce_grads``, the norm
-``_clip_grad_norm`` returns with the clip of a small ``gradient_clip_val``, and the logged metrics
+rank) and records the gradients before and after the trainer's ``allreduce_grads``, the norm
+``clip_grad_norm`` returns with the clip of a small ``gradient_clip_val``, and the logged metrics
 reduced by name (``MetricMeans``), including ranks that disagree on the names. This test recomputes all of it from the ranks' local gradients and values.
 (The full training equivalence under torchrun is tests/distributed/test_torchrun.py, marked slow.)
 """

@@ -158,14 +158,14 @@ def test_checkpoint_saved_before_manifests_still_loads(run: Path) -> None:
 @pytest.mark.slow
 def test_torn_last_metrics_line_is_dropped_with_a_warning(run: Path, made: dict[str, Path],
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    from rm_registry.engine.trainer import _MetricsLog
+    from rm_registry.engine.trainer._loggers import MetricsLog
 
     metrics = run / "metrics.jsonl"
     whole = metrics.read_text()
     metrics.write_text(whole + '{"step": 5, "split": "tra')  # power cut in the middle of a line
     n = len(whole.splitlines()) + 1
     with pytest.warns(RuntimeWarning, match=rf"metrics.jsonl:{n}: dropped a torn last line"):
-        _MetricsLog(metrics, enabled=True, keep_until_step=4).close()
+        MetricsLog(metrics, enabled=True, keep_until_step=4).close()
     assert metrics.read_text() == whole
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
@@ -216,7 +216,7 @@ def test_full_disk_while_saving_a_checkpoint(build_model: Callable[..., Any], tm
 def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   made: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     from rm_registry.engine.checkpoint._fs import atomic_write_text
-    from rm_registry.engine.trainer import _MetricsLog
+    from rm_registry.engine.trainer._loggers import MetricsLog
 
     target = tmp_path / "config.yaml"
     target.write_text("old\n")
@@ -226,7 +226,7 @@ def test_full_disk_for_run_files_and_score_output(tmp_path: Path, monkeypatch: p
             atomic_write_text(target, "new\n")
     assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
-    log = _MetricsLog(tmp_path / "metrics.jsonl", enabled=True, keep_until_step=None)
+    log = MetricsLog(tmp_path / "metrics.jsonl", enabled=True, keep_until_step=None)
 
     class FullDisk:
         write = flush = close = staticmethod(_enospc)

@@ -69,14 +69,14 @@ def _backward(model: torch.nn.Module) -> None:
 
 
 def test_clip_returns_the_norm_before_clipping_and_clips_in_place(build_model, parallel_info) -> None:
-    from rm_registry.engine.trainer import _clip_grad_norm
+    from rm_registry.engine.trainer._optim import clip_grad_norm
 
     model = build_model()
     _backward(model)
     before = _grads(model)
     norm = _norm(before)
     clip = norm / 8
-    assert _clip_grad_norm(model, clip, parallel_info) == pytest.approx(norm, rel=1e-9)
+    assert clip_grad_norm(model, clip, parallel_info) == pytest.approx(norm, rel=1e-9)
     after = _grads(model)
     assert _norm(after) <= clip * (1 + 1e-6)
     assert _norm(after) == pytest.approx(clip, rel=1e-4)
@@ -86,11 +86,11 @@ def test_clip_returns_the_norm_before_clipping_and_clips_in_place(build_model, p
 
 @pytest.mark.parametrize("clip", [None, 0.0, "above"])
 def test_no_clipping_when_disabled_or_below_the_limit(build_model, parallel_info, clip: Any) -> None:
-    from rm_registry.engine.trainer import _clip_grad_norm
+    from rm_registry.engine.trainer._optim import clip_grad_norm
 
     model = build_model()
     _backward(model)
     before = _grads(model)
     limit = _norm(before) * 2 if clip == "above" else clip
-    assert _clip_grad_norm(model, limit, parallel_info) == pytest.approx(_norm(before), rel=1e-9)
+    assert clip_grad_norm(model, limit, parallel_info) == pytest.approx(_norm(before), rel=1e-9)
     assert all(torch.equal(a, b) for a, b in zip(_grads(model), before))

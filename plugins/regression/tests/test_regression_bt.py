@@ -56,12 +56,9 @@ def test_bt_evaluation_metrics(plugin, make_cfg) -> None:
 
 
 def test_bt_config_checks(make_cfg) -> None:
-    with pytest.raises(ConfigError, match="micro_batch_size=2"):
-        make_cfg("model.regression.num_attributes=9", "model.regression.loss_func=scaled_bt",
-                 "trainer.rm.train_random_sampler=false", "model.micro_batch_size=4", "model.global_batch_size=4")
-    with pytest.raises(ConfigError, match="train_random_sampler=false"):
-        make_cfg("model.regression.num_attributes=9", "model.regression.loss_func=scaled_bt",
-                 "model.micro_batch_size=2", "model.global_batch_size=2")
+    # any batch size and a shuffled sampler are fine: a pair is one sample
+    make_cfg("model.regression.num_attributes=9", "model.regression.loss_func=scaled_bt",
+             "model.micro_batch_size=3", "model.global_batch_size=6")
     with pytest.raises(ConfigError, match="num_attributes=9"):
         make_cfg("model.regression.loss_func=scaled_bt", "model.micro_batch_size=2", "model.global_batch_size=2",
                  "trainer.rm.train_random_sampler=false")
@@ -87,8 +84,64 @@ def test_overlong_line_drops_its_whole_pair(plugin, make_cfg, tokenizer, tmp_pat
     path = tmp_path / "pref.jsonl"
     path.write_text("".join(json.dumps({"text": t, "label": [1] + [M] * 8}) + "\n" for t in texts))
     ds = plugin.build_datasets({"train": path}, tokenizer, cfg)["train"]
-    assert [s.line for s in ds.samples] == [1, 2, 5, 6]
-    assert ds.stats.as_dict() == {"read": 6, "kept": 4, "truncated": 0, "dropped": 2}
+    assert [(s.a.line, s.b.line) for s in ds.samples] == [(1, 2), (5, 6)]  # one sample per pair
+    assert ds.stats.as_dict() == {"read": 3, "kept": 2, "truncated": 0, "dropped": 1}  # counted in pairs
     path.write_text("".join(json.dumps({"text": t, "label": [1] + [M] * 8}) + "\n" for t in texts[:5]))
     with pytest.raises(DataError, match="even number of lines"):
         plugin.build_datasets({"train": path}, tokenizer, cfg)
+
+
+def _preference_file(path: Path, pairs: int, words: int = 3) -> Path:
+    """``pairs`` A/B pairs on alternating lines, texts of different lengths (A short, B long:
+    ``words`` to ``words + 4`` words more)."""
+    rows = []
+    for i in range(pairs):
+        strength = [-2, 1, 3, -1][i % 4]
+        rows.append({"text": f"q{i} short", "label": [strength] + [M] * 8})
+        rows.append({"text": f"q{i} a much longer answer " + "word " * (i % 5 + words), "label": [strength] + [M] * 8})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_no_batching_rule_splits_a_pair(plugin, make_cfg, tokenizer, tmp_path: Path) -> None:
+    # The budget fits one pair's rows but not two: before pairs were samples, it cut A from B.
+    from rm_registry.engine.data._batching import StepSampler, micro_batches, sample_costs
+
+    cfg = make_cfg(*BT, "model.regression.loss_func=regular_bt", "model.encoder_seq_length=64")
+    ds = plugin.build_datasets({"train": _preference_file(tmp_path / "bt.jsonl", 12)}, tokenizer, cfg)["train"]
+    costs = sample_costs(plugin, ds, tokenizer.pad_id)
+    assert set(costs.sequences) == {2}  # every sample is two rows
+    sampler = StepSampler(costs, 6, seed=3, shuffle=True, group_batches=2)
+    for step in range(sampler.steps_per_epoch):
+        for micro in micro_batches(sampler.batch(step), costs, dp=1, dp_rank=0, micro_batch_size=3,
+                                   max_tokens=2 * max(costs.longest), sort=True):
+            batch = plugin.collate([ds[i] for i in micro], tokenizer.pad_id)
+            assert batch["tokens"].shape[0] == 2 * len(micro)
+            lines = [line for i in micro for line in (ds[i].a.line, ds[i].b.line)]
+            assert all(b == a + 1 and a % 2 == 1 for a, b in zip(lines[0::2], lines[1::2]))
+            loss, metrics = plugin.loss(torch.zeros(batch["tokens"].shape[0], 9), batch, cfg)
+            assert torch.isfinite(loss)
+
+
+@pytest.mark.slow
+def test_token_budget_with_bt_losses_trains(tmp_path: Path) -> None:
+    # The report: this command ended in "ValueError: Bradley-Terry losses need A/B pairs: got 1 rows (odd)".
+    import subprocess
+    import sys
+
+    data = _preference_file(tmp_path / "bt.jsonl", 8, words=26)  # B: 150-170 tokens, 2 x 150 > the budget of 256
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rm_registry", "train", "regression", "--data", str(data), "--output", str(out),
+         "--no-progress", "model.regression.num_attributes=9", "model.micro_batch_size=2",
+         "model.global_batch_size=2", "trainer.rm.train_random_sampler=false", "model.regression.loss_func=regular_bt",
+         "model.max_tokens_per_micro_batch=256", "model.encoder_seq_length=256", "model.num_layers=2",
+         "model.hidden_size=32", "model.num_attention_heads=2", "trainer.rm.max_steps=4",
+         "trainer.rm.save_interval=4", "trainer.rm.val_check_interval=4"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["steps"] == 4
+    assert json.loads((out / "data_stats.json").read_text())["train"] == {"read": 8, "kept": 8, "truncated": 0,
+                                                                          "dropped": 0}

@@ -39,7 +39,7 @@ _EXPORTS = {
     "HFTokenizer": "tokenizer",
     "load_tokenizer": "tokenizer",
     "TrainResult": "trainer",
-    "evaluate_dataset": "trainer",
+    "evaluate_dataset": "evaluation",
     "train": "trainer",
 }
 

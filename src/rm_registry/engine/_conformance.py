@@ -323,7 +323,8 @@ _WRONG_VALUES: tuple[Any, ...] = ("not-a-value", 12345, [1, 2], {"a": 1}, True)
 
 def _check_config_types(plugin: RewardModelPlugin) -> None:
     """Every declared key exists; a value of another type is refused naming the key."""
-    from .config import _type_ok, build_config, flatten
+    from .config import build_config
+    from .config._checks import flatten, type_ok
     from omegaconf import OmegaConf
 
     types = _contract.config_types(plugin)
@@ -331,7 +332,7 @@ def _check_config_types(plugin: RewardModelPlugin) -> None:
     for key, spec in types.items():
         if key not in known:
             raise _fail(plugin, f"config_types() declares {key!r}, which is not a config key")
-        wrong = next((v for v in _WRONG_VALUES if not _type_ok(v, spec)), None)
+        wrong = next((v for v in _WRONG_VALUES if not type_ok(v, spec)), None)
         if wrong is None:
             continue
         override = f"{key}={json.dumps(wrong).replace(' ', '')}"

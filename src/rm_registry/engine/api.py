@@ -17,7 +17,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,18 +29,18 @@ from .checkpoint import _provenance
 from . import checkpoint as ckpt
 from .checkpoint._fs import atomic_write_text, check_output_file
 from .checkpoint._safe_pickle import check_contained
-from .config import drop_moved_keys, flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
+from .config import build_config, drop_moved_keys, flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, pad_batch, read_jsonl
-from .tokenizer import tokenizer_from_dir
+from .data._batching import SampleCosts, eval_batches, max_tokens_per_micro_batch
+from .evaluation import evaluate_dataset, gather_over_data_parallel
+from .hf import apply_pretrained, load_hf_weights, looks_like_hf_folder, read_config
 from .progress import progress_bar
-from .data._batching import SampleCosts, eval_batches
-from .trainer import evaluate_dataset, max_tokens_per_micro_batch
+from .tokenizer import folder_tokenizer, tokenizer_from_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin, Tokenizer
 
-__all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_score_inputs", "read_score_records",
-           "score_file"]
+__all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_score_records", "score_file"]
 
 #: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
 LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
@@ -81,25 +81,26 @@ class LoadedRewardModel:
             results.append((chunks[c], out.float().cpu()))
             bar.update(1)
         bar.close()
-        if self.info.dp > 1:
-            from megatron.core import parallel_state
-
-            gathered: list[Any] = [None] * self.info.dp
-            torch.distributed.all_gather_object(gathered, results, group=parallel_state.get_data_parallel_group())
-            results = [item for part in gathered for item in part]
+        results = gather_over_data_parallel(results, self.info)
         k = results[0][1].shape[-1] if results else 1
         out_all = torch.empty(len(token_ids), k)
         for idx, values in results:
             out_all[idx] = values
         return out_all
 
-    def encode(self, text: str) -> tuple[list[int], bool]:
-        """Token ids for scoring ``text`` (EOS appended) and whether it was cut to ``encoder_seq_length``."""
-        ids = encode_text(self.tokenizer, text)
-        max_len = int(self.cfg.model.encoder_seq_length)
-        if len(ids) <= max_len:
-            return ids, False
-        return [*ids[: max_len - 1], self.tokenizer.eos_id], True
+    def encode(self, text: str, *, path: str | Path = "<texts>", line: int = 0,
+               key: str | None = None) -> tuple[list[int], bool]:
+        """Token ids for scoring ``text`` (EOS appended) and whether it was cut to ``encoder_seq_length``.
+
+        Raises:
+            DataError: the text is too long and ``model.data.overlong_policy=error`` (naming
+                ``path``, ``line`` and ``key``).
+        """
+        policy = "error" if self.cfg.model.data.overlong_policy == "error" else "truncate"
+        ids, cut = fit_length(encode_text(self.tokenizer, text), int(self.cfg.model.encoder_seq_length), policy,
+                              eos_id=self.tokenizer.eos_id, path=path, line=line, key=key)
+        assert ids is not None  # only "drop" drops
+        return ids, cut
 
     def score(self, texts: Iterable[str], *, batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
         """One JSON-ready dict per text, with a float ``reward`` (plus what the plugin adds).
@@ -132,18 +133,22 @@ class LoadedRewardModel:
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         """Token ids of every text; over-long ones cut with a warning, or refused under policy ``error``."""
-        encoded = [self.encode(t) for t in texts]
+        max_len = int(self.cfg.model.encoder_seq_length)
+        full = [encode_text(self.tokenizer, t) for t in texts]
+        if self.cfg.model.data.overlong_policy == "error":
+            first = next((i for i, ids in enumerate(full) if len(ids) > max_len), None)
+            if first is not None:
+                raise ConfigError(
+                    f"text {first} (0-based) is longer than model.encoder_seq_length={max_len} "
+                    "and model.data.overlong_policy=error; load with model.data.overlong_policy=truncate to cut it"
+                )
+        encoded = [fit_length(ids, max_len, "truncate", eos_id=self.tokenizer.eos_id, path="<texts>", line=0)
+                   for ids in full]
         cut = sum(was_cut for _, was_cut in encoded)
-        if cut and self.cfg.model.data.overlong_policy == "error":
-            first = next(i for i, (_, was_cut) in enumerate(encoded) if was_cut)
-            raise ConfigError(
-                f"text {first} (0-based) is longer than model.encoder_seq_length={self.cfg.model.encoder_seq_length} "
-                "and model.data.overlong_policy=error; load with model.data.overlong_policy=truncate to cut it"
-            )
         if cut:
             warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
                           f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=3)
-        return [ids for ids, _ in encoded]
+        return [ids for ids, _ in encoded if ids is not None]
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
@@ -199,8 +204,6 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
         UnsafeCheckpointError: the folder holds a pickle that is not checkpoint data, or a path
             leading out of it (see docs/security.md); nothing of it was executed.
     """
-    from .hf import looks_like_hf_folder
-
     if looks_like_hf_folder(checkpoint):
         return _load_hf_folder(Path(checkpoint), overrides, distribution)
     path = ckpt.find_latest(Path(checkpoint))
@@ -213,36 +216,45 @@ def load_reward_model(checkpoint: str | Path, *, overrides: Iterable[str] = (),
     cfg.model.pipeline_model_parallel_size = 1
     plugin = _provenance.plugin_for_checkpoint(path, str(cfg.model.reward_model_type), distribution=distribution)
     overrides = list(overrides)
+
+    def load_weights(model: torch.nn.Module) -> None:
+        try:
+            ckpt.load_checkpoint(path, model, state=False)
+        except ConfigError as exc:
+            own = [o for o in overrides if o.startswith(f"model.{plugin.name}.")]
+            if not own:
+                raise
+            raise ConfigError(
+                f"{', '.join(own)}: this override changes the shape of the trained model, so {path} no longer "
+                "loads; only settings that keep it (for example weights used to combine outputs) can be changed "
+                "at load time"
+            ) from exc
+
+    return _ready(plugin, cfg, overrides, lambda: tokenizer_from_dir(path / "tokenizer"), load_weights, path)
+
+
+def _ready(plugin: RewardModelPlugin, cfg: DictConfig, overrides: Iterable[str], tokenizer: Callable[[], Tokenizer],
+           load_weights: Callable[[torch.nn.Module], None], checkpoint: Path) -> LoadedRewardModel:
+    """The last steps of every load: the overrides merged and checked, the parallel state, the
+    model built and filled by ``load_weights``, in eval mode."""
     cfg = _load_overrides(cfg, overrides, plugin)
     if isinstance(cfg.model.micro_batch_size, int):  # no optimizer steps here: one batch is one pass
         cfg.model.global_batch_size = cfg.model.micro_batch_size
     validate_engine_config(cfg)
     plugin.validate_config(cfg)
     _contract.resolve_config(plugin, cfg)  # checkpoints saved before it resolved get the same values
-    tokenizer = tokenizer_from_dir(path / "tokenizer")
+    tok = tokenizer()
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
                                pipeline_model_parallel_size=1, seed=int(cfg.seed))
-    model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    try:
-        ckpt.load_checkpoint(path, model, state=False)
-    except ConfigError as exc:
-        own = [o for o in overrides if o.startswith(f"model.{plugin.name}.")]
-        if not own:
-            raise
-        raise ConfigError(
-            f"{', '.join(own)}: this override changes the shape of the trained model, so {path} no longer "
-            "loads; only settings that keep it (for example weights used to combine outputs) can be changed "
-            "at load time"
-        ) from exc
+    model = plugin.model_class.from_config(cfg, vocab_size=tok.vocab_size).to(info.device)
+    load_weights(model)
     model.eval()
-    return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=path, info=info)
+    return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tok, model=model, checkpoint=checkpoint, info=info)
 
 
 def _hf_folder_plugin(folder: Path, distribution: str | None) -> tuple[RewardModelPlugin, dict[str, Any], list[str], int]:
     """The architecture of a Hugging Face folder (``rm_registry`` section of our exports; otherwise
     ``binary_ranking`` for one label, else ``regression``), with its config, label names and K."""
-    from .hf import read_config
-
     hf = read_config(folder)
     meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
     labels = hf.get("id2label") if isinstance(hf.get("id2label"), dict) else {}
@@ -256,9 +268,6 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     """A Hugging Face reward-model folder: the architecture from its ``config.json`` (``rm_registry``
     section of our exports; otherwise ``binary_ranking`` for one label, else the plugin that
     accepts the labels' names), the weights converted on the fly."""
-    from .config import build_config
-    from .hf import apply_pretrained, load_hf_weights
-
     plugin, hf, names, k = _hf_folder_plugin(folder, distribution)
     meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
     cfg = build_config(plugin)
@@ -270,41 +279,18 @@ def _load_hf_folder(folder: Path, overrides: Iterable[str], distribution: str | 
     if meta.get("model"):
         drop_moved_keys(meta)  # folders exported by earlier versions
         cfg = merge_closed(cfg, OmegaConf.create({"model": meta["model"]}), f"{folder / 'config.json'} rm_registry")
-    elif k > 1 and callable(getattr(plugin, "config_for_output_names", None)):
-        cfg = merge_closed(cfg, OmegaConf.create(plugin.config_for_output_names(names)),  # type: ignore[attr-defined]
-                           f"{folder / 'config.json'} id2label")
-    cfg = _load_overrides(cfg, overrides, plugin)
-    cfg.model.global_batch_size = cfg.model.micro_batch_size
-    validate_engine_config(cfg)
-    plugin.validate_config(cfg)
-    _contract.resolve_config(plugin, cfg)
-    from .hf import folder_tokenizer
-
-    tokenizer = folder_tokenizer(folder)
-    info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
-                               pipeline_model_parallel_size=1, seed=int(cfg.seed))
-    model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).to(info.device)
-    load_hf_weights(model, folder, cfg, load_head=True)
-    model.eval()
-    return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tokenizer, model=model, checkpoint=folder, info=info)
-
-
-def read_score_inputs(path: str | Path) -> list[tuple[int, str]]:
-    """``(line, text)`` pairs to score from JSON Lines: ``{"text": ...}`` or ``{"prompt": ..., "response": ...}`` per line.
-
-    The prompt and the response are joined as in training (:func:`~.data.join_prompt_response`:
-    two strings are concatenated as they are). Values may be chat message lists. This is the
-    default input of ``score``; :func:`read_score_records` applies a plugin's own ``score_texts``.
-
-    Raises:
-        DataError: naming the file, the line and the problem.
-    """
-    return [(line, texts[0]) for line, texts in read_score_records(path, None)]
+    elif k > 1:
+        layer = _contract.config_for_output_names(plugin, names)
+        if layer:
+            cfg = merge_closed(cfg, OmegaConf.create(dict(layer)), f"{folder / 'config.json'} id2label")
+    return _ready(plugin, cfg, overrides, lambda: folder_tokenizer(folder),
+                  lambda model: load_hf_weights(model, folder, cfg, load_head=True), folder)
 
 
 def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> list[tuple[int, list[str]]]:
     """``(line, texts)`` per line of a ``score`` input file: the texts ``plugin.score_texts`` reads
-    (a group of one or more), or one text by the default rule (:func:`read_score_inputs`).
+    (a group of one or more), or one text by the default rule: ``{"text": ...}``, or
+    ``{"prompt": ..., "response": ...}`` joined as in training (values may be chat message lists).
 
     Raises:
         DataError: naming the file, the line and the problem.
@@ -319,8 +305,6 @@ def checkpoint_plugin(checkpoint: str | Path, *, distribution: str | None = None
         ConfigError: no complete checkpoint there.
         PluginNotFoundError: its architecture is not installed (naming the distribution to install).
     """
-    from .hf import looks_like_hf_folder
-
     if looks_like_hf_folder(checkpoint):
         return _hf_folder_plugin(Path(checkpoint), distribution)[0]
     path = ckpt.find_latest(Path(checkpoint))
@@ -345,13 +329,9 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     too_long = 0
     for line, texts in records:
         for number, text in enumerate(texts):
-            encoded, cut = model.encode(text)
-            if cut:
-                too_long += 1
-                if model.cfg.model.data.overlong_policy == "error":
-                    key = f"text {number} of the line" if len(texts) > 1 else None
-                    fit_length(encode_text(model.tokenizer, text), int(model.cfg.model.encoder_seq_length), "error",
-                               eos_id=model.tokenizer.eos_id, path=data, line=line, key=key)
+            encoded, cut = model.encode(text, path=data, line=line,
+                                        key=f"text {number} of the line" if len(texts) > 1 else None)
+            too_long += cut
             ids.append(encoded)
     rewards = model.rewards(ids, batch_size=batch_size, progress=progress)
     results = _contract.score_records(model.plugin, rewards, [len(texts) for _, texts in records], model.cfg)

@@ -1,8 +1,9 @@
-"""Progress bars on stderr for long work (training steps, evaluation and scoring batches).
+"""Progress bars and notes on stderr for long work (training steps, evaluation and scoring batches).
 
-One helper, :func:`progress_bar`, used by the trainer and the Python API alike, so that every
-long loop reports the same way: a ``tqdm`` bar on stderr when enabled (the main rank, unless
+:func:`progress_bar`, used by the trainer and the Python API alike, so that every long loop
+reports the same way: a ``tqdm`` bar on stderr when enabled (the main rank, unless
 ``--no-progress``), and an object with the same methods that does nothing otherwise.
+:func:`say` prints a note line without breaking a running bar.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["NullBar", "progress_bar"]
+from ._launch import first_process
+
+__all__ = ["NullBar", "progress_bar", "say"]
 
 
 class NullBar:
@@ -38,3 +41,12 @@ def progress_bar(total: int, desc: str, *, enabled: bool, initial: int = 0, unit
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                 mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+def say(message: str) -> None:
+    """One line on stderr that does not break a running progress bar; global rank 0 only."""
+    if not first_process():
+        return
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)

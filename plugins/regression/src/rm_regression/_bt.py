@@ -10,10 +10,13 @@ margin 0, as in NeMo-Aligner). The reward of a response is the head output at in
 * ``margin_bt``:  ``-logsigmoid(d - m)``
 * ``scaled_bt``:  ``m * -logsigmoid(d)``
 
-NeMo-Aligner computes one pair per micro-batch (micro_batch_size must be 2); the loss here is the
-mean over the ``B / 2`` pairs of a batch, which is the same for B = 2.
+NeMo-Aligner computes one pair per micro-batch (``micro_batch_size: 2``, counting lines). Here each
+A/B pair is one sample (``rm_regression._data.RegressionPair``), so no batching rule (micro-batch
+size, token budget, shuffling, length grouping) can split it; ``model.micro_batch_size`` and
+``model.global_batch_size`` count pairs, as for ``binary_ranking``, and the loss is the mean over
+the pairs of a micro-batch (NeMo-Aligner's for one pair).
 
-Shapes: B rows per batch (B even), K attributes, P = B / 2 pairs.
+Shapes: N rows per batch (N = 2P, A of pair i on row 2i, B on row 2i + 1), K attributes, P pairs.
 """
 
 from __future__ import annotations

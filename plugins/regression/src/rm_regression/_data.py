@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from rm_registry import Tokenizer
 
-__all__ = ["RegressionSample", "parse_label", "read_regression_file", "keep_whole_pairs", "collate"]
+__all__ = ["RegressionPair", "RegressionSample", "parse_label", "read_regression_file", "pair_samples", "collate"]
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,30 @@ class RegressionSample:
         line: 1-based line of the source file (for messages).
         index: 0-based record number in the file (A/B pairs of the Bradley-Terry losses are
             records 2i and 2i+1).
+        truncated: The text was cut to ``model.encoder_seq_length``.
     """
 
     ids: list[int]
     label: tuple[float, ...]
     line: int
     index: int = -1
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class RegressionPair:
+    """Responses A and B of one prompt (records 2i and 2i+1), one sample of the Bradley-Terry
+    losses: whatever the batching (micro-batch size, token budget, shuffling, length grouping), a
+    pair is never split. :func:`collate` lays its rows out as A then B.
+    """
+
+    a: RegressionSample
+    b: RegressionSample
+
+    @property
+    def line(self) -> int:
+        """The line of response A (B is on the next one)."""
+        return self.a.line
 
 
 def _number(value: Any) -> float | None:
@@ -197,7 +215,8 @@ def read_regression_file(
             continue
         stats.truncated += int(truncated)
         stats.kept += 1
-        dataset.samples.append(RegressionSample(ids=ids, label=label, line=lineno, index=stats.read - 1))
+        dataset.samples.append(RegressionSample(ids=ids, label=label, line=lineno, index=stats.read - 1,
+                                                truncated=truncated))
     if not dataset.samples:
         raise DataError(
             path,
@@ -208,11 +227,12 @@ def read_regression_file(
     return dataset
 
 
-def keep_whole_pairs(dataset: ListDataset) -> ListDataset:
-    """For the Bradley-Terry losses: keep only A/B pairs (records 2i, 2i+1) whose two lines were kept.
+def pair_samples(dataset: ListDataset) -> ListDataset:
+    """For the Bradley-Terry losses: one :class:`RegressionPair` per A/B pair of lines (records 2i,
+    2i+1) whose two lines were kept, in file order; ``stats`` then count pairs.
 
-    A sample dropped as too long takes its partner with it (counted as dropped), so that rows stay
-    paired; NeMo-Aligner's wrap-around to the next sample broke the pairing instead.
+    A line dropped as too long takes its partner with it (the pair counts as dropped), so that
+    responses stay paired; NeMo-Aligner's wrap-around to the next sample broke the pairing instead.
 
     Raises:
         DataError: the file has an odd number of records.
@@ -221,24 +241,29 @@ def keep_whole_pairs(dataset: ListDataset) -> ListDataset:
         raise DataError(dataset.path or "?", None,
                         f"{dataset.stats.read} records: the Bradley-Terry losses need A/B pairs on consecutive lines "
                         "(an even number of lines)")
-    present = {s.index for s in dataset.samples}
-    kept = [s for s in dataset.samples if (s.index ^ 1) in present]
-    dataset.stats.dropped += len(dataset.samples) - len(kept)
-    dataset.stats.kept = len(kept)
-    dataset.samples[:] = kept
-    return dataset
+    by_index = {s.index: s for s in dataset.samples}
+    pairs = [RegressionPair(by_index[i], by_index[i + 1]) for i in range(0, dataset.stats.read, 2)
+             if i in by_index and i + 1 in by_index]
+    out = ListDataset(samples=pairs, path=dataset.path)
+    out.stats.read = dataset.stats.read // 2
+    out.stats.kept = len(pairs)
+    out.stats.dropped = out.stats.read - len(pairs)
+    out.stats.truncated = sum(p.a.truncated or p.b.truncated for p in pairs)
+    return out
 
 
-def collate(samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(samples: Sequence[RegressionSample | RegressionPair], pad_id: int) -> dict[str, torch.Tensor]:
     """One batch, padded to the longest sequence.
 
     Returns:
-        ``tokens`` ``[B, S]`` int64, ``lengths`` ``[B]`` int64 and ``labels`` ``[B, K]``
-        float32 (masked entries hold ``loss_mask_val``). With no samples, ``labels`` is
+        ``tokens`` ``[N, S]`` int64, ``lengths`` ``[N]`` int64 and ``labels`` ``[N, K]``
+        float32 (masked entries hold ``loss_mask_val``): N = B rows for B texts, or N = 2B rows
+        for B pairs (A of pair i on row 2i, B on row 2i + 1). With no samples, ``labels`` is
         ``[0, 0]`` (K is not known here; :func:`label_of` widens it to the rewards).
     """
     import torch
 
+    samples = [row for s in samples for row in ((s.a, s.b) if isinstance(s, RegressionPair) else (s,))]
     if not samples:
         tokens, lengths = pad_batch([], pad_id)
         return {"tokens": tokens, "lengths": lengths, "labels": torch.zeros(0, 0)}

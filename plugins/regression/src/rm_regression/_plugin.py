@@ -15,8 +15,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from rm_registry import Tokenizer
 
-    from ._data import RegressionSample
-
 __all__ = ["RegressionPlugin"]
 
 _DATA_DIR = Path(__file__).with_name("data")
@@ -58,9 +56,7 @@ class RegressionPlugin:
         Raises:
             ConfigError: naming the offending key and value.
         """
-        settings = RegressionSettings.from_config(cfg)
-        if settings.bradley_terry:
-            _check_bt_batches(cfg, settings.loss_func)
+        RegressionSettings.from_config(cfg)
         try:
             output_sequence = cfg["model"]["output_sequence"]
         except Exception:
@@ -85,18 +81,10 @@ class RegressionPlugin:
         With ``attribute_names: null`` the names come from the plugin's defaults; writing them
         into the config saved with every checkpoint means a later change of those defaults cannot
         rename the outputs of an old checkpoint.
-
-        With a Bradley-Terry ``loss_func`` the A/B rows of a pair must stay consecutive, so the
-        engine's length grouping (which reorders the samples of a step by length) is turned off:
-        ``trainer.rm.group_by_length=false``, as NeMo-Aligner's recipe keeps file order.
         """
-        from omegaconf import OmegaConf
-
         settings = RegressionSettings.from_config(cfg)
         cfg.model.regression.attribute_names = list(settings.attribute_names)
         cfg.model.regression.num_attributes = settings.num_attributes
-        if settings.bradley_terry and OmegaConf.select(cfg, "trainer.rm.group_by_length", default=None):
-            cfg.trainer.rm.group_by_length = False
 
     def sample_data(self) -> dict[str, Path]:
         """The shipped HelpSteer-style sample set (``scripts/make_sample_data.py`` writes it)."""
@@ -111,12 +99,14 @@ class RegressionPlugin:
         """Read and tokenize every split given (JSON Lines ``{"text", "label"}``).
 
         Returns:
-            ``{split: ListDataset of RegressionSample}`` with ``stats`` per split.
+            ``{split: ListDataset of RegressionSample}`` with ``stats`` per split; with a
+            Bradley-Terry ``loss_func``, of :class:`~rm_regression._data.RegressionPair` (one
+            sample per A/B pair, ``stats`` counting pairs).
 
         Raises:
             DataError: naming the file, the line and the problem (before any training work).
         """
-        from ._data import keep_whole_pairs, read_regression_file
+        from ._data import pair_samples, read_regression_file
 
         settings = RegressionSettings.from_config(cfg)
         seq_length = int(cfg["model"]["encoder_seq_length"])
@@ -127,11 +117,12 @@ class RegressionPlugin:
             if path is not None
         }
         if settings.bradley_terry:
-            datasets = {split: keep_whole_pairs(ds) for split, ds in datasets.items()}
+            datasets = {split: pair_samples(ds) for split, ds in datasets.items()}
         return datasets
 
-    def collate(self, samples: Sequence[RegressionSample], pad_id: int) -> dict[str, torch.Tensor]:
-        """``tokens [B, S]``, ``lengths [B]`` (int64) and ``labels [B, K]`` (float32)."""
+    def collate(self, samples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
+        """``tokens [N, S]``, ``lengths [N]`` (int64) and ``labels [N, K]`` (float32): one row per
+        text, or rows A, B of each pair (Bradley-Terry)."""
         from ._data import collate
 
         return collate(samples, pad_id)
@@ -195,19 +186,3 @@ class RegressionPlugin:
         from ._metrics import score_rows
 
         return score_rows(rewards, RegressionSettings.from_config(cfg))
-
-
-def _check_bt_batches(cfg: DictConfig, loss_func: str) -> None:
-    """The Bradley-Terry losses read A/B pairs from consecutive rows of a micro-batch (NeMo-Aligner's check)."""
-    model, rm = cfg["model"], cfg["trainer"]["rm"]
-    if model["micro_batch_size"] != 2:
-        raise ConfigError(
-            f"model.micro_batch_size={model['micro_batch_size']}: model.regression.loss_func={loss_func} needs "
-            "model.micro_batch_size=2 (one A/B pair per micro-batch, as in NeMo-Aligner)"
-        )
-    for key in ("train_random_sampler", "val_random_sampler"):
-        if rm.get(key, False):
-            raise ConfigError(
-                f"trainer.rm.{key}=true: model.regression.loss_func={loss_func} needs A/B pairs on consecutive "
-                f"lines to stay together; set trainer.rm.{key}=false (NeMo-Aligner's recipe does)"
-            )

@@ -14,6 +14,10 @@ plugin's own ``collate`` of each sample alone, once per dataset):
   of its own, whose forward pass :func:`forward_in_chunks` splits by sequences.
 * :func:`eval_batches`: evaluation batches of length-sorted samples (the same caps).
 
+The config keys these read (``model.max_tokens_per_micro_batch``, ``trainer.rm.group_by_length``,
+``trainer.rm.length_group_batches``) are read here only: :func:`max_tokens_per_micro_batch`,
+:func:`group_by_length`, :func:`length_group_batches` (their defaults are ``defaults.yaml``'s).
+
 The training loss of a micro-batch is weighted by its share of the rank's samples, so the step's
 loss and gradient are still the mean over the step's samples, whatever the micro-batches.
 """
@@ -26,9 +30,28 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 if TYPE_CHECKING:  # pragma: no cover
+    from omegaconf import DictConfig
+
     from ..._protocol import RewardModelPlugin
 
-__all__ = ["SampleCosts", "StepSampler", "epoch_order", "micro_batches", "eval_batches", "forward_in_chunks", "sample_costs"]
+__all__ = ["SampleCosts", "StepSampler", "epoch_order", "eval_batches", "forward_in_chunks", "group_by_length",
+           "length_group_batches", "max_tokens_per_micro_batch", "micro_batches", "sample_costs"]
+
+
+def max_tokens_per_micro_batch(cfg: DictConfig) -> int | None:
+    """``model.max_tokens_per_micro_batch`` (padded tokens per forward pass), or ``None``: no cap."""
+    value = cfg.model.max_tokens_per_micro_batch
+    return None if value is None else int(value)
+
+
+def group_by_length(cfg: DictConfig) -> bool:
+    """``trainer.rm.group_by_length``: steps and evaluation batches of samples of similar length."""
+    return bool(cfg.trainer.rm.group_by_length)
+
+
+def length_group_batches(cfg: DictConfig) -> int:
+    """Global batches per length-sorted mega-batch (:class:`StepSampler`); 0 when not grouping by length."""
+    return int(cfg.trainer.rm.length_group_batches) if group_by_length(cfg) else 0
 
 
 @dataclass(frozen=True)
@@ -140,17 +163,10 @@ def micro_batches(step_indices: Sequence[int], costs: SampleCosts, *, dp: int, d
     return _split(mine, costs, micro_batch_size, max_tokens)
 
 
-def eval_batches(costs: SampleCosts, *, micro_batch_size: int, max_tokens: int | None, sort: bool,
-                 limit_batches: int | None = None) -> list[list[int]]:
-    """All evaluation batches, in a layout-independent order (ranks take every ``dp``-th one).
-
-    ``limit_batches`` keeps the samples of the first ``limit_batches * micro_batch_size`` (file
-    order) before sorting, so a limit never biases evaluation towards short samples.
-    """
-    n = len(costs.sequences)
-    if limit_batches is not None:
-        n = min(n, limit_batches * micro_batch_size)
-    indices = list(range(n))
+def eval_batches(costs: SampleCosts, *, micro_batch_size: int, max_tokens: int | None, sort: bool) -> list[list[int]]:
+    """All evaluation batches, in a layout-independent order (ranks take every ``dp``-th one):
+    longest samples first with ``sort``, else in file order."""
+    indices = list(range(len(costs.sequences)))
     if sort:
         indices.sort(key=lambda i: -costs.longest[i])
     return _split(indices, costs, micro_batch_size, max_tokens)
