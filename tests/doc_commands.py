@@ -221,8 +221,8 @@ def _parse_only(args: list[str]) -> tuple[int, str]:
 def _check_torchrun(command: str) -> tuple[int, str]:
     """The layout and (for train) the config of a torchrun command, for its process count."""
     from rm_registry import ConfigError, RMRegistryError, get_reward_model
-    from rm_registry.engine import parallel
     from rm_registry.engine.config import build_config, parse_overrides, validate_engine_config
+    from rm_registry.engine.config._checks import check_parallel_sizes
 
     launcher, args = _launch_parts(command)
     opts = dict(zip(launcher[::2], launcher[1::2]))
@@ -232,13 +232,13 @@ def _check_torchrun(command: str) -> tuple[int, str]:
         if args[0] == "train":
             name = args[1] if len(args) > 1 and not args[1].startswith("-") and "=" not in args[1] else "binary_ranking"
             cfg = build_config(get_reward_model(name), overrides=overrides)
-            parallel._check_sizes(int(cfg.model.tensor_model_parallel_size), int(cfg.model.pipeline_model_parallel_size),
+            check_parallel_sizes(int(cfg.model.tensor_model_parallel_size), int(cfg.model.pipeline_model_parallel_size),
                                   world)
             validate_engine_config(cfg, world_size=world)
         else:
             layer = parse_overrides(overrides)
             tp = int(layer.get("model", {}).get("tensor_model_parallel_size", 1))
-            parallel._check_sizes(tp, 1, world)
+            check_parallel_sizes(tp, 1, world)
     except (ConfigError, RMRegistryError) as exc:
         return 2, str(exc)
     return 0, ""

@@ -41,17 +41,21 @@ def _lazy_exports(path: Path) -> dict[str, str]:
     return {}
 
 
+def _from_target(name: str, path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module a ``from ... import`` in module ``name`` (file ``path``) reads from."""
+    if not node.level:
+        return node.module or ""
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    base = package.split(".")
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _targets(name: str, path: Path, node: ast.AST, known: set[str],
              lazy: dict[str, dict[str, str]] | None = None) -> set[str]:
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found: set[str] = set()
     if isinstance(node, ast.ImportFrom):
-        if node.level:
-            base = package.split(".")
-            base = base[: len(base) - (node.level - 1)]
-            target = ".".join(base + ([node.module] if node.module else []))
-        else:
-            target = node.module or ""
+        target = _from_target(name, path, node)
         if not target.startswith(ROOT):
             return found
         found.add(target)
@@ -154,3 +158,56 @@ def test_engine_folder_holds_only_stage_packages_and_a_few_modules() -> None:
     assert packages == ENGINE_PACKAGES
     modules = sorted(p.name for p in engine.glob("*.py"))
     assert len(modules) <= 10, modules
+
+
+def test_docs_map_names_every_engine_package() -> None:
+    text = (SRC.parents[1] / "docs" / "engine.md").read_text(encoding="utf-8")
+    section = text[text.index("## Where things are"):text.index("## Commands")]
+    missing = [p for p in ENGINE_PACKAGES if f"  {p}/" not in section]
+    assert not missing, f"docs/engine.md's map lacks {missing}"
+
+
+def test_protocol_docstring_says_each_thing_once() -> None:
+    """The first file a plugin author reads: no paragraph of its opening repeated (a merge once left
+    a second, older copy of it inside the docstring)."""
+    doc = ast.get_docstring(ast.parse((SRC / "_protocol.py").read_text(encoding="utf-8")))
+    assert doc is not None
+    lines = [line.strip() for line in doc.splitlines() if len(line.strip()) > 20]
+    assert len(lines) == len(set(lines)), [line for line in lines if lines.count(line) > 1]
+
+
+def private_names_used_elsewhere(src: Path = SRC) -> list[str]:
+    """``from pkg.mod import _name`` and ``mod._name`` where ``_name`` is not a module: a private
+    name of one module used by another (where a name is shared, it is not private)."""
+    global SRC
+    saved, SRC = SRC, src
+    try:
+        modules = _modules()
+    finally:
+        SRC = saved
+    known = set(modules)
+    found = []
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            target = _from_target(name, path, node)
+            if not target.startswith(ROOT):
+                continue
+            for alias in node.names:
+                if f"{target}.{alias.name}" in known:
+                    aliases[alias.asname or alias.name] = f"{target}.{alias.name}"
+                elif alias.name.startswith("_") and not alias.name.startswith("__"):
+                    found.append(f"{name}: from {target} import {alias.name}")
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
+                    and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and f"{aliases[node.value.id]}.{node.attr}" not in known):
+                found.append(f"{name}: {node.value.id}.{node.attr}")
+    return sorted(set(found))
+
+
+def test_no_private_name_is_used_by_another_module() -> None:
+    assert private_names_used_elsewhere() == []

@@ -13,8 +13,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "scaling.md"
 
 @pytest.mark.parametrize(("tp", "pp", "world"), [(1, 2, 2), (2, 1, 1)], ids=["pipeline", "tp-not-dividing"])
 def test_quoted_layout_errors_are_the_real_ones(tp: int, pp: int, world: int) -> None:
-    from rm_registry.engine import parallel
+    from rm_registry.engine.config._checks import check_parallel_sizes
 
     with pytest.raises(ConfigError) as err:
-        parallel._check_sizes(tp, pp, world)
+        check_parallel_sizes(tp, pp, world)
     assert f"rm-registry: error: {err.value}\n" in DOC.read_text(encoding="utf-8")

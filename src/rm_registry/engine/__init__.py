@@ -5,6 +5,25 @@ Importing this package is cheap; its names import torch and megatron-core when f
 
 Plugins build on :class:`RewardModel` and the helpers in :mod:`rm_registry.engine.data`;
 users train with :func:`train`, and load checkpoints with :func:`load_reward_model`.
+
+One package per stage, in the order data flows (file -> dataset -> batch -> model -> loss ->
+metrics -> checkpoint)::
+
+    rm_registry/engine/
+      config/      the run's one config tree: defaults.yaml <- plugin <- YAML <- overrides;
+                   NeMo-Aligner keys; the torch-free checks of the model's shape (_checks)
+      data/        file -> dataset -> batch: JSON Lines, chat text, over-long policy, padding;
+                   the splits (_splits); steps and micro-batches under the token budget (_batching)
+      tokenizer.py the byte tokenizer, tokenizer.json files, a Hugging Face folder's tokenizer
+      model/       config -> megatron-core GPT backbone + pooling + head: rewards [N, K]
+      parallel/    torch.distributed and megatron's TP x DP state; the CPU workarounds
+      trainer/     the loop: batch -> model -> plugin.loss -> gradients -> optimizer (_optim);
+                   metrics.jsonl and TensorBoard / W&B (_loggers); metric means (_metrics)
+      evaluation/  rewards over a data set -> plugin.evaluation_metrics (validation, evaluate)
+      checkpoint/  save, verify, find, load; restricted unpickling; atomic files; the run folder
+      hf/          Hugging Face folders in (--pretrained, scoring) and out (export)
+      api.py       load_reward_model, score, score_file, evaluate: the inference entry points
+      _contract.py the optional plugin members, applied in one place; _conformance.py checks them
 """
 
 from __future__ import annotations

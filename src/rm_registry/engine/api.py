@@ -88,19 +88,18 @@ class LoadedRewardModel:
             out_all[idx] = values
         return out_all
 
-    def encode(self, text: str, *, path: str | Path = "<texts>", line: int = 0,
-               key: str | None = None) -> tuple[list[int], bool]:
-        """Token ids for scoring ``text`` (EOS appended) and whether it was cut to ``encoder_seq_length``.
+    def encode(self, text: str) -> tuple[list[int], bool]:
+        """Token ids for scoring ``text`` (EOS appended) and whether it was cut to ``encoder_seq_length``."""
+        return self._fit(encode_text(self.tokenizer, text), "truncate")
 
-        Raises:
-            DataError: the text is too long and ``model.data.overlong_policy=error`` (naming
-                ``path``, ``line`` and ``key``).
-        """
-        policy = "error" if self.cfg.model.data.overlong_policy == "error" else "truncate"
-        ids, cut = fit_length(encode_text(self.tokenizer, text), int(self.cfg.model.encoder_seq_length), policy,
-                              eos_id=self.tokenizer.eos_id, path=path, line=line, key=key)
-        assert ids is not None  # only "drop" drops
-        return ids, cut
+    def _fit(self, ids: list[int], policy: str, *, path: str | Path = "<texts>", line: int = 0,
+             key: str | None = None) -> tuple[list[int], bool]:
+        """``ids`` cut to ``encoder_seq_length`` (``truncate``) or refused (``error``: a DataError
+        naming ``path``, ``line`` and ``key``), and whether they were cut."""
+        fitted, cut = fit_length(ids, int(self.cfg.model.encoder_seq_length), policy, eos_id=self.tokenizer.eos_id,
+                                 path=path, line=line, key=key)
+        assert fitted is not None  # only "drop" drops
+        return fitted, cut
 
     def score(self, texts: Iterable[str], *, batch_size: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
         """One JSON-ready dict per text, with a float ``reward`` (plus what the plugin adds).
@@ -142,13 +141,12 @@ class LoadedRewardModel:
                     f"text {first} (0-based) is longer than model.encoder_seq_length={max_len} "
                     "and model.data.overlong_policy=error; load with model.data.overlong_policy=truncate to cut it"
                 )
-        encoded = [fit_length(ids, max_len, "truncate", eos_id=self.tokenizer.eos_id, path="<texts>", line=0)
-                   for ids in full]
+        encoded = [self._fit(ids, "truncate") for ids in full]
         cut = sum(was_cut for _, was_cut in encoded)
         if cut:
             warnings.warn(f"{cut} of {len(encoded)} texts were longer than model.encoder_seq_length="
                           f"{self.cfg.model.encoder_seq_length} and were cut to fit", UserWarning, stacklevel=3)
-        return [ids for ids, _ in encoded if ids is not None]
+        return [ids for ids, _ in encoded]
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
@@ -327,10 +325,11 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     records = read_score_records(data, model.plugin)
     ids: list[list[int]] = []
     too_long = 0
+    policy = "error" if model.cfg.model.data.overlong_policy == "error" else "truncate"
     for line, texts in records:
         for number, text in enumerate(texts):
-            encoded, cut = model.encode(text, path=data, line=line,
-                                        key=f"text {number} of the line" if len(texts) > 1 else None)
+            encoded, cut = model._fit(encode_text(model.tokenizer, text), policy, path=data, line=line,
+                                      key=f"text {number} of the line" if len(texts) > 1 else None)
             too_long += cut
             ids.append(encoded)
     rewards = model.rewards(ids, batch_size=batch_size, progress=progress)

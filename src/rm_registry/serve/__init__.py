@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.api import LoadedRewardModel
-    from ._service import ServeOptions
+    from ._options import ServeOptions
 
 __all__ = ["serve"]
 

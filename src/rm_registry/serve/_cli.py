@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..engine._launch import quiet_unless_first_rank
+from ._options import ServeOptions
 
 __all__ = ["add_serve_subcommand"]
 
@@ -14,7 +15,8 @@ API_KEY_ENV = "RM_REGISTRY_API_KEY"
 
 
 def add_serve_subcommand(subparsers: Any) -> None:
-    """Add ``serve`` to the ``rm-registry`` parser."""
+    """Add ``serve`` to the ``rm-registry`` parser (defaults: :class:`ServeOptions`'s)."""
+    d = ServeOptions()
     p = subparsers.add_parser(
         "serve",
         help="serve a checkpoint over HTTP to RLHF frameworks",
@@ -31,30 +33,30 @@ def add_serve_subcommand(subparsers: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR",
                    help="a run folder (its latest checkpoint) or one checkpoint folder")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for every "
+    p.add_argument("--host", default=d.host,
+                   help=f"interface to listen on (default {d.host}: this machine only; 0.0.0.0 for every "
                         "interface, then set an --api-key)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0 picks a free one, printed)")
+    p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port}; 0 picks a free one, printed)")
     p.add_argument("--api-key", metavar="KEY",
                    help=f"require 'Authorization: Bearer KEY' on every route but /health (default: ${API_KEY_ENV} "
                         "if set, else no key). Prefer the environment variable: arguments show in `ps`.")
-    p.add_argument("--max-batch-tokens", type=int, default=16384, metavar="N",
-                   help="padded tokens (texts x longest text) per forward pass (default 16384); a longer single "
+    p.add_argument("--max-batch-tokens", type=int, default=d.max_batch_tokens, metavar="N",
+                   help=f"padded tokens (texts x longest text) per forward pass (default {d.max_batch_tokens}); a longer single "
                         "text runs alone")
-    p.add_argument("--max-padding-tokens", type=int, default=None, metavar="N",
+    p.add_argument("--max-padding-tokens", type=int, default=d.max_padding_tokens, metavar="N",
                    help="cap on the padding tokens of a forward pass (default: none). Queued texts are sorted by "
                         "length and cut into passes where the cost is least, by the cost of a pass the server "
                         "measures (a fixed part plus a part per padded token): tight passes on CPUs, where "
                         "padding costs as much as text, large ones on GPUs, where each pass has a fixed cost")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
-                   help="how long an idle server waits for more texts before a forward pass (default 5)")
-    p.add_argument("--max-request-bytes", type=int, default=16 * 1024 * 1024, metavar="N",
-                   help="largest request body accepted; larger ones get 413 (default 16 MiB)")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms, metavar="MS",
+                   help=f"how long an idle server waits for more texts before a forward pass (default {d.max_wait_ms:g})")
+    p.add_argument("--max-request-bytes", type=int, default=d.max_request_bytes, metavar="N",
+                   help=f"largest request body accepted; larger ones get 413 (default {d.max_request_bytes // 2**20} MiB)")
     p.add_argument("--no-batching", action="store_true",
                    help="one forward pass per request (no batching across requests; for comparison)")
-    p.add_argument("--served-model-name", default="reward_model", metavar="NAME",
+    p.add_argument("--served-model-name", default=d.served_model_name, metavar="NAME",
                    help="model name of the vLLM routes (the 'model' field) and of the KServe routes "
-                        "(/v2/models/NAME/...) (default reward_model, as NeMo-Aligner)")
+                        f"(/v2/models/NAME/...) (default {d.served_model_name}, as NeMo-Aligner)")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
@@ -78,8 +80,6 @@ def _check_extra() -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ._service import ServeOptions
-
     quiet_unless_first_rank()
     _check_extra()
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None

@@ -1,5 +1,14 @@
 """Atomic, resharding checkpoints on megatron-core ``dist_checkpointing``.
 
+In: the model (its ``sharded_state_dict``), the trainer state and the run's files.
+Out: a checkpoint folder; loading it fills a model built under any tensor-parallel layout.
+
+Modules: this one (save, verify, find, load); ``_dcp_save`` (the in-process DCP writer);
+``_safe_pickle`` (the restricted unpickling of everything loaded); ``_fs`` (atomic files and
+storage errors, used by every stage that writes); ``_provenance`` (``plugin.json``: which
+distribution wrote the run); ``_run`` (the run folder: what a checkpoint carries, where a run
+resumes); ``_topk`` (``save_top_k``).
+
 A checkpoint is one folder::
 
     step_0000100/

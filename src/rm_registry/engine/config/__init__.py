@@ -1,5 +1,12 @@
 """The run configuration: one OmegaConf tree, NeMo-Aligner key names where they exist.
 
+In: the plugin, a YAML file and ``key=value`` overrides (NeMo-Aligner's spellings too).
+Out: one validated ``DictConfig`` that every later stage reads (and that each checkpoint saves).
+
+Modules: this one (defaults, merging, validation, saved configs); ``defaults.yaml``; ``_checks``
+(the torch-free checks of the model's shape and layout, and the enums, shared with the model
+builder and the parallel state); ``_nemo_compat`` (NeMo-Aligner key translation and its notes).
+
 Layers, each merged over the previous one:
 
 1. the engine defaults (``defaults.yaml`` beside this file);

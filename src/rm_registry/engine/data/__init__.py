@@ -1,6 +1,14 @@
 """Data helpers shared by every plugin: JSON Lines reading with precise errors, chat-message
 rendering, the over-long sequence policy, and padding to the longest sequence of a batch.
 
+The first stage: file -> dataset -> batch. In: a data file (JSON Lines) and a tokenizer. Out:
+the plugin's samples (token ids, EOS last, fitted to ``model.encoder_seq_length``), then batches
+``tokens [N, S]`` / ``lengths [N]`` padded to the longest row.
+
+Modules: this one (reading, chat rendering, :func:`encode_text`, :func:`fit_length`,
+:func:`pad_batch`); ``_splits`` (``model.data.data_prefix``: the files of each split, NeMo blends);
+``_batching`` (which samples go into which step and micro-batch, under the token budget).
+
 Only :func:`pad_batch` needs torch (imported inside it).
 """
 

@@ -1,5 +1,12 @@
 """Hugging Face interop: start from a Hugging Face model, hand back a Hugging Face reward model.
 
+In: a Hugging Face folder (``config.json``, safetensors, ``tokenizer.json``) or a checkpoint.
+Out: config settings and converted weights for our model, or an exported folder.
+
+Modules: ``_config`` (reading ``config.json``); ``_folder`` (the family of a folder, its settings);
+``_load`` / ``_io`` (streaming weights in); ``_export``; ``_convert`` and ``_family`` (the
+mapping rules); one table per family.
+
 - ``rm-registry train NAME --pretrained DIR`` (NeMo key ``pretrained_checkpoint.restore_from_path``):
   the architecture comes from ``DIR/config.json`` (:func:`pretrained_settings`), the tokenizer and
   chat template from ``DIR`` (:func:`folder_tokenizer`), the weights from its safetensors

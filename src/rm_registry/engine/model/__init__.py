@@ -1,5 +1,11 @@
 """The reward model: a megatron-core ``GPTModel`` backbone, pooling, and a reward head.
 
+In: a validated config (:func:`~rm_registry.engine.config._checks.model_shape`) and the tokenizer's
+vocabulary size. Out: a ``MegatronModule`` mapping ``tokens [N, S]`` -> rewards ``[N, K]``.
+
+Modules: this one (config -> ``TransformerConfig`` -> :class:`RewardModel`); ``_attention``
+(causal SDPA core attention for megatron's local layer spec).
+
 Shapes:
     N: sequences in the batch, S: longest sequence (batches are padded to it), H: hidden size,
     K: reward outputs (``num_outputs``), V: padded vocabulary size.

@@ -1,5 +1,11 @@
 """torch.distributed and megatron-core parallel state, for one process or a ``torchrun`` launch.
 
+In: the sizes ``model.tensor_model_parallel_size`` / ``pipeline_model_parallel_size``, torchrun's
+environment and the seed. Out: a :class:`ParallelInfo` (ranks, sizes, device) read by every stage.
+
+Modules: this one; ``_cpu_compat`` (megatron-core 0.16's CUDA-only pieces, replaced when CUDA is
+absent: RNG tracker, scratch buffer, device calls, checkpoint-save shims).
+
 Supported layouts: tensor parallelism (``model.tensor_model_parallel_size``) times data
 parallelism (the rest of the world size). Pipeline parallelism needs megatron-core's pipeline
 schedules (``forward_backward_func`` with point-to-point activation exchange), which the
