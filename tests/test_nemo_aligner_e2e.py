@@ -110,7 +110,9 @@ def test_helpsteer2_preference_recipe_beats_chance(tmp_path: Path) -> None:
     val = _write(tmp_path / "val_reg.jsonl", _preference_rows(60, 1))
     run = tmp_path / "run"
     recipe = [  # NeMo-Aligner's docs/user-guide/steerlm.rst, second stage (cluster and .nemo keys dropped)
-        "++model.micro_batch_size=2", "++model.global_batch_size=8", "++model.data.data_impl=jsonl",
+        # NeMo-Aligner counted lines (micro_batch_size 2 = one A/B pair); ours count pairs, so its
+        # global_batch_size=8 is halved as docs/migrating-from-nemo-aligner.md says: 160 pairs, 40 steps
+        "++model.micro_batch_size=1", "++model.global_batch_size=4", "++model.data.data_impl=jsonl",
         f"model.data.data_prefix={{train: [{train}], validation: [{val}], test: [{val}]}}",
         f"exp_manager.explicit_log_dir={run}", "trainer.rm.val_check_interval=40", "exp_manager.create_wandb_logger=True",
         "exp_manager.wandb_logger_kwargs.project=steerlm", "exp_manager.wandb_logger_kwargs.name=rm_training",
