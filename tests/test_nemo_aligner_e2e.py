@@ -77,7 +77,7 @@ def test_rm_sh_with_stock_training_rm_yaml(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "trainer.devices" in warnings[0] and "model.dist_ckpt_load_strictness" in warnings[0]
-    assert "NeMo-Aligner key trainer.precision=bf16 -> model.params_dtype=bfloat16" in proc.stderr
+    assert "NeMo-Aligner key trainer.precision=bf16 -> trainer.precision=bf16-mixed" in proc.stderr
     # exp_manager.explicit_log_dir is the run folder; trained, validated and tested (max_steps=1)
     records = _metrics(results)
     assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (1, "validation"), (1, "validation_twice"),

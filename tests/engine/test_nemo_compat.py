@@ -36,9 +36,11 @@ def test_stock_yaml_accepted_with_one_warning_line(name: str, capsys: pytest.Cap
     for key in ("trainer.devices", "model.megatron_amp_O2", "model.optim.bucket_cap_mb", "exp_manager.name"):
         assert key in warnings[0]
     # mapped keys are said once each, and they took effect
-    assert "NeMo-Aligner key trainer.precision=bf16 -> model.params_dtype=bfloat16" in err
-    assert "NeMo-Aligner key model.optim.name=distributed_fused_adam -> model.optim.name=adamw" in err
-    assert cfg.model.params_dtype == "bfloat16" and cfg.model.optim.name == "adamw"
+    assert "NeMo-Aligner key trainer.precision=bf16 -> trainer.precision=bf16-mixed" in err  # NeMo trains bf16 mixed
+    assert ("NeMo-Aligner key model.optim.name=distributed_fused_adam -> model.optim.name=adamw, "
+            "model.optim.use_distributed_optimizer=true") in err
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.params_dtype == "float32"  # float32 main weights
+    assert cfg.model.optim.name == "adamw" and cfg.model.optim.use_distributed_optimizer is True
     # keys that are ours do what they did in NeMo-Aligner
     assert cfg.model.optim.sched.constant_steps == 1000 and cfg.model.optim.lr == 9e-6
     assert cfg.trainer.rm.limit_val_batches == 1.0 and cfg.trainer.rm.val_random_sampler is False

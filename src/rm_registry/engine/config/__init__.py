@@ -109,6 +109,7 @@ ENGINE_NULL_TYPES: dict[str, Any] = {
     "model.data.data_prefix.validation": (str, list),
     "model.data.data_prefix.test": (str, list),
     "trainer.rm.limit_val_batches": int,
+    "trainer.precision": (str, int),  # NeMo / Lightning spell it 32, 16, bf16, bf16-mixed, ...
     "trainer.max_time": (str, dict),
     "exp_manager.max_time_per_run": (str, dict),  # its default is ${trainer.max_time}
 }

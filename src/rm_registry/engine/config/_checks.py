@@ -24,8 +24,10 @@ __all__ = [
     "DTYPES",
     "DTYPE_ALIASES",
     "NORMALIZATIONS",
+    "MIXED_DTYPES",
     "OPTIMIZERS",
     "POOLINGS",
+    "PRECISIONS",
     "POSITION_EMBEDDINGS",
     "SCHEDULERS",
     "TOKENIZER_LIBRARIES",
@@ -35,6 +37,7 @@ __all__ = [
     "flatten",
     "model_shape",
     "positive",
+    "precision_mode",
     "type_name",
     "type_ok",
 ]
@@ -60,6 +63,35 @@ ATTENTION_BACKENDS = ("sdpa", "local")
 POOLINGS = ("last", "mean", "sequence")
 SCHEDULERS = ("CosineAnnealing", "constant")
 OPTIMIZERS = ("adamw", "adam")
+
+
+#: ``trainer.precision`` spellings (NeMo / PyTorch Lightning's) and the mode each one means.
+#: NeMo trains megatron models in mixed precision for ``bf16`` and ``16`` as well.
+PRECISIONS = {"32": "32", "32-true": "32", "fp32": "32", "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed",
+              "16": "16-mixed", "16-mixed": "16-mixed", "fp16": "16-mixed"}
+#: The compute dtype of each mixed mode (float32 main weights, gradients and optimizer state).
+MIXED_DTYPES = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
+
+
+def precision_mode(cfg: DictConfig) -> str:
+    """``trainer.precision`` as one of ``32``, ``bf16-mixed``, ``16-mixed`` (``32`` when absent).
+
+    Raises:
+        ConfigError: another value (``bf16-true`` / ``16-true`` name ``model.params_dtype`` instead).
+    """
+    value = OmegaConf.select(cfg, "trainer.precision", default=None)
+    if value is None:
+        return "32"
+    name = str(value).lower()
+    if name in ("bf16-true", "16-true"):
+        raise ConfigError(
+            f"trainer.precision={value!r}: weights held in {name[:-5]} alone are model.params_dtype="
+            f"{'bfloat16' if name.startswith('bf') else 'float16'} (with trainer.precision=32); "
+            "bf16-mixed keeps float32 main weights and is what NeMo and megatron train with")
+    if name not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={value!r}: expected 32, bf16-mixed or 16-mixed "
+                          "(NeMo's bf16 and 16 mean the mixed modes)")
+    return PRECISIONS[name]
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
@@ -199,6 +231,8 @@ class ModelShape:
     init_method_std: float
     params_dtype: str
     head_dtype: str | None
+    #: ``trainer.precision``'s compute dtype (``bfloat16`` / ``float16``), None for float32.
+    compute_dtype: str | None
     normalization: str
     activation: str
     layernorm_epsilon: float
@@ -268,6 +302,12 @@ def model_shape(cfg: DictConfig) -> ModelShape:
     std = _above_zero(cfg, "model.init_method_std", 0.02)
     params_dtype = _dtype(cfg, "model.params_dtype", "float32")
     assert params_dtype is not None
+    mode = precision_mode(cfg)
+    if mode != "32" and params_dtype != "float32":
+        raise ConfigError(
+            f"trainer.precision={mode} keeps float32 main weights (bf16/fp16 is the compute dtype), but "
+            f"model.params_dtype={params_dtype}: set model.params_dtype=float32, or trainer.precision=32 for "
+            f"weights held in {params_dtype} alone")
     output_sequence = _flag(cfg, "model.output_sequence", False)
     avg_pool = _flag(cfg, "model.use_avg_pool", False)
     if output_sequence and avg_pool:
@@ -291,6 +331,7 @@ def model_shape(cfg: DictConfig) -> ModelShape:
         init_method_std=std,
         params_dtype=params_dtype,
         head_dtype=_dtype(cfg, "model.force_head_dtype", None),
+        compute_dtype=MIXED_DTYPES.get(mode),
         normalization=choice(cfg, "model.normalization", NORMALIZATIONS, "LayerNorm"),
         activation=choice(cfg, "model.activation", ACTIVATIONS, "gelu"),
         layernorm_epsilon=_above_zero(cfg, "model.layernorm_epsilon", 1e-5),

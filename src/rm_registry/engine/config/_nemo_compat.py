@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..._errors import ConfigError
 from .._launch import first_process
 from ..data._splits import normalize_prefix
-from ._checks import flatten
+from ._checks import flatten, precision_mode
 
 __all__ = ["NEMO_KEYS", "CompatNotes", "HydraOverride", "parse_hydra_overrides", "recompute_options", "register_resolvers",
            "translate", "validate_nemo_keys"]
@@ -45,16 +45,12 @@ def register_resolvers() -> None:
 
 # --- what each NeMo-Aligner key becomes ------------------------------------------------------------
 
-_PRECISIONS = {"bf16": "bfloat16", "bf16-mixed": "bfloat16", "bf16-true": "bfloat16", "16": "float16",
-               "16-mixed": "float16", "fp16": "float16", "32": "float32", "32-true": "float32", "fp32": "float32"}
 _OPTIMIZERS = {"distributed_fused_adam": "adamw", "fused_adam": "adamw", "adamw": "adamw", "adam": "adam"}
 
 
 def _precision(value: Any) -> str:
-    name = str(value).lower()
-    if name not in _PRECISIONS:
-        raise ConfigError(f"trainer.precision={value!r}: expected one of bf16, 16, 32 (or their -mixed forms)")
-    return _PRECISIONS[name]
+    """NeMo's ``trainer.precision`` spellings as our mode names (NeMo trains ``bf16`` / ``16`` mixed)."""
+    return precision_mode(OmegaConf.create({"trainer": {"precision": value}}))
 
 
 def _optimizer(value: Any) -> str:
@@ -98,7 +94,7 @@ NEMO_KEYS: dict[str, _Rule] = {
     "trainer.use_distributed_sampler": _ignore("PyTorch Lightning internals ('do not change')"),
     "trainer.max_epochs": _ignore("mirrors trainer.rm.max_epochs, which is what runs"),
     "trainer.max_steps": _ignore("mirrors trainer.rm.max_steps, which is what runs"),
-    "trainer.precision": _Rule("map", "precision", target="model.params_dtype", convert=_precision),
+    "trainer.precision": _Rule("map", "precision", convert=_precision),
     "exp_manager.exp_dir": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.name": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.resume_from_checkpoint": _neutral(
@@ -290,6 +286,9 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:
                 notes.mapped[key] = f"{key}={value} -> {target}={new}"
+            if key == "model.optim.name" and value == "distributed_fused_adam":  # apex's ZeRO-1 Adam
+                OmegaConf.update(out, "model.optim.use_distributed_optimizer", True, force_add=True)
+                notes.mapped[key] += ", model.optim.use_distributed_optimizer=true"
     return OmegaConf.to_container(out, resolve=False), notes  # type: ignore[return-value]
 
 

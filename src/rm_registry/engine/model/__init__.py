@@ -21,6 +21,12 @@ Data flow of :meth:`RewardModel.forward`::
       -> head (row-parallel linear H -> K with bias; all-reduced over tensor-parallel ranks)
       -> rewards [N, K] (or [N, S, K]), float32
 
+Mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``, :attr:`RewardModel.compute_dtype`):
+the weights stay float32 (the main weights the optimizer updates, and what checkpoints hold) and
+the forward pass runs under ``torch.autocast`` in bfloat16 / float16, so gradients arrive in
+float32 too. The head (H -> K) runs outside autocast in its own dtype (float32 unless
+``model.force_head_dtype`` says otherwise).
+
 Weights are initialized on the CPU with megatron's ``use_cpu_initialization``: every
 tensor-parallel weight is drawn in full from the (identically seeded) default generator and then
 sliced, so the un-sharded weights do not depend on the tensor-parallel size, and a TP=2 model
@@ -32,6 +38,7 @@ shape under every layout, so checkpoints reshard between layouts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -268,6 +275,8 @@ class RewardModel(MegatronModule):
         self.pooling = pooling
         self.attention_backend = attention_backend
         self.head_dtype = head_dtype or config.params_dtype
+        #: The autocast dtype of the forward pass (mixed precision), None: ``params_dtype`` throughout.
+        self.compute_dtype: torch.dtype | None = None
         self.backbone = _HiddenStatesGPT(
             config=config,
             transformer_layer_spec=layer_spec(config.normalization, config.qk_layernorm, attention_backend),
@@ -345,9 +354,23 @@ class RewardModel(MegatronModule):
             head_bias=shape.head_bias,
             attention_backend=shape.attention_backend,
         )
+        if shape.compute_dtype is not None:
+            model.compute_dtype = parse_dtype(shape.compute_dtype, "trainer.precision")
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         return model
+
+    def _autocast(self, device: torch.device, enabled: bool = True) -> Any:
+        """``torch.autocast`` in :attr:`compute_dtype` (a no-op context without mixed precision)."""
+        if self.compute_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """The reward head on ``[S', N, H]`` -> ``[S', N, K]`` (outside autocast for a float32 head)."""
+        with self._autocast(x.device, enabled=self.head_dtype != torch.float32):
+            out, _ = self.head(x.to(self.head_dtype))
+        return out
 
     def _check_inputs(self, tokens: torch.Tensor, lengths: torch.Tensor) -> None:
         if tokens.dim() != 2 or tokens.dtype != torch.long:
@@ -392,13 +415,15 @@ class RewardModel(MegatronModule):
         positions = torch.arange(s, device=tokens.device)
         position_ids = positions.unsqueeze(0).expand(n, s)  # [N, S]
         if self.attention_backend == "sdpa":  # causal inside the kernel: no mask tensor
-            return self.backbone(tokens, position_ids, None)
+            with self._autocast(tokens.device):
+                return self.backbone(tokens, position_ids, None)
         padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
         causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
         # Megatron convention: True = masked. Right padding with a causal mask already keeps
         # real tokens from seeing padding; masking padded keys too keeps padded rows tidy.
         mask = causal[None, None, :, :] | padding[:, None, None, :]  # [N, 1, S, S]
-        return self.backbone(tokens, position_ids, mask)
+        with self._autocast(tokens.device):
+            return self.backbone(tokens, position_ids, mask)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """Rewards of right-padded token sequences.
@@ -418,8 +443,7 @@ class RewardModel(MegatronModule):
         """
         hidden = self.hidden_states(tokens, lengths)  # [S, N, H]
         if self.pooling == "sequence":
-            out, _ = self.head(hidden.to(self.head_dtype))  # [S, N, K]
-            out = out.transpose(0, 1).float()  # [N, S, K]
+            out = self._head(hidden).transpose(0, 1).float()  # [S, N, K] -> [N, S, K]
             padding = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= lengths[:, None]
             return out.masked_fill(padding.unsqueeze(-1), 0.0)
         if self.pooling == "last":
@@ -430,5 +454,4 @@ class RewardModel(MegatronModule):
             summed = (hidden * keep.unsqueeze(-1).to(hidden.dtype)).sum(dim=0)  # [N, H]
             pooled = summed / lengths.unsqueeze(-1).to(hidden.dtype)
         # The megatron linear layers expect [S, N, H]: run the head on a length-1 "sequence".
-        out, _ = self.head(pooled.unsqueeze(0).to(self.head_dtype))  # [1, N, K]
-        return out.squeeze(0).float()  # [N, K]
+        return self._head(pooled.unsqueeze(0)).squeeze(0).float()  # [1, N, K] -> [N, K]

@@ -17,6 +17,10 @@ megatron-core assumes a GPU in a few places that the reward-model path reaches (
    saves and restores the CUDA generator state around each recomputed chunk;
    :func:`patch_recompute_rng` makes the CUDA part a no-op (the CPU generator and the CPU RNG
    tracker are still saved and restored, so dropout replays identically).
+6. megatron's linear layers are ``torch.autograd.Function`` s decorated with
+   ``torch.amp.custom_fwd/custom_bwd(device_type="cuda")``, so under CPU autocast (mixed
+   precision) their backward runs outside autocast and multiplies a bfloat16 gradient by a
+   float32 weight; :func:`patch_autocast_functions` re-decorates them for the CPU.
 4. ``dist_checkpointing.save`` calls ``torch.cuda.synchronize()`` and
    ``torch.cuda.current_device()``; :func:`cuda_device_shims` makes both harmless around the
    save call only (see :mod:`rm_registry.engine.checkpoint`).
@@ -46,6 +50,7 @@ __all__ = [
     "install_memory_buffer",
     "install_rng_tracker",
     "patch_cuda_device_calls",
+    "patch_autocast_functions",
     "patch_recompute_rng",
     "CUDA_DEVICE_CALLS",
 ]
@@ -264,7 +269,33 @@ def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
     install_memory_buffer()
     patch_cuda_device_calls()
     patch_recompute_rng()
+    patch_autocast_functions()
     return True
+
+
+#: megatron-core's autograd functions whose ``forward`` / ``backward`` carry CUDA-only
+#: ``custom_fwd`` / ``custom_bwd`` decorators.
+AUTOCAST_FUNCTIONS: tuple[tuple[str, str], ...] = (
+    ("megatron.core.tensor_parallel.layers", "LinearWithFrozenWeight"),
+    ("megatron.core.tensor_parallel.layers", "LinearWithGradAccumulationAndAsyncCommunication"),
+)
+
+
+def patch_autocast_functions() -> None:
+    """Re-decorate :data:`AUTOCAST_FUNCTIONS` with ``custom_fwd/custom_bwd(device_type="cpu")``, so
+    their backward runs under the autocast state of their forward on the CPU too (idempotent)."""
+    import importlib
+
+    for module_name, class_name in AUTOCAST_FUNCTIONS:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        for name, decorate in (("forward", torch.amp.custom_fwd), ("backward", torch.amp.custom_bwd)):
+            method = cls.__dict__[name]
+            fn = method.__func__ if isinstance(method, staticmethod) else method
+            if getattr(fn, "_rm_registry_cpu_patch", False):
+                continue
+            wrapped = decorate(getattr(fn, "__wrapped__", fn), device_type="cpu")
+            wrapped._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
+            setattr(cls, name, staticmethod(wrapped))
 
 
 def patch_recompute_rng() -> None:

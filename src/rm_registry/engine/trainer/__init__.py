@@ -49,6 +49,7 @@ from ..checkpoint._run import checkpoint_files, resume_point, step_folder
 from ..checkpoint._safe_pickle import check_contained
 from ..checkpoint._topk import keep_top_k
 from ..config import load_saved_config, max_time_seconds, to_yaml, validate_engine_config
+from ..config._checks import precision_mode
 from ..data._batching import (
     SampleCosts,
     StepSampler,
@@ -66,7 +67,8 @@ from ..progress import progress_bar, say
 from ..tokenizer import load_tokenizer
 from ._loggers import MetricsLog, attach_loggers, check_loggers
 from ._metrics import MetricMeans
-from ._optim import allreduce_grads, build_optimizer, build_scheduler, clip_grad_norm
+from ._optim import (LossScaler, allreduce_grads, build_optimizer, build_scheduler, clip_grad_norm, is_sharded,
+                     load_optimizer_state, optimizer_state, state_bytes)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..._protocol import RewardModelPlugin, Tokenizer
@@ -121,6 +123,7 @@ class _Run:
     files: dict[str, bytes | str]  # what every checkpoint carries beside the weights
     log: Any  # metrics.jsonl (and the configured loggers)
     progress: bool
+    scaler: LossScaler | None = None  # trainer.precision=16-mixed
 
 
 def train(
@@ -212,10 +215,12 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
                         load_head=OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None),
                         missing_head="pretrained_checkpoint.load_rm_head_weights=true asks for its head: set it to "
                         "false or null to start a new one", progress=progress and info.is_main)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(model, cfg, info)
     scheduler = build_scheduler(optimizer, cfg, total)
-    start_step = 0 if checkpoint is None else _restore(checkpoint, model, optimizer, scheduler, info)
+    scaler = LossScaler() if precision_mode(cfg) == "16-mixed" else None
+    start_step = 0 if checkpoint is None else _restore(checkpoint, model, optimizer, scheduler, scaler, info)
 
+    _report_memory(model, optimizer, cfg, info)
     if info.is_main:
         atomic_write_text(output_dir / "config.yaml", to_yaml(cfg))
         atomic_write_text(output_dir / "data_stats.json", json.dumps(data.stats, indent=2) + "\n")
@@ -227,11 +232,11 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
     return _Run(plugin=plugin, cfg=cfg, info=info, data=data, output_dir=output_dir, model=model,
                 optimizer=optimizer, scheduler=scheduler, sampler=sampler, costs=costs, total=total,
                 start_step=start_step, files=checkpoint_files(cfg, data.tokenizer, plugin), log=log,
-                progress=progress)
+                progress=progress, scaler=scaler)
 
 
 def _restore(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             info: ParallelInfo) -> int:
+             scaler: LossScaler | None, info: ParallelInfo) -> int:
     """Load the weights and the trainer state of ``checkpoint``; the number of steps it had done."""
     saved_tp = int(ckpt.checkpoint_info(checkpoint).get("tensor_model_parallel_size", info.tp))
     if saved_tp != info.tp:
@@ -247,9 +252,23 @@ def _restore(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     if missing:
         raise ConfigError(f"--resume: {checkpoint} holds no trainer state ({', '.join(missing)} missing): "
                           "it can be evaluated and scored, not resumed")
-    optimizer.load_state_dict(state["optimizer"])
+    saved_shards = int(state.get("optimizer_shards", 1))
+    shards = info.dp if is_sharded(optimizer) else 1
+    if saved_shards != shards or (shards > 1 and state.get("layout_changed")):
+        def said(n: int) -> str:
+            return f"sharded over {n} data-parallel ranks" if n > 1 else "not sharded"
+
+        raise ConfigError(
+            f"--resume: {checkpoint} holds the optimizer state {said(saved_shards)} "
+            f"(model.optim.use_distributed_optimizer), this run's is {said(shards)}: resume with "
+            + (f"{saved_shards} data-parallel processes and model.optim.use_distributed_optimizer=true"
+               if saved_shards > 1 else "model.optim.use_distributed_optimizer=false")
+            + " (evaluating and scoring work under any layout)")
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if scaler is not None and "loss_scale" in state:  # a run saved in float32 starts at the initial scale
+        scaler.load_state_dict(state["loss_scale"])
     step = int(state["step"])
     say(f"resuming from step {step} (checkpoint {checkpoint})")
     return step
@@ -324,18 +343,27 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
                 f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
                 "set trainer.rm.gradient_clip_val"
             )
-        (loss * weight).backward()
+        scaled = loss * weight
+        (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
         sums.add({"loss": float(loss.detach()), **metrics},
                  _contract.metric_weight(plugin, batch, cfg, default=float(len(micro))))
         tokens += int(batch["lengths"].sum())
         padded += int(batch["tokens"].numel())
     allreduce_grads(run.model, info)
+    scale = None
+    if run.scaler is not None:
+        scale = run.scaler.value
+        run.scaler.unscale([p.grad for p in run.model.parameters() if p.grad is not None])
     clip = cfg.trainer.rm.gradient_clip_val
-    grad_norm = clip_grad_norm(run.model, float(clip) if clip else None, info)
+    grad_norm = clip_grad_norm(run.model, float(clip) if clip else None, info)  # the same on every rank
     lr = run.optimizer.param_groups[0]["lr"]
-    run.optimizer.step()
+    if run.scaler is None or run.scaler.update(grad_norm):  # 16-mixed: an overflowing step is skipped
+        run.optimizer.step()
     run.scheduler.step()
-    return sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)}), lr, grad_norm
+    means = sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)})
+    if scale is not None:
+        means["loss_scale"] = scale
+    return means, lr, grad_norm
 
 
 def _log_step(run: _Run, step: int, means: Mapping[str, float], *, lr: float, grad_norm: float,
@@ -363,8 +391,11 @@ def _validate(run: _Run, step: int) -> dict[str, Any]:
 
 def _save(run: _Run, step: int) -> Path:
     """The checkpoint of ``step``: weights, the trainer state to resume, the run's files."""
-    state = {"step": step, "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
-             "rng": torch.get_rng_state()}
+    state = {"step": step, "optimizer": optimizer_state(run.optimizer), "scheduler": run.scheduler.state_dict(),
+             "rng": torch.get_rng_state(),
+             "optimizer_shards": run.info.dp if is_sharded(run.optimizer) else 1}
+    if run.scaler is not None:
+        state["loss_scale"] = run.scaler.state_dict()
     return ckpt.save_checkpoint(step_folder(run.output_dir, step), run.model, extra_files=run.files, state=state)
 
 
@@ -441,6 +472,24 @@ def _stats_dict(ds: Any) -> dict[str, int]:
     if stats is None:
         return {"kept": len(ds)}
     return dict(stats.as_dict() if hasattr(stats, "as_dict") else stats)
+
+
+def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: DictConfig,
+                   info: ParallelInfo) -> None:
+    """One line: what this rank holds for weights, gradients and Adam state (before activations)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    moments = state_bytes(optimizer)
+    def size(n: int) -> str:
+        return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
+
+    dtype = str(params[0].dtype).replace("torch.", "") if params else "float32"
+    mode = precision_mode(cfg)
+    compute = f", {mode} compute" if mode != "32" else ""
+    sharded = f"sharded over {info.dp} data-parallel ranks" if is_sharded(optimizer) else "replicated"
+    say(f"memory per rank: weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
+        f"Adam state {size(moments)} ({sharded}); layout TP={info.tp} x PP={info.pp} x DP={info.dp}, "
+        "before activations")
 
 
 def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any]) -> None:

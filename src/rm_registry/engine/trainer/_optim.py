@@ -3,12 +3,15 @@ reduction and clipping done before each step.
 
 In: the model's parameters and their accumulated gradients (each rank's micro-batches).
 Out: gradients averaged over data-parallel ranks, clipped by the global norm (tensor-parallel
-shards counted once), and the optimizer / scheduler that step the weights.
+shards counted once), and the optimizer / scheduler that step the weights; for float16 compute,
+the :class:`LossScaler` that scales the loss and skips steps whose gradients overflowed.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -19,11 +22,19 @@ from ..config import learning_rate
 if TYPE_CHECKING:  # pragma: no cover
     from ..parallel import ParallelInfo
 
-__all__ = ["allreduce_grads", "build_optimizer", "build_scheduler", "clip_grad_norm"]
+__all__ = ["LossScaler", "allreduce_grads", "build_optimizer", "build_scheduler", "clip_grad_norm", "is_sharded",
+           "load_optimizer_state", "optimizer_state", "state_bytes"]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Optimizer:
-    """AdamW (decoupled weight decay) or Adam (L2), torch's (fused): Megatron's optimizer needs CUDA in 0.16.1.
+def build_optimizer(model: torch.nn.Module, cfg: DictConfig, info: ParallelInfo | None = None) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or Adam (L2), torch's (fused); with
+    ``model.optim.use_distributed_optimizer`` and several data-parallel ranks, its state sharded
+    over them (torch's ``ZeroRedundancyOptimizer``: each rank keeps the moments of its share of
+    the parameters, steps those, and broadcasts them; the same update as the replicated one).
+
+    megatron-core's distributed optimizer needs CUDA in 0.16.1 (``torch.cuda`` buffers and type
+    checks), so the engine shards with torch's on every device: the memory is that of megatron's
+    (optimizer state / DP), the gradient reduction stays the engine's all-reduce.
 
     ``model.optim.weight_decay`` applies to weight matrices, not to biases and norms.
     """
@@ -41,9 +52,56 @@ def build_optimizer(model: torch.nn.Module, cfg: DictConfig) -> torch.optim.Opti
               # One fused kernel per parameter (CPU and CUDA): the same update, several times faster
               # on CPU than torch's default per-element loop there.
               "fused": all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in decay + no_decay)}
-    if o.name == "adam":  # weight decay as an L2 term in the gradient (torch.optim.Adam semantics)
-        return torch.optim.Adam(groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    optimizer_class = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW  # adam: L2 in the gradient
+    if _wants_sharding(cfg, info):
+        with warnings.catch_warnings():  # torch.distributed.optim's functional optimizers use torch.jit
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        return ZeroRedundancyOptimizer([g for g in groups if g["params"]], optimizer_class=optimizer_class,
+                                       process_group=_dp_group(), **kwargs)
+    return optimizer_class(groups, **kwargs)
+
+
+def _wants_sharding(cfg: DictConfig, info: ParallelInfo | None) -> bool:
+    """Sharding asked for, with several data-parallel ranks to shard over."""
+    asked = bool(OmegaConf.select(cfg, "model.optim.use_distributed_optimizer", default=False))
+    return asked and info is not None and info.dp > 1
+
+
+def is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer``'s state is sharded over the data-parallel ranks."""
+    return _local(optimizer) is not optimizer
+
+
+def optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What a checkpoint keeps of this rank's optimizer: its state, or its shard's when sharded."""
+    local = _local(optimizer)
+    if local is not optimizer:  # the shard's groups were synced at its last step, before the scheduler's
+        for outer, inner in zip(optimizer.param_groups, local.param_groups, strict=True):
+            inner.update({k: v for k, v in outer.items() if k != "params"})
+    return local.state_dict()
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Inverse of :func:`optimizer_state` (the same layout)."""
+    local = _local(optimizer)
+    local.load_state_dict(state)
+    if local is not optimizer:  # the sharded wrapper copies its groups' lr onto the shard's at step
+        for outer, inner in zip(optimizer.param_groups, local.param_groups, strict=True):
+            outer.update({k: v for k, v in inner.items() if k != "params"})
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the Adam moments this rank holds (two per parameter of its share, in the
+    parameter's dtype), known before the first step creates them."""
+    return 2 * sum(p.numel() * p.element_size() for g in _local(optimizer).param_groups for p in g["params"])
+
+
+def _local(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The optimizer over this rank's share (the sharded wrapper's inner one), else ``optimizer``."""
+    zero = sys.modules.get("torch.distributed.optim.zero_redundancy_optimizer")  # imported only to shard
+    return optimizer.optim if zero and isinstance(optimizer, zero.ZeroRedundancyOptimizer) else optimizer  # type: ignore[return-value]
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: DictConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -113,3 +171,52 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: Paralle
     if max_norm and math.isfinite(norm) and norm > max_norm:
         torch._foreach_mul_([p.grad for p in params], max_norm / (norm + 1e-6))
     return norm
+
+
+class LossScaler:
+    """Dynamic loss scaling for float16 compute (``trainer.precision=16-mixed``), megatron's rule.
+
+    The loss is multiplied by :attr:`value` before backward so that small float16 gradients do not
+    underflow; the accumulated (float32) gradients are divided by it again before clipping. A step
+    whose gradient norm is not finite is skipped and the scale halved; after ``growth_interval``
+    steps without overflow it doubles. The caller passes the *global* gradient norm (every
+    tensor- and data-parallel rank sees the same one), so all ranks skip the same steps.
+    torch's ``GradScaler`` decides per rank from the shards it holds, which can disagree under
+    tensor parallelism.
+    """
+
+    def __init__(self, initial_scale: float = 2.0**16, *, growth_interval: int = 1000, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, min_scale: float = 1.0) -> None:
+        self.value = float(initial_scale)
+        self.growth_interval = growth_interval
+        self.growth_factor = growth_factor
+        self.backoff_factor = backoff_factor
+        self.min_scale = min_scale
+        self._good_steps = 0
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * scale`` (what backward runs on)."""
+        return loss * self.value
+
+    def unscale(self, grads: list[torch.Tensor]) -> None:
+        """Divide accumulated gradients by the scale, in place."""
+        if grads:
+            torch._foreach_mul_(grads, 1.0 / self.value)
+
+    def update(self, grad_norm: float) -> bool:
+        """Account for one step's (global) gradient norm; whether the optimizer may step."""
+        if not math.isfinite(grad_norm):
+            self.value = max(self.min_scale, self.value * self.backoff_factor)
+            self._good_steps = 0
+            return False
+        self._good_steps += 1
+        if self._good_steps % self.growth_interval == 0:
+            self.value *= self.growth_factor
+        return True
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"scale": self.value, "good_steps": self._good_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value = float(state["scale"])
+        self._good_steps = int(state["good_steps"])
