@@ -164,3 +164,11 @@ def test_doc_shell_commands_run_as_written(tmp_path: Path) -> None:
     failed = [f"docs/{r['where']}: exit {r['code']}: {r['command']}\n    {r['stderr'].strip()[-600:]}"
               for r in results if r["code"] != 0]
     assert not failed, "\n".join(failed)
+
+
+def test_scaling_memory_table_is_the_estimate_s_output() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "memory_table.py")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() in (DOCS / "scaling.md").read_text(encoding="utf-8"), (
+        "docs/scaling.md's memory table differs from `python benchmarks/memory_table.py`; paste its output")

@@ -4,6 +4,7 @@ at the same time."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,12 +14,28 @@ from test_torchrun import TINY, _prefs, _rel, _train_losses, one, torchrun
 pytestmark = pytest.mark.slow
 
 
+def _check_memory_line(stderr: str, run: Path, tp: int) -> None:
+    """The run's "memory per rank" line counts what the estimate behind docs/scaling.md's table counts."""
+    from omegaconf import OmegaConf
+
+    from rm_registry.engine.config._checks import model_shape
+    from rm_registry.engine.config._memory import rank_memory
+
+    line = next(x for x in stderr.splitlines() if x.startswith("memory per rank:"))
+    counted = int(re.search(r"([\d,]+) parameters", line).group(1).replace(",", ""))
+    cfg = OmegaConf.load(run / "config.yaml")
+    padded = -(-258 // int(cfg.model.make_vocab_size_divisible_by)) * int(cfg.model.make_vocab_size_divisible_by)
+    assert rank_memory(model_shape(cfg), padded, tp=tp).parameters == counted, line
+
+
 def test_tp2_and_sharded_dp2_bf16_mixed_follow_one_process(tmp_path: Path) -> None:
     train = _prefs(tmp_path / "train.jsonl", 32)
     common = ["train", "binary_ranking", "--data", str(train), "--no-progress", *TINY, "trainer.precision=bf16-mixed"]
     single = one("bf16-mixed 1 process", *common, "--output", str(tmp_path / "single"))
     assert "memory per rank:" in single.stderr and "bf16-mixed compute" in single.stderr, single.stderr
-    torchrun("bf16-mixed TP=2", *common, "--output", str(tmp_path / "tp2"), "model.tensor_model_parallel_size=2")
+    tp = torchrun("bf16-mixed TP=2", *common, "--output", str(tmp_path / "tp2"), "model.tensor_model_parallel_size=2")
+    _check_memory_line(single.stderr, tmp_path / "single", tp=1)
+    _check_memory_line(tp.stderr, tmp_path / "tp2", tp=2)
     dp = torchrun("bf16-mixed DP=2 sharded", *common, "--output", str(tmp_path / "dp2"),
                   "model.optim.use_distributed_optimizer=true")
     assert "sharded over 2 data-parallel ranks" in dp.stderr, dp.stderr

@@ -5,7 +5,8 @@ Out: one validated ``DictConfig`` that every later stage reads (and that each ch
 
 Modules: this one (defaults, merging, validation, saved configs); ``defaults.yaml``; ``_checks``
 (the torch-free checks of the model's shape and layout, and the enums, shared with the model
-builder and the parallel state); ``_nemo_compat`` (NeMo-Aligner key translation and its notes).
+builder and the parallel state); ``_nemo_compat`` (NeMo-Aligner key translation and its notes);
+``_memory`` (the bytes a rank holds for a model and a layout, from the config alone).
 
 Layers, each merged over the previous one:
 

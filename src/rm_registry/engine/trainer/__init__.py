@@ -487,7 +487,8 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
     mode = precision_mode(cfg)
     compute = f", {mode} compute" if mode != "32" else ""
     sharded = f"sharded over {info.dp} data-parallel ranks" if is_sharded(optimizer) else "replicated"
-    say(f"memory per rank: weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
+    count = sum(p.numel() for p in params)
+    say(f"memory per rank: {count:,} parameters, weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
         f"Adam state {size(moments)} ({sharded}); layout TP={info.tp} x PP={info.pp} x DP={info.dp}, "
         "before activations")
 
