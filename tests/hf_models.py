@@ -9,22 +9,25 @@ from typing import Any
 #: A small chat template (ChatML-like) shipped with every tiny tokenizer.
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}")
 SPECIALS = ["<s>", "</s>", "<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
-#: The families and the config of their tiny models (GQA: 2 key/value heads for 4 heads).
+#: The families and the config of their tiny models (GQA: 2 key/value heads for 4 heads). Values the
+#: importer has a fallback for (norm epsilon, rope factor) differ from that fallback, so reading the
+#: wrong key cannot pass (tests/hf/test_hf_import.py checks each against config.json).
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5),
     "llama3": dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=1, max_position_embeddings=16384, rms_norm_eps=1e-5,
-                   rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                   # Llama 3.2's factor 32, not 8.0: the importer's fallback must not pass for the real key
+                   rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
                    rope_theta=500000.0),
     "mistral": dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=64, sliding_window=None, rms_norm_eps=1e-5),
     "qwen2": dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6),
+                  num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=3e-6),
     "qwen3": dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6),
-    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="gelu_new"),
+                  num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=4e-6),
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, activation_function="gelu_new", layer_norm_epsilon=2e-5),
 }
 VOCAB = 300  # config vocab_size: more rows than the tokenizer's 262 tokens (as Qwen2)
 

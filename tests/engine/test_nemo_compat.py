@@ -48,6 +48,13 @@ def test_stock_yaml_accepted_with_one_warning_line(name: str, capsys: pytest.Cap
     assert cfg.model.max_position_embeddings == 4096 and cfg.seed == 1234
 
 
+def test_nemo_model_seed_is_the_run_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    """NeMo-Aligner's model.seed, at a value other than the stock 1234 (which is also our default)."""
+    cfg = _cfg("binary_ranking", "model.seed=4242", report=True)
+    assert cfg.seed == 4242 and "seed" not in cfg.model
+    assert "NeMo-Aligner key model.seed=4242 -> seed=4242" in capsys.readouterr().err
+
+
 def test_regression_section_of_stock_yaml_ignored_for_binary_ranking(capsys: pytest.CaptureFixture[str]) -> None:
     _cfg("binary_ranking", report=True)
     assert "model.regression.loss_func" in capsys.readouterr().err

@@ -53,6 +53,35 @@ def test_hidden_states_and_rewards_equal_transformers(family: str, hf_folder: Ca
     torch.testing.assert_close(rewards, logits[:, 0], atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_imported_settings_are_the_folder_s_not_fallbacks(family: str, hf_folder: Callable[..., Path]) -> None:
+    """Each setting the importer reads with a fallback equals config.json's own value."""
+    from rm_registry.engine import load_reward_model
+
+    folder = hf_folder(family)
+    hf = json.loads((folder / "config.json").read_text())
+    m = load_reward_model(folder).cfg.model
+    eps = hf.get("rms_norm_eps", hf.get("layer_norm_epsilon"))
+    assert m.layernorm_epsilon == pytest.approx(eps, rel=1e-9)
+    assert m.max_position_embeddings == hf.get("max_position_embeddings", hf.get("n_positions"))
+    if "rope_theta" in hf or "rope_parameters" in hf:
+        theta = hf.get("rope_theta") or hf["rope_parameters"]["rope_theta"]
+        assert m.rotary_base == pytest.approx(theta)
+
+
+def test_llama3_rope_scaling_imports_the_folder_s_own_frequencies(hf_folder: Callable[..., Path]) -> None:
+    """The folder's rope_scaling.factor (32, as Llama 3.2's; not the 8.0 a fallback would give) and
+    rope_theta reach the model: its rotary frequencies are transformers' (short texts barely see them)."""
+    from rm_registry.engine import load_reward_model
+
+    folder = hf_folder("llama3")
+    ours = load_reward_model(folder)
+    assert ours.cfg.model.rope_scaling_factor == 32.0 and ours.cfg.model.rotary_base == 500000.0
+    model, _ = _hf(folder)
+    theirs = model.base_model.rotary_emb.inv_freq
+    torch.testing.assert_close(ours.model.backbone.rotary_pos_emb.inv_freq.float(), theirs.float(), rtol=1e-6, atol=0)
+
+
 def test_score_cli_equals_transformers_with_chat_template(hf_folder: Callable[..., Path], tmp_path: Path,
                                                           cli: Callable[..., tuple[int, str]]) -> None:
     """`rm-registry score --checkpoint <HF folder>`: plain texts and a conversation rendered with the

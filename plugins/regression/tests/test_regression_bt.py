@@ -21,19 +21,20 @@ def _nll(d: float) -> float:
 
 
 def _rows(strengths: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two pairs: helpfulness (index 4) outputs A=1, B=3 then A=2, B=0."""
+    """Two pairs: helpfulness (index 4) outputs A=1, B=3 then A=2.5, B=0 (reward differences 2 and
+    2.5, so a rule applied to the batch instead of each pair gives another loss)."""
     rewards = torch.zeros(4, 9)
-    rewards[:, 4] = torch.tensor([1.0, 3.0, 2.0, 0.0])
+    rewards[:, 4] = torch.tensor([1.0, 3.0, 2.5, 0.0])
     labels = torch.full((4, 9), M)
     labels[:, 0] = torch.tensor([s for s in strengths for _ in (0, 1)])
     return rewards.requires_grad_(), labels
 
 
 @pytest.mark.parametrize("loss_func, expected", [
-    # pair 1: label +2 -> B chosen, d = 3 - 1 = 2; pair 2: label -1 -> A chosen, d = 2 - 0 = 2
-    ("regular_bt", (_nll(2.0) + _nll(2.0)) / 2),
-    ("margin_bt", (_nll(2.0 - 2) + _nll(2.0 - 1)) / 2),
-    ("scaled_bt", (2 * _nll(2.0) + 1 * _nll(2.0)) / 2),
+    # pair 1: label +2 -> B chosen, d = 3 - 1 = 2, margin 2; pair 2: label -1 -> A chosen, d = 2.5 - 0, margin 1
+    ("regular_bt", (_nll(2.0) + _nll(2.5)) / 2),
+    ("margin_bt", (_nll(2.0 - 2) + _nll(2.5 - 1)) / 2),
+    ("scaled_bt", (2 * _nll(2.0) + 1 * _nll(2.5)) / 2),
 ])
 def test_bt_losses_by_hand(plugin, make_cfg, loss_func: str, expected: float) -> None:
     cfg = make_cfg(*BT, f"model.regression.loss_func={loss_func}")
@@ -43,6 +44,12 @@ def test_bt_losses_by_hand(plugin, make_cfg, loss_func: str, expected: float) ->
     assert metrics["accuracy"] == 1.0
     loss.backward()
     assert rewards.grad[:, [0, 1, 2, 3, 5, 6, 7, 8]].abs().sum() == 0  # only the helpfulness output learns
+    # each pair's own gradient: d loss / d chosen = -scale * sigmoid(-(d - shift)) / pairs
+    scale, shift = {"regular_bt": ((1, 1), (0, 0)), "margin_bt": ((1, 1), (2, 1)),
+                    "scaled_bt": ((2, 1), (0, 0))}[loss_func]
+    chosen_grads = [rewards.grad[1, 4].item(), rewards.grad[2, 4].item()]  # B of pair 1, A of pair 2
+    want = [-scale[i] * torch.sigmoid(torch.tensor(-(d - shift[i]))).item() / 2 for i, d in enumerate((2.0, 2.5))]
+    assert chosen_grads == pytest.approx(want, rel=1e-5)
 
 
 def test_bt_evaluation_metrics(plugin, make_cfg) -> None:
@@ -52,7 +59,7 @@ def test_bt_evaluation_metrics(plugin, make_cfg) -> None:
                                          (rewards[2:].detach(), {"labels": labels[2:]})], cfg)
     assert metrics["pairs"] == 2 and metrics["ties"] == 1
     assert metrics["accuracy"] == 0.0  # ties excluded
-    assert metrics["loss"] == pytest.approx((_nll(1 - 3) + _nll(0 - 2)) / 2, rel=1e-5)  # a tie counts B as chosen
+    assert metrics["loss"] == pytest.approx((_nll(1 - 3) + _nll(0 - 2.5)) / 2, rel=1e-5)  # a tie counts B as chosen
 
 
 def test_bt_config_checks(make_cfg) -> None:
