@@ -213,3 +213,28 @@ def test_the_batcher_cuts_by_the_measured_cost() -> None:
 
     _run(main())
     assert [[len(ids) for ids in batch] for batch in forward.batches] == [[40, 41, 42], [90, 91], [150]]
+
+
+def test_a_cancelled_queued_request_leaves_every_other_request_its_own_result_promptly() -> None:
+    """A client that disconnects while queued (RLHF loads do it all the time): its request sorts
+    first by length, so a batch matched by position instead of by live request would hand every
+    other client its neighbour's reward and leave the last one waiting forever."""
+    forward = Recorder()
+
+    async def main() -> tuple[Any, list[list[int]], list[int]]:
+        b = DynamicBatcher(forward, max_batch_tokens=1024, max_wait_ms=300)
+        b.start()
+        shortest = asyncio.ensure_future(b.submit(_request(1, 1, 99)))
+        others = [asyncio.ensure_future(b.submit(_request(2, length, tag))) for tag, length in ((1, 5), (2, 3), (3, 8))]
+        await asyncio.sleep(0.05)  # every request queued; the batcher still gathers (max_wait 300 ms)
+        shortest.cancel()
+        results = await asyncio.wait_for(asyncio.gather(*others), timeout=5)
+        later = await asyncio.wait_for(b.submit(_request(1, 2, 7)), timeout=5)
+        await b.close()
+        return shortest, [list(r) for r in results], list(later)
+
+    shortest, results, later = _run(main())
+    assert shortest.cancelled()
+    assert results == [[5, 5], [6, 6], [24, 24]]  # each its own: the sums of its ids
+    assert later == [14]  # the batcher goes on
+    assert all(99 not in ids for batch in forward.batches for ids in batch)  # the cancelled text is not scored
