@@ -5,6 +5,7 @@ requests, batching off."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
@@ -238,3 +239,69 @@ def test_a_cancelled_queued_request_leaves_every_other_request_its_own_result_pr
     assert results == [[5, 5], [6, 6], [24, 24]]  # each its own: the sums of its ids
     assert later == [14]  # the batcher goes on
     assert all(99 not in ids for batch in forward.batches for ids in batch)  # the cancelled text is not scored
+
+
+def test_each_text_of_a_request_gets_its_own_result_in_the_request_order() -> None:
+    """Texts of one request that differ (unlike the identical rows above) and are not sorted by
+    length, spread over several batches: each gets its own result, in the order sent."""
+    forward = Recorder()
+    first = [[1] * 5, [3] * 2, [2] * 9, [7] * 1, [4] * 4]  # sums 5, 6, 18, 7, 16
+    second = [[10] * 3, [20] * 6, [50] * 1]  # sums 30, 120, 50
+
+    async def main() -> list[list[int]]:
+        b = DynamicBatcher(forward, max_batch_tokens=16, max_wait_ms=50)
+        b.start()
+        results = await asyncio.wait_for(asyncio.gather(b.submit(first), b.submit(second)), timeout=5)
+        await b.close()
+        return [list(r) for r in results]
+
+    assert _run(main()) == [[5, 6, 18, 7, 16], [30, 120, 50]]
+    assert len(forward.batches) > 1  # the requests were cut across batches
+
+
+class Gate(Recorder):
+    """A :class:`Recorder` whose passes wait until :attr:`release` is set (:attr:`started` tells
+    that the first one is running on the worker)."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        super().__init__(fail_on)
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, batch: list[list[int]]) -> list[int]:
+        self.started.set()
+        assert self.release.wait(10), "the test never released the forward pass"
+        return super().__call__(batch)
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["pass-succeeds", "pass-fails"])
+def test_a_request_cancelled_while_its_batch_runs_leaves_the_others_and_the_batcher_going(fails: bool) -> None:
+    """A client that disconnects while its batch is on the worker: when the pass returns (or raises),
+    its future is already cancelled; the other request of that batch still gets its own answer and
+    later requests are served (setting a cancelled future raises and would stop the batcher)."""
+    forward = Gate(fail_on=-1 if fails else None)
+
+    async def main() -> tuple[Any, Any, list[int]]:
+        b = DynamicBatcher(forward, max_batch_tokens=1024, max_wait_ms=20)
+        b.start()
+        try:
+            gone = asyncio.ensure_future(b.submit([[-1 if fails else 1]]))  # sorts first in the batch
+            stay = asyncio.ensure_future(b.submit([[2] * 4, [3] * 2]))
+            assert await asyncio.to_thread(forward.started.wait, 5)  # both are in the running pass
+            gone.cancel()
+            await asyncio.sleep(0.01)
+        finally:
+            forward.release.set()
+        (kept,) = await asyncio.wait_for(asyncio.gather(stay, return_exceptions=True), timeout=5)
+        later = await asyncio.wait_for(b.submit([[5] * 3]), timeout=5)
+        await asyncio.wait_for(b.close(), timeout=5)
+        return gone, kept, list(later)
+
+    gone, kept, later = _run(main())
+    assert forward.batches[0] == [[-1 if fails else 1], [3, 3], [2, 2, 2, 2]]  # one pass held both requests
+    assert gone.cancelled()
+    if fails:
+        assert isinstance(kept, BatchFailed) and "RuntimeError: boom" in str(kept)
+    else:
+        assert kept == [8, 6]
+    assert later == [15]  # the batcher goes on
