@@ -23,12 +23,12 @@ __all__ = [
     "ATTENTION_BACKENDS",
     "DTYPES",
     "DTYPE_ALIASES",
-    "NORMALIZATIONS",
     "MIXED_DTYPES",
+    "NORMALIZATIONS",
     "OPTIMIZERS",
     "POOLINGS",
-    "PRECISIONS",
     "POSITION_EMBEDDINGS",
+    "PRECISIONS",
     "SCHEDULERS",
     "TOKENIZER_LIBRARIES",
     "ModelShape",
@@ -37,6 +37,7 @@ __all__ = [
     "flatten",
     "model_shape",
     "positive",
+    "precision_from",
     "precision_mode",
     "type_name",
     "type_ok",
@@ -79,7 +80,15 @@ def precision_mode(cfg: DictConfig) -> str:
     Raises:
         ConfigError: another value (``bf16-true`` / ``16-true`` name ``model.params_dtype`` instead).
     """
-    value = OmegaConf.select(cfg, "trainer.precision", default=None)
+    return precision_from(OmegaConf.select(cfg, "trainer.precision", default=None))
+
+
+def precision_from(value: Any) -> str:
+    """One ``trainer.precision`` value (any spelling of :data:`PRECISIONS`, or None) as its mode.
+
+    Raises:
+        ConfigError: as :func:`precision_mode`.
+    """
     if value is None:
         return "32"
     name = str(value).lower()

@@ -31,7 +31,7 @@ from omegaconf.errors import OmegaConfBaseException
 from ..._errors import ConfigError
 from .._launch import first_process
 from ..data._splits import normalize_prefix
-from ._checks import flatten, precision_mode
+from ._checks import flatten, precision_from
 
 __all__ = ["NEMO_KEYS", "CompatNotes", "HydraOverride", "parse_hydra_overrides", "recompute_options", "register_resolvers",
            "translate", "validate_nemo_keys"]
@@ -48,9 +48,6 @@ def register_resolvers() -> None:
 _OPTIMIZERS = {"distributed_fused_adam": "adamw", "fused_adam": "adamw", "adamw": "adamw", "adam": "adam"}
 
 
-def _precision(value: Any) -> str:
-    """NeMo's ``trainer.precision`` spellings as our mode names (NeMo trains ``bf16`` / ``16`` mixed)."""
-    return precision_mode(OmegaConf.create({"trainer": {"precision": value}}))
 
 
 def _optimizer(value: Any) -> str:
@@ -68,6 +65,7 @@ class _Rule:
     target: str | None = None  # map: our key (None: the same key)
     convert: Callable[[Any], Any] | None = None  # map: value conversion
     allowed: tuple[Any, ...] = ()  # neutral: values that change nothing
+    also: Callable[[Any], dict[str, Any]] | None = None  # map: further keys a value sets, {key: value}
 
 
 def _ignore(why: str) -> _Rule:
@@ -94,7 +92,8 @@ NEMO_KEYS: dict[str, _Rule] = {
     "trainer.use_distributed_sampler": _ignore("PyTorch Lightning internals ('do not change')"),
     "trainer.max_epochs": _ignore("mirrors trainer.rm.max_epochs, which is what runs"),
     "trainer.max_steps": _ignore("mirrors trainer.rm.max_steps, which is what runs"),
-    "trainer.precision": _Rule("map", "precision", convert=_precision),
+    # NeMo trains megatron models mixed for bf16 / 16 too: our mode names
+    "trainer.precision": _Rule("map", "precision", convert=precision_from),
     "exp_manager.exp_dir": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.name": _ignore("run naming: the run folder is --output or exp_manager.explicit_log_dir"),
     "exp_manager.resume_from_checkpoint": _neutral(
@@ -118,7 +117,9 @@ NEMO_KEYS: dict[str, _Rule] = {
     "model.overwrite_base_config*": _ignore(_NEMO_FILE),
     "model.ub_tp_comm_overlap*": _ignore(_APEX),
     "model.transformer_engine": _ignore("Transformer Engine is used when installed on a GPU"),
-    "model.optim.name": _Rule("map", "optimizer", target="model.optim.name", convert=_optimizer),
+    "model.optim.name": _Rule("map", "optimizer", target="model.optim.name", convert=_optimizer,
+                              also=lambda v: {"model.optim.use_distributed_optimizer": True}  # apex's ZeRO-1 Adam
+                              if v == "distributed_fused_adam" else {}),
     "model.optim.bucket_cap_mb": _ignore(_APEX),
     "model.optim.overlap_grad_sync": _ignore(_APEX),
     "model.optim.overlap_param_sync": _ignore(_APEX),
@@ -286,9 +287,9 @@ def translate(layer: Mapping[str, Any], source: str, base: DictConfig | None = N
             OmegaConf.update(out, target, new, force_add=True)
             if target != key or new != value:
                 notes.mapped[key] = f"{key}={value} -> {target}={new}"
-            if key == "model.optim.name" and value == "distributed_fused_adam":  # apex's ZeRO-1 Adam
-                OmegaConf.update(out, "model.optim.use_distributed_optimizer", True, force_add=True)
-                notes.mapped[key] += ", model.optim.use_distributed_optimizer=true"
+            for extra_key, extra in (rule.also(value) if rule.also else {}).items():
+                OmegaConf.update(out, extra_key, extra, force_add=True)
+                notes.mapped[key] += f", {extra_key}={str(extra).lower() if isinstance(extra, bool) else extra}"
     return OmegaConf.to_container(out, resolve=False), notes  # type: ignore[return-value]
 
 

@@ -414,14 +414,13 @@ class RewardModel(MegatronModule):
         n, s = tokens.shape
         positions = torch.arange(s, device=tokens.device)
         position_ids = positions.unsqueeze(0).expand(n, s)  # [N, S]
-        if self.attention_backend == "sdpa":  # causal inside the kernel: no mask tensor
-            with self._autocast(tokens.device):
-                return self.backbone(tokens, position_ids, None)
-        padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
-        causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
-        # Megatron convention: True = masked. Right padding with a causal mask already keeps
-        # real tokens from seeing padding; masking padded keys too keeps padded rows tidy.
-        mask = causal[None, None, :, :] | padding[:, None, None, :]  # [N, 1, S, S]
+        mask = None  # sdpa: causal inside the kernel, no mask tensor
+        if self.attention_backend != "sdpa":
+            padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
+            causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
+            # Megatron convention: True = masked. Right padding with a causal mask already keeps
+            # real tokens from seeing padding; masking padded keys too keeps padded rows tidy.
+            mask = causal[None, None, :, :] | padding[:, None, None, :]  # [N, 1, S, S]
         with self._autocast(tokens.device):
             return self.backbone(tokens, position_ids, mask)
 

@@ -480,6 +480,7 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
     params = [p for p in model.parameters() if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
     moments = state_bytes(optimizer)
+
     def size(n: int) -> str:
         return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
 
