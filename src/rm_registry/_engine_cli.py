@@ -25,12 +25,16 @@ _OVERRIDES_HELP = (
 )
 
 
+_DATA_FORMS = ("JSON Lines, Parquet, Arrow, a datasets save_to_disk folder, or hf://ORG/NAME[/CONFIG][:SPLIT] "
+               "from the local Hugging Face cache; model.data.columns renames columns (docs/data.md)")
+
 _CHECKPOINT_HELP = ("a run folder (its latest checkpoint), one checkpoint folder, or a Hugging Face "
                     "*ForSequenceClassification folder (see docs/pretrained.md)")
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Add ``train``, ``evaluate``, ``score`` and ``export`` to the ``rm-registry`` parser."""
+    """Add ``train``, ``evaluate``, ``score``, ``export`` and ``cache`` (and ``serve``, ``launch``) to the
+    ``rm-registry`` parser."""
     p = subparsers.add_parser(
         "train",
         help="train a reward model",
@@ -47,8 +51,8 @@ def add_subcommands(subparsers: Any) -> None:
                         "else binary_ranking")
     p.add_argument("--config", metavar="YAML", help="a YAML config file; `rm-registry info NAME --config` prints the full "
                    "default one; NeMo-Aligner's training_rm.yaml is accepted as it is (docs/migrating-from-nemo-aligner.md)")
-    p.add_argument("--data", metavar="JSONL", help="training data (default: the plugin's sample data)")
-    p.add_argument("--validation-data", metavar="JSONL", help="validation data")
+    p.add_argument("--data", metavar="FILE", help="training data (default: the plugin's sample data): " + _DATA_FORMS)
+    p.add_argument("--validation-data", metavar="FILE", help="validation data (the same forms)")
     p.add_argument("--output", metavar="DIR",
                    help="run folder for config, metrics.jsonl and checkpoints (default: exp_manager.explicit_log_dir, "
                         "else runs/NAME-YYYYmmdd-HHMMSS)")
@@ -60,7 +64,7 @@ def add_subcommands(subparsers: Any) -> None:
                         "(implies --resume; --output defaults to its run folder)")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides NAME, when two do (see `rm-registry list`)")
-    p.add_argument("--test-data", metavar="JSONL", help="test data, evaluated once at the end (split 'test')")
+    p.add_argument("--test-data", metavar="FILE", help="test data, evaluated once at the end (split 'test')")
     p.add_argument("--pretrained", metavar="DIR",
                    help="start from a Hugging Face model folder (config.json + safetensors; Llama, Mistral, Qwen2, "
                         "Qwen3, GPT-2): its architecture, weights, tokenizer and chat template; the same as "
@@ -77,7 +81,7 @@ def add_subcommands(subparsers: Any) -> None:
         epilog="example: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
-    p.add_argument("--data", required=True, metavar="JSONL", help="labelled data")
+    p.add_argument("--data", required=True, metavar="FILE", help="labelled data: " + _DATA_FORMS)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
@@ -96,7 +100,7 @@ def add_subcommands(subparsers: Any) -> None:
         epilog="example: rm-registry score --checkpoint runs/rm1 --data texts.jsonl --output scores.jsonl",
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
-    p.add_argument("--data", required=True, metavar="JSONL", help="texts to score")
+    p.add_argument("--data", required=True, metavar="FILE", help="texts to score: " + _DATA_FORMS)
     p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
@@ -124,6 +128,28 @@ def add_subcommands(subparsers: Any) -> None:
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.set_defaults(func=_export)
 
+    p = subparsers.add_parser(
+        "cache",
+        help="see or remove the token cache",
+        description="Data files are tokenized once into the token cache (flat arrays every rank maps read-only), "
+        "keyed by the file's content, the tokenizer and the config keys that change tokenization; later runs, "
+        "evaluate and --resume reuse it. Where: model.data.cache_dir, else $RM_REGISTRY_CACHE, else "
+        "~/.cache/rm-registry/tokens. See docs/data.md.",
+        epilog="examples: rm-registry cache info; rm-registry cache clear; rm-registry cache clear 3fa2 --cache-dir /scratch/tok",
+    )
+    csub = p.add_subparsers(dest="cache_command", metavar="ACTION", title="actions", required=True)
+    pi = csub.add_parser("info", help="list the cache's entries (source, samples, tokens, size, last use)",
+                         description="List the token cache's entries.")
+    pc = csub.add_parser("clear", help="remove entries (all of them, or those whose key starts with KEY)",
+                         description="Remove token cache entries: all of them, or those whose key starts with a KEY "
+                         "given (see `rm-registry cache info`). Running jobs keep the files they mapped.")
+    pc.add_argument("keys", nargs="*", metavar="KEY", help="key or key prefix of an entry (default: every entry)")
+    for q in (pi, pc):
+        q.add_argument("--cache-dir", metavar="DIR", help="the cache folder (default: $RM_REGISTRY_CACHE, else "
+                       "~/.cache/rm-registry/tokens)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cache)
+
     from .serve._cli import add_serve_subcommand
 
     add_serve_subcommand(subparsers)
@@ -131,6 +157,48 @@ def add_subcommands(subparsers: Any) -> None:
     from ._launcher import add_launch
 
     add_launch(subparsers)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "?"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from ._errors import ConfigError
+    from .engine.data._cache import clear_entries, default_root, list_entries
+
+    root = Path(args.cache_dir).expanduser() if args.cache_dir else default_root()
+    if args.cache_command == "info":
+        entries = list_entries(root)
+        if args.json:
+            print(json.dumps({"cache_dir": str(root), "entries": entries}, indent=2))
+            return 0
+        total = sum(int(e["bytes"] or 0) for e in entries)
+        print(f"token cache {root}: {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(total)}")
+        for e in entries:
+            if not e["ok"]:
+                print(f"  {e['key']}  {_human(e['bytes'])}  {e.get('note') or 'damaged (rebuilt when next used)'}")
+                continue
+            print(f"  {e['key'][:12]}  {e['plugin']}  {e['samples']} samples, {e['tokens']} tokens, "
+                  f"{_human(e['bytes'])}  last used {e['last_used']}  {e['source']}")
+        return 0
+    try:
+        removed, size = clear_entries(root, list(args.keys) or None)
+    except KeyError as exc:
+        raise ConfigError(f"no token cache entry in {root} has a key starting with {exc.args[0]!r} "
+                          "(see `rm-registry cache info`)") from None
+    if args.json:
+        print(json.dumps({"cache_dir": str(root), "removed": removed, "bytes": size}))
+    else:
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({_human(size)}) from {root}")
+    return 0
 
 
 def _stderr(message: str) -> None:
@@ -168,11 +236,14 @@ def _plugin_name(args: argparse.Namespace) -> str:
 def _check_input_file(path: str | None, option: str) -> None:
     from ._errors import DataError
 
-    if path is None:
+    if path is None or path.startswith("hf://"):
         return
     p = Path(path)
     if p.is_dir():
-        raise DataError(p, None, f"is a folder; {option} takes a JSON Lines file")
+        if not ((p / "state.json").is_file() or (p / "dataset_dict.json").is_file()):
+            raise DataError(p, None, f"is a folder, but not a datasets save_to_disk folder (no state.json); {option} "
+                                     "takes a JSON Lines, Parquet or Arrow file, or such a folder")
+        return
     if not p.is_file():
         raise DataError(p, None, f"no such file ({option})")
 

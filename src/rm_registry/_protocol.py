@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -295,6 +295,33 @@ class OptionalMembers(Protocol):
         """
         ...
 
+    def text_samples(self, path: str, cfg: DictConfig) -> Iterable[Any]:
+        """The samples of one data file before tokenizing, in file order, as
+        :class:`rm_registry.engine.data.TextSample` objects: each sample's texts (a pair: chosen
+        then rejected), its line (and each text's), and its numeric ``fields`` (a float, a
+        fixed-length tuple of floats, or ``None``; the same names in every sample).
+
+        With :meth:`sample_from_tokens`, it lets the engine tokenize the file in batches (in
+        parallel), apply ``model.data.overlong_policy`` to each sample as a whole, and keep the
+        result in the token cache: flat memory-mapped arrays shared by every rank and reused by later
+        runs, ``evaluate`` and ``--resume`` (``docs/data.md``). The engine then calls it instead of
+        :meth:`~RewardModelPlugin.build_datasets` for training and evaluation, and assumes the rows of
+        :meth:`~RewardModelPlugin.collate` for one sample are its texts, in this order. Read records
+        with :func:`rm_registry.engine.data.read_jsonl` so that every file form and
+        ``model.data.columns`` work. Default: absent (``build_datasets`` is used as before).
+
+        Raises:
+            rm_registry.DataError: naming ``path``, the line and the problem.
+        """
+        ...
+
+    def sample_from_tokens(self, sequences: list[list[int]], fields: Mapping[str, Any], lines: list[int]) -> Any:
+        """The plugin's sample (what :meth:`~RewardModelPlugin.collate` takes) from one stored
+        :class:`~rm_registry.engine.data.TextSample`: the token ids of its texts (EOS last, fitted
+        to ``model.encoder_seq_length``), its ``fields`` as given (sequences come back as tuples) and
+        each text's line. Required with :meth:`text_samples`."""
+        ...
+
     def config_for_output_names(self, names: Sequence[str]) -> Mapping[str, Any]:
         """The config layer for a Hugging Face reward model whose outputs have these names
         (scoring a foreign ``*ForSequenceClassification`` folder with K > 1). Default: none."""
@@ -311,6 +338,8 @@ OPTIONAL_MEMBERS: tuple[str, ...] = (
     "resolve_config",
     "output_names",
     "config_for_output_names",
+    "text_samples",
+    "sample_from_tokens",
 )
 
 

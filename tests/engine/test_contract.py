@@ -201,8 +201,10 @@ def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
     cfg = build_config(plugin, overrides=["model.micro_batch_size=3", "model.global_batch_size=3",
                                           "model.encoder_seq_length=32", "model.data.overlong_policy=truncate"])
     tok = ByteTokenizer()
+    from rm_registry.engine.data import ListDataset
+
     dataset = plugin.build_datasets({"validation": plugin.sample_data()["validation"]}, tok, cfg)["validation"]
-    dataset.samples = dataset.samples[:7]
+    dataset = ListDataset(dataset.samples[:7])
     moved: list[set[str]] = []
     real = _contract.batch_to
 

@@ -83,6 +83,9 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, expor
         if hasattr(plugin, name):
             check(plugin)
             done(name)
+    if hasattr(plugin, "text_samples") or hasattr(plugin, "sample_from_tokens"):
+        _check_token_samples(plugin, cfg, tokenizer, str(sample["train"]), train)
+        done("text_samples / sample_from_tokens (the token cache gives build_datasets' batches)")
 
     info = parallel.initialize(tensor_model_parallel_size=1, seed=int(cfg.seed))
     parallel.manual_seed(int(cfg.seed))
@@ -319,6 +322,42 @@ def _check_determinism(plugin: RewardModelPlugin, cfg: DictConfig, tokenizer: An
 
 
 _WRONG_VALUES: tuple[Any, ...] = ("not-a-value", 12345, [1, 2], {"a": 1}, True)
+
+
+def _check_token_samples(plugin: RewardModelPlugin, cfg: DictConfig, tokenizer: Any, path: str,
+                         train: Sequence[Any]) -> None:
+    """Both members or neither; the dataset the token cache makes (written, then mapped back) collates
+    to the very batches of ``build_datasets``' samples, one row per text of each sample."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    from .data._cache import split_dataset
+    from .data._tokens import describes_samples
+
+    if not describes_samples(plugin):
+        have = "text_samples" if hasattr(plugin, "text_samples") else "sample_from_tokens"
+        raise _fail(plugin, f"defines {have} but not its partner; text_samples and sample_from_tokens go together")
+    with tempfile.TemporaryDirectory(prefix="rm-conformance-cache-") as tmp:
+        local = OmegaConf.merge(cfg, {"model": {"data": {"cache": True, "cache_dir": tmp}}})
+        for attempt in ("written", "mapped"):
+            cached = split_dataset(plugin, path, tokenizer, local)
+            if len(cached) != len(train):
+                raise _fail(plugin, f"the token cache ({attempt}) holds {len(cached)} samples of {path}, "
+                                    f"build_datasets() {len(train)}")
+            rows, _ = cached.sequence_counts()
+            for i in range(len(train)):
+                ours, theirs = plugin.collate([cached[i]], tokenizer.pad_id), plugin.collate([train[i]], tokenizer.pad_id)
+                if int(ours["lengths"].numel()) != rows[i]:
+                    raise _fail(plugin, f"sample {i}: collate() gives {int(ours['lengths'].numel())} rows but "
+                                        f"text_samples() gave {rows[i]} texts; the rows must be the texts")
+                for key in set(ours) | set(theirs):
+                    a, b = ours.get(key), theirs.get(key)
+                    same = (torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                            else a == b)
+                    if not same:
+                        raise _fail(plugin, f"sample {i} of {path}: collate()[{key!r}] of the token cache's sample "
+                                            f"({attempt}) differs from build_datasets()'s")
 
 
 def _check_config_types(plugin: RewardModelPlugin) -> None:

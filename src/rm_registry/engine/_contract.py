@@ -8,10 +8,12 @@ wherever it is called from. Only the functions that handle tensors import torch 
 
 from __future__ import annotations
 
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .._errors import DataError, PluginValidationError
+from .._registry import IN_PROCESS, plugin_distribution
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -26,6 +28,7 @@ __all__ = [
     "evaluation_batch",
     "metric_weight",
     "output_names",
+    "plugin_record",
     "resolve_config",
     "score_records",
     "score_texts",
@@ -176,3 +179,29 @@ def config_for_output_names(plugin: RewardModelPlugin, names: Sequence[str]) -> 
         raise PluginValidationError(f"plugin {plugin.name!r}: config_for_output_names() must return a mapping, "
                                     f"got {type(layer).__name__}")
     return layer
+
+
+def _distribution_of_module(module: str) -> tuple[str, str] | None:
+    """The installed distribution that provides the top-level package of ``module``, if any."""
+    top = module.split(".")[0]
+    for dist in metadata.packages_distributions().get(top, []):
+        try:
+            return dist, metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def plugin_record(plugin: RewardModelPlugin) -> dict[str, Any]:
+    """``{"name", "distribution", "version", "module"}`` of ``plugin`` (what ``plugin.json`` holds).
+
+    The registry knows the distribution of plugins it handed out; for an object used directly
+    the distribution of its module's top-level package is looked up. ``distribution`` is
+    ``None`` when there is none (a script's own class).
+    """
+    module = type(plugin).__module__
+    found = plugin_distribution(plugin)
+    if found is None or (found[0] == IN_PROCESS and _distribution_of_module(module) is not None):
+        found = _distribution_of_module(module) or (found or (None, None))
+    distribution, version = found
+    return {"name": plugin.name, "distribution": distribution, "version": version or None, "module": module}

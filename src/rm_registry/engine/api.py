@@ -31,6 +31,7 @@ from .checkpoint._fs import atomic_write_text, check_output_file
 from .checkpoint._safe_pickle import check_contained
 from .config import build_config, drop_moved_keys, flatten, load_saved_config, merge_closed, parse_overrides, validate_engine_config
 from .data import encode_text, fit_length, pad_batch, read_jsonl
+from .data._splits import read_split_file
 from .data._batching import SampleCosts, eval_batches, max_tokens_per_micro_batch
 from .evaluation import evaluate_dataset, gather_over_data_parallel
 from .hf import apply_pretrained, load_hf_weights, looks_like_hf_folder, read_config
@@ -44,7 +45,8 @@ __all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_
 
 #: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
 LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
-                  "model.attention_backend", "model.max_tokens_per_micro_batch")
+                  "model.attention_backend", "model.max_tokens_per_micro_batch", "model.data.columns",
+                  "model.data.cache", "model.data.cache_dir")
 
 
 @dataclass
@@ -150,8 +152,8 @@ class LoadedRewardModel:
 
     def evaluate(self, data: str | Path, *, progress: bool = False) -> dict[str, Any]:
         """The plugin's metrics over a labelled file in one of its training formats."""
-        datasets = self.plugin.build_datasets({"test": data}, self.tokenizer, self.cfg)
-        dataset = datasets["test"]
+        dataset = read_split_file(self.plugin, "test", str(data), self.tokenizer, self.cfg,
+                                  progress=progress and self.info.is_main)
         stats = getattr(dataset, "stats", None)
         counts = stats.as_dict() if hasattr(stats, "as_dict") else dict(stats or {})
         if (counts.get("dropped") or counts.get("truncated")) and self.info.is_main:

@@ -29,8 +29,10 @@ class NullBar:
         pass
 
 
-def progress_bar(total: int, desc: str, *, enabled: bool, initial: int = 0, unit: str = "step") -> Any:
-    """A tqdm bar on stderr counting ``total`` units, or a :class:`NullBar` when not ``enabled``.
+def progress_bar(total: int | None, desc: str, *, enabled: bool, initial: int = 0, unit: str = "step",
+                 delay: float = 0.0) -> Any:
+    """A tqdm bar on stderr counting ``total`` units (``None``: unknown), or a :class:`NullBar` when
+    not ``enabled``. With ``delay`` the bar shows only once the work has taken that many seconds.
 
     On a terminal the bar refreshes at most twice a second; in a log file (stderr not a TTY) every
     10 seconds, so that logs stay short.
@@ -40,7 +42,7 @@ def progress_bar(total: int, desc: str, *, enabled: bool, initial: int = 0, unit
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+                mininterval=0.5 if sys.stderr.isatty() else 10.0, delay=delay)
 
 
 def say(message: str) -> None:

@@ -60,6 +60,10 @@ class ByteTokenizer:
         """UTF-8 bytes of ``text``, without special tokens."""
         return list(text.encode("utf-8"))
 
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` of every text."""
+        return [list(t.encode("utf-8")) for t in texts]
+
     def decode(self, ids: Sequence[int]) -> str:
         """The text of the byte ids (special ids dropped, invalid UTF-8 replaced)."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
@@ -165,6 +169,11 @@ class HFTokenizer:
         """Token ids of ``text``: without special tokens, or, with ``hf_rules``, with those the
         tokenizer adds itself (``tokenizer(text)["input_ids"]`` of transformers)."""
         return list(self._tok.encode(text, add_special_tokens=self.hf_rules).ids)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """:meth:`encode` of every text, in one call the ``tokenizers`` library runs on every core
+        (``TOKENIZERS_PARALLELISM=false`` keeps it on one)."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=self.hf_rules)]
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         """Token ids of a conversation rendered with :attr:`chat_template`, as transformers'

@@ -16,7 +16,7 @@ rejected ones), S the longest sequence of the batch, K = 1 reward per sequence.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from rm_registry import ConfigError, DataError
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from omegaconf import DictConfig
 
     from rm_registry import Tokenizer
+    from rm_registry.engine.data import TextSample
 
 __all__ = ["HingeRankingPlugin", "plugin"]
 __version__ = "0.1.0"
@@ -82,56 +83,35 @@ class HingeRankingPlugin:
         tokenizer: Tokenizer,
         cfg: DictConfig,
     ) -> dict[str, Sequence[Any]]:
-        """Read ``{"chosen": ..., "rejected": ...}`` JSON Lines (optional ``"prompt"`` before each) into token-id pairs.
+        """Every split given, tokenized in batches from :meth:`text_samples` (the engine's helper)."""
+        from rm_registry.engine.data import tokenize_datasets
 
-        Either text may be a string or a list of chat messages. A pair is dropped, truncated
-        or refused as a whole when one side is longer than ``model.encoder_seq_length``
-        (``model.data.overlong_policy``).
+        return tokenize_datasets(self, data_paths, tokenizer, cfg)
+
+    def text_samples(self, path: str | Path, cfg: DictConfig) -> Iterator[TextSample]:
+        """The pairs of ``{"chosen": ..., "rejected": ...}`` records (optional ``"prompt"`` before each).
+
+        Either text may be a string or a list of chat messages. The engine tokenizes them,
+        drops, truncates or refuses a pair as a whole when one side is longer than
+        ``model.encoder_seq_length`` (``model.data.overlong_policy``), and caches the result.
         """
-        from rm_registry.engine.data import (
-            DatasetStats,
-            ListDataset,
-            encode_text,
-            fit_length,
-            join_prompt_response,
-            read_jsonl,
-            render_text,
-        )
+        from rm_registry.engine.data import TextSample, join_prompt_response, read_jsonl, render_text
 
-        max_len = int(cfg.model.encoder_seq_length)
-        policy = str(cfg.model.data.overlong_policy)
-        datasets: dict[str, Sequence[Any]] = {}
-        for split, path in data_paths.items():
-            if path is None:
-                continue
-            stats = DatasetStats()
-            pairs: list[Pair] = []
-            for line, record in read_jsonl(path):
-                stats.read += 1
-                sides: list[list[int]] = []
-                truncated = False
-                for key in ("chosen", "rejected"):
-                    if key not in record:
-                        raise _missing_key(path, line, key, record)
-                    if "prompt" in record:  # TRL's explicit prompt, joined as `rm-registry score` joins it
-                        text = join_prompt_response(record["prompt"], record[key], path=path, line=line,
-                                                    response_key=key)
-                    else:
-                        text = render_text(record[key], path=path, line=line, key=key)
-                    ids, cut = fit_length(encode_text(tokenizer, text), max_len, policy, eos_id=tokenizer.eos_id,
-                                          path=path, line=line, key=key)
-                    if ids is None:
-                        break
-                    sides.append(ids)
-                    truncated |= cut
-                if len(sides) < 2:
-                    stats.dropped += 1
-                    continue
-                stats.truncated += truncated
-                stats.kept += 1
-                pairs.append((sides[0], sides[1]))
-            datasets[split] = ListDataset(pairs, stats, str(path))
-        return datasets
+        for line, record in read_jsonl(path):
+            texts = []
+            for key in ("chosen", "rejected"):
+                if key not in record:
+                    raise _missing_key(path, line, key, record)
+                if "prompt" in record:  # TRL's explicit prompt, joined as `rm-registry score` joins it
+                    texts.append(join_prompt_response(record["prompt"], record[key], path=path, line=line,
+                                                      response_key=key))
+                else:
+                    texts.append(render_text(record[key], path=path, line=line, key=key))
+            yield TextSample(texts, line, keys=("chosen", "rejected"))
+
+    def sample_from_tokens(self, sequences: list[list[int]], fields: Mapping[str, Any], lines: list[int]) -> Pair:
+        """A pair from its two stored token-id lists (chosen, rejected)."""
+        return (sequences[0], sequences[1])
 
     def collate(self, samples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
         """Chosen sequences first, then rejected: ``tokens [2P, S]``, ``lengths [2P]``."""

@@ -1,12 +1,17 @@
 """Preference data for the ``binary_ranking`` plugin: reading, format detection, tokenizing.
 
-Three JSON Lines formats are accepted, detected from the first record of each file:
+Records come from any file the engine reads (JSON Lines, Parquet, Arrow, a ``save_to_disk``
+folder, ``hf://``; ``model.data.columns`` renames columns). Four formats are accepted, detected
+from the first record of each file:
 
 - ``alternating`` (NeMo-Aligner): ``{"text": ...}`` per line, already templated; line 2i is the
   chosen text and line 2i+1 the rejected text of the same prompt.
 - ``pairs`` (TRL, implicit prompt): ``{"chosen": ..., "rejected": ...}``, each a full text.
 - ``prompt_pairs`` (TRL, explicit prompt): ``{"prompt": ..., "chosen": ..., "rejected": ...}``;
   the prompt is put before each response.
+- ``nemo_rl`` (NeMo-RL's preference format): ``{"context": [messages], "completions":
+  [{"rank": 0, "completion": [messages]}, {"rank": 1, "completion": [...]}]}``; exactly two
+  completions, the lower rank preferred; the context is put before each completion.
 
 The two pair formats may carry a numeric ``margin`` per line. Text values are strings or chat
 message lists (``[{"role": ..., "content": ...}]``). Other keys are ignored. A file that mixes
@@ -21,24 +26,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from rm_registry import DataError
-from rm_registry.engine.data import (
-    ListDataset,
-    encode_text,
-    fit_length,
-    join_prompt_response,
-    read_jsonl,
-    render_text,
-)
+from rm_registry.engine.data import TextSample, join_prompt_response, read_jsonl, render_text, tokenize_datasets
 
 if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
 
     from rm_registry import Tokenizer
 
-__all__ = ["FORMATS", "PreferencePair", "TextPair", "detect_format", "read_pairs", "build_datasets"]
+__all__ = ["FORMATS", "PreferencePair", "TextPair", "detect_format", "read_pairs", "build_datasets", "text_samples",
+           "sample_from_tokens"]
 
 #: Names of the accepted formats (see the module docstring).
-FORMATS = ("alternating", "pairs", "prompt_pairs")
+FORMATS = ("alternating", "pairs", "prompt_pairs", "nemo_rl")
 
 
 @dataclass(frozen=True)
@@ -78,6 +77,8 @@ class PreferencePair:
 def _record_format(obj: Mapping[str, Any]) -> str | None:
     """The format one record looks like: a name of :data:`FORMATS`, ``"mixed"`` or ``None``."""
     has_pair = "chosen" in obj or "rejected" in obj
+    if "completions" in obj:
+        return "mixed_nemo_rl" if has_pair or "text" in obj else "nemo_rl"
     if "text" in obj:
         return "mixed" if has_pair else "alternating"
     if has_pair:
@@ -89,6 +90,7 @@ _FORMAT_KEYS = {
     "alternating": '{"text"}',
     "pairs": '{"chosen", "rejected"}',
     "prompt_pairs": '{"prompt", "chosen", "rejected"}',
+    "nemo_rl": '{"context", "completions": [{"rank", "completion"}, ...]}',
 }
 
 
@@ -101,6 +103,9 @@ def detect_format(obj: Mapping[str, Any], *, path: str | Path, line: int) -> str
     fmt = _record_format(obj)
     if fmt == "mixed":
         raise DataError(path, line, "record has both 'text' and 'chosen'/'rejected'; use one format per file")
+    if fmt == "mixed_nemo_rl":
+        raise DataError(path, line, "record has NeMo-RL's 'completions' and also 'text' or 'chosen'/'rejected'; "
+                                    "use one format per file")
     if fmt is None:
         keys = ", ".join(repr(k) for k in obj) or "no keys"
         raise DataError(
@@ -123,6 +128,8 @@ def _mismatch(this: str | None, fmt: str, first_line: int) -> str:
         return f"missing keys 'chosen' and 'rejected': {where}"
     if this == "mixed":
         return f"record has both 'text' and 'chosen'/'rejected': {where}"
+    if this == "mixed_nemo_rl":
+        return f"record has 'completions' and also 'text' or 'chosen'/'rejected': {where}"
     return f"record has the keys of {_FORMAT_KEYS[this]} but {where}; use one format per file"
 
 
@@ -140,6 +147,27 @@ def _margin(obj: Mapping[str, Any], *, path: str | Path, line: int) -> float | N
 def _join(prompt: Any, response: Any, *, path: str | Path, line: int, key: str) -> str:
     """The prompt put before one response (the engine's rule, shared with ``rm-registry score``)."""
     return join_prompt_response(prompt, response, path=path, line=line, response_key=key)
+
+
+def _nemo_rl_pair(obj: Mapping[str, Any], *, path: str | Path, line: int) -> tuple[str, str]:
+    """Chosen and rejected texts of a NeMo-RL record (the lower rank is preferred)."""
+    completions = obj["completions"]
+    if not isinstance(completions, list) or len(completions) != 2:
+        n = len(completions) if isinstance(completions, list) else type(completions).__name__
+        raise DataError(path, line, f"'completions' must be a list of exactly two {{'rank', 'completion'}} "
+                                    f"objects, got {n}")
+    for i, c in enumerate(completions):
+        if not isinstance(c, dict) or "completion" not in c or "rank" not in c:
+            raise DataError(path, line, f"'completions'[{i}] must be an object with 'rank' and 'completion'")
+        if isinstance(c["rank"], bool) or not isinstance(c["rank"], (int, float)):
+            raise DataError(path, line, f"'completions'[{i}].rank must be a number, got {c['rank']!r}")
+    if completions[0]["rank"] == completions[1]["rank"]:
+        raise DataError(path, line, f"both completions have rank {completions[0]['rank']!r}; the lower rank is the "
+                                    "preferred one, so they must differ")
+    best, other = sorted(completions, key=lambda c: c["rank"])
+    context = obj.get("context", "")
+    return (_join(context, best["completion"], path=path, line=line, key="completions[chosen]"),
+            _join(context, other["completion"], path=path, line=line, key="completions[rejected]"))
 
 
 def read_pairs(path: str | Path) -> Iterator[TextPair]:
@@ -175,10 +203,14 @@ def read_pairs(path: str | Path) -> Iterator[TextPair]:
                 pending = None
             continue
 
+        margin = _margin(obj, path=path, line=line)
+        if fmt == "nemo_rl":
+            chosen, rejected = _nemo_rl_pair(obj, path=path, line=line)
+            yield TextPair(chosen, rejected, margin, line, line)
+            continue
         for key in ("chosen", "rejected"):
             if key not in obj:
                 raise DataError(path, line, f"missing key '{key}'")
-        margin = _margin(obj, path=path, line=line)
         if fmt == "prompt_pairs":
             chosen = _join(obj["prompt"], obj["chosen"], path=path, line=line, key="chosen")
             rejected = _join(obj["prompt"], obj["rejected"], path=path, line=line, key="rejected")
@@ -196,67 +228,30 @@ def read_pairs(path: str | Path) -> Iterator[TextPair]:
         )
 
 
-def _overlong_settings(cfg: DictConfig | Mapping[str, Any]) -> tuple[int, str]:
-    model = cfg["model"]
-    return int(model["encoder_seq_length"]), str(model["data"]["overlong_policy"])
-
-
-def load_split(
-    path: str | Path, tokenizer: Tokenizer, cfg: DictConfig | Mapping[str, Any], *, margin_mode: str = "subtract"
-) -> ListDataset:
-    """Read and tokenize one file into a :class:`ListDataset` of :class:`PreferencePair`.
-
-    Over-long sequences follow ``model.data.overlong_policy`` (via
-    :func:`rm_registry.engine.data.fit_length`); a pair is dropped when either side is dropped.
-    ``stats`` counts pairs: ``read``, ``kept``, ``truncated`` (kept pairs with a truncated
-    side) and ``dropped``.
+def text_samples(path: str | Path, *, margin_mode: str = "subtract") -> Iterator[TextSample]:
+    """The pairs of one file as the engine tokenizes them: texts ``(chosen, rejected)``, field ``margin``.
 
     Raises:
-        DataError: see :func:`read_pairs`; also a negative margin with ``margin_mode=scale``
-            and any over-long sequence with policy ``error``.
+        DataError: see :func:`read_pairs`; also a negative margin with ``margin_mode=scale``.
     """
-    max_len, policy = _overlong_settings(cfg)
-    dataset = ListDataset(samples=[], path=str(path))
-    stats = dataset.stats
     for pair in read_pairs(path):
-        stats.read += 1
         if margin_mode == "scale" and pair.margin is not None and pair.margin < 0:
             raise DataError(
                 path, pair.line, f"'margin' is {pair.margin!r}, but model.binary_ranking.margin_mode=scale "
                 "weights each pair by its margin, which must be >= 0"
             )
-        chosen, cut_c = fit_length(
-            encode_text(tokenizer, pair.chosen), max_len, policy, eos_id=tokenizer.eos_id, path=path, line=pair.line,
-            key="chosen",
-        )
-        rejected, cut_r = fit_length(
-            encode_text(tokenizer, pair.rejected),
-            max_len,
-            policy,
-            eos_id=tokenizer.eos_id,
-            path=path,
-            line=pair.rejected_line,
-            key="rejected",
-        )
-        if chosen is None or rejected is None:
-            stats.dropped += 1
-            continue
-        stats.kept += 1
-        stats.truncated += int(cut_c or cut_r)
-        dataset.samples.append(PreferencePair(chosen, rejected, pair.margin))
-    return dataset
+        yield TextSample((pair.chosen, pair.rejected), pair.line, keys=("chosen", "rejected"),
+                         lines=(pair.line, pair.rejected_line), fields={"margin": pair.margin})
 
 
-def build_datasets(
-    data_paths: Mapping[str, str | Path | None],
-    tokenizer: Tokenizer,
-    cfg: DictConfig | Mapping[str, Any],
-    *,
-    margin_mode: str = "subtract",
-) -> dict[str, ListDataset]:
-    """One :class:`ListDataset` per split present (``None`` splits are skipped)."""
-    return {
-        split: load_split(path, tokenizer, cfg, margin_mode=margin_mode)
-        for split, path in data_paths.items()
-        if path is not None
-    }
+def sample_from_tokens(sequences: list[list[int]], fields: Mapping[str, Any], lines: list[int]) -> PreferencePair:
+    """The :class:`PreferencePair` of one stored sample (chosen, rejected; margin or None)."""
+    margin = fields.get("margin")
+    return PreferencePair(sequences[0], sequences[1], None if margin is None else float(margin))
+
+
+def build_datasets(plugin: Any, data_paths: Mapping[str, str | Path | None], tokenizer: Tokenizer,
+                   cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """One dataset of :class:`PreferencePair` per split present (``None`` splits are skipped);
+    ``stats`` count pairs (a pair is dropped, or counted truncated, when either side is)."""
+    return tokenize_datasets(plugin, data_paths, tokenizer, cfg)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from . import _config
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
 
     from rm_registry import Tokenizer
-    from rm_registry.engine.data import ListDataset
+    from rm_registry.engine.data import TextSample
 
     from ._data import PreferencePair
 
@@ -61,11 +61,24 @@ class BinaryRankingPlugin:
         data_paths: Mapping[str, str | Path | None],
         tokenizer: Tokenizer,
         cfg: DictConfig,
-    ) -> dict[str, ListDataset]:
+    ) -> dict[str, Sequence[PreferencePair]]:
         """Read and tokenize each split (format detected per file; stats count pairs)."""
         from ._data import build_datasets
 
-        return build_datasets(data_paths, tokenizer, cfg, margin_mode=str(_config.section(cfg)["margin_mode"]))
+        return build_datasets(self, data_paths, tokenizer, cfg)
+
+    def text_samples(self, path: str | Path, cfg: DictConfig) -> Iterator[TextSample]:
+        """The pairs of one file, texts ``(chosen, rejected)`` and field ``margin`` (the token cache's input)."""
+        from ._data import text_samples
+
+        return text_samples(path, margin_mode=str(_config.section(cfg)["margin_mode"]))
+
+    def sample_from_tokens(self, sequences: list[list[int]], fields: Mapping[str, Any],
+                           lines: list[int]) -> PreferencePair:
+        """A :class:`~rm_binary_ranking._data.PreferencePair` from its stored token ids and margin."""
+        from ._data import sample_from_tokens
+
+        return sample_from_tokens(sequences, fields, lines)
 
     def collate(self, samples: Sequence[PreferencePair], pad_id: int) -> dict[str, torch.Tensor]:
         """``tokens [2P, S]`` (chosen rows first), ``lengths [2P]``, ``margin [P]``, ``has_margin [P]``."""

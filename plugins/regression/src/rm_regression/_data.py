@@ -1,11 +1,17 @@
-"""Reading regression data: one JSON object per line, ``{"text": ..., "label": ...}``.
+"""Reading regression data: one record per line or row, ``{"text": ..., "label": ...}``.
 
-The label is one of (see ``docs/regression.md``):
+Records come from any file the engine reads (JSON Lines, Parquet, Arrow, a ``save_to_disk``
+folder, ``hf://``; ``model.data.columns`` renames columns). The text is ``text``, or ``prompt``
+(or HelpSteer3's ``context`` message list) followed by ``response``, joined as ``score`` joins
+them. The label is one of (see ``docs/regression.md``):
 
 * a list of K numbers in ``attribute_names`` order (NeMo-Aligner); entries equal to
   ``loss_mask_val`` (default -100) or ``null`` are masked;
 * a SteerLM string ``"helpfulness:4,correctness:3"``; names not present are masked;
-* an object ``{"helpfulness": 4, "correctness": 3}``; names not present are masked.
+* an object ``{"helpfulness": 4, "correctness": 3}``; names not present are masked;
+* no ``label`` key, but columns named after attributes, as HelpSteer2's files have them
+  (``helpfulness``, ``correctness``, ``coherence``, ``complexity``, ``verbosity``); attributes
+  without a column are masked.
 
 Only :func:`collate` needs torch (imported inside it).
 """
@@ -15,10 +21,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from rm_registry import DataError
-from rm_registry.engine.data import ListDataset, encode_text, fit_length, pad_batch, read_jsonl, render_text
+from rm_registry.engine.data import TextSample, join_prompt_response, pad_batch, read_jsonl, render_text
 
 from ._config import RegressionSettings
 
@@ -27,7 +33,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from rm_registry import Tokenizer
 
-__all__ = ["RegressionPair", "RegressionSample", "parse_label", "read_regression_file", "pair_samples", "collate"]
+__all__ = ["RegressionPair", "RegressionSample", "collate", "parse_label", "read_records", "sample_from_tokens",
+           "text_samples"]
 
 
 @dataclass(frozen=True)
@@ -168,88 +175,82 @@ def parse_label(value: Any, settings: RegressionSettings, *, path: str | Path, l
     return tuple(out)
 
 
-def read_regression_file(
-    path: str | Path,
-    tokenizer: Tokenizer,
-    settings: RegressionSettings,
-    *,
-    seq_length: int,
-    overlong_policy: str,
-) -> ListDataset:
-    """Read, validate and tokenize one JSON Lines file.
+def _text_of(obj: Mapping[str, Any], *, path: str | Path, line: int) -> str:
+    if "text" in obj:
+        return render_text(obj["text"], path=path, line=line, key="text")
+    prompt = obj.get("prompt", obj.get("context"))
+    if prompt is not None and "response" in obj:
+        return join_prompt_response(prompt, obj["response"], path=path, line=line)
+    raise DataError(
+        path, line, "missing key 'text'; each line must be {\"text\": ..., \"label\": ...} (or HelpSteer's "
+        f"'prompt' and 'response' with attribute columns); keys found: {', '.join(sorted(obj)) or 'none'}",
+    )
 
-    Every line is validated (labels included) before anything is returned, also lines
-    that the over-long policy later drops.
 
-    Returns:
-        A :class:`~rm_registry.engine.data.ListDataset` of :class:`RegressionSample`, with
-        ``stats`` counting lines read, kept, truncated and dropped.
+def _label_of(obj: Mapping[str, Any], settings: RegressionSettings, *, path: str | Path, line: int) -> tuple[float, ...]:
+    if "label" in obj:
+        return parse_label(obj["label"], settings, path=path, line=line)
+    columns = {name: obj[name] for name in settings.attribute_names if name in obj}
+    if not columns:
+        raise DataError(
+            path, line, f"missing key 'label' and no attribute columns ({_known(settings.attribute_names)}); each "
+            "line must be {\"text\": ..., \"label\": ...} or carry one column per attribute (HelpSteer2) "
+            f"(keys found: {', '.join(sorted(obj)) or 'none'})",
+        )
+    return parse_label(columns, settings, path=path, line=line)
+
+
+def read_records(path: str | Path, settings: RegressionSettings) -> Iterator[tuple[int, str, tuple[float, ...]]]:
+    """``(line, text, label)`` of every record of one file, each validated (also those the
+    over-long policy later drops).
 
     Raises:
         DataError: naming the file, the line and the problem.
     """
-    dataset = ListDataset(samples=[], path=str(path))
-    stats = dataset.stats
     for lineno, obj in read_jsonl(path):
-        stats.read += 1
-        for key in ("text", "label"):
-            if key not in obj:
-                raise DataError(
-                    path,
-                    lineno,
-                    f"missing key {key!r}; each line must be {{\"text\": ..., \"label\": ...}} "
-                    f"(keys found: {', '.join(sorted(obj)) or 'none'})",
-                )
-        text = render_text(obj["text"], path=path, line=lineno, key="text")
-        label = parse_label(obj["label"], settings, path=path, line=lineno)
-        ids, truncated = fit_length(
-            encode_text(tokenizer, text),
-            seq_length,
-            overlong_policy,
-            eos_id=tokenizer.eos_id,
-            path=path,
-            line=lineno,
-        )
-        if ids is None:
-            stats.dropped += 1
-            continue
-        stats.truncated += int(truncated)
-        stats.kept += 1
-        dataset.samples.append(RegressionSample(ids=ids, label=label, line=lineno, index=stats.read - 1,
-                                                truncated=truncated))
-    if not dataset.samples:
-        raise DataError(
-            path,
-            None,
-            f"no sample left: all {stats.read} are longer than model.encoder_seq_length={seq_length} "
-            f"(model.data.overlong_policy={overlong_policy}); raise model.encoder_seq_length or use truncate",
-        )
-    return dataset
+        if "label" not in obj and "text" in obj and not any(n in obj for n in settings.attribute_names):
+            raise DataError(
+                path, lineno, "missing key 'label'; each line must be {\"text\": ..., \"label\": ...} "
+                f"(keys found: {', '.join(sorted(obj)) or 'none'})",
+            )
+        text = _text_of(obj, path=path, line=lineno)
+        yield lineno, text, _label_of(obj, settings, path=path, line=lineno)
 
 
-def pair_samples(dataset: ListDataset) -> ListDataset:
-    """For the Bradley-Terry losses: one :class:`RegressionPair` per A/B pair of lines (records 2i,
-    2i+1) whose two lines were kept, in file order; ``stats`` then count pairs.
-
-    A line dropped as too long takes its partner with it (the pair counts as dropped), so that
-    responses stay paired; NeMo-Aligner's wrap-around to the next sample broke the pairing instead.
+def text_samples(path: str | Path, settings: RegressionSettings) -> Iterator[TextSample]:
+    """The samples of one file as the engine tokenizes them: one text and field ``label`` per
+    record, or, for the Bradley-Terry losses, A/B pairs of consecutive records (fields ``label_a``,
+    ``label_b``): a pair is kept or dropped as a whole.
 
     Raises:
-        DataError: the file has an odd number of records.
+        DataError: see :func:`read_records`; an odd number of records for the Bradley-Terry losses.
     """
-    if dataset.stats.read % 2:
-        raise DataError(dataset.path or "?", None,
-                        f"{dataset.stats.read} records: the Bradley-Terry losses need A/B pairs on consecutive lines "
-                        "(an even number of lines)")
-    by_index = {s.index: s for s in dataset.samples}
-    pairs = [RegressionPair(by_index[i], by_index[i + 1]) for i in range(0, dataset.stats.read, 2)
-             if i in by_index and i + 1 in by_index]
-    out = ListDataset(samples=pairs, path=dataset.path)
-    out.stats.read = dataset.stats.read // 2
-    out.stats.kept = len(pairs)
-    out.stats.dropped = out.stats.read - len(pairs)
-    out.stats.truncated = sum(p.a.truncated or p.b.truncated for p in pairs)
-    return out
+    if not settings.bradley_terry:
+        for line, text, label in read_records(path, settings):
+            yield TextSample((text,), line, fields={"label": label})
+        return
+    pending: tuple[int, str, tuple[float, ...]] | None = None
+    count = 0
+    for record in read_records(path, settings):
+        count += 1
+        if pending is None:
+            pending = record
+            continue
+        (la, ta, ya), (lb, tb, yb) = pending, record
+        yield TextSample((ta, tb), la, keys=("A", "B"), lines=(la, lb), fields={"label_a": ya, "label_b": yb})
+        pending = None
+    if pending is not None:
+        raise DataError(path, None, f"{count} records: the Bradley-Terry losses need A/B pairs on consecutive lines "
+                                    "(an even number of lines)")
+
+
+def sample_from_tokens(sequences: list[list[int]], fields: Mapping[str, Any],
+                       lines: list[int]) -> RegressionSample | RegressionPair:
+    """The :class:`RegressionSample` (or A/B :class:`RegressionPair`) of one stored sample."""
+    if "label" in fields:
+        return RegressionSample(ids=sequences[0], label=tuple(fields["label"]), line=lines[0])
+    return RegressionPair(RegressionSample(ids=sequences[0], label=tuple(fields["label_a"]), line=lines[0]),
+                          RegressionSample(ids=sequences[1], label=tuple(fields["label_b"]), line=lines[1]))
 
 
 def collate(samples: Sequence[RegressionSample | RegressionPair], pad_id: int) -> dict[str, torch.Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from rm_registry import ConfigError
 
@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from omegaconf import DictConfig
 
     from rm_registry import Tokenizer
+    from rm_registry.engine.data import TextSample
 
 __all__ = ["RegressionPlugin"]
 
@@ -99,26 +100,28 @@ class RegressionPlugin:
         """Read and tokenize every split given (JSON Lines ``{"text", "label"}``).
 
         Returns:
-            ``{split: ListDataset of RegressionSample}`` with ``stats`` per split; with a
+            ``{split: dataset of RegressionSample}`` with ``stats`` per split; with a
             Bradley-Terry ``loss_func``, of :class:`~rm_regression._data.RegressionPair` (one
             sample per A/B pair, ``stats`` counting pairs).
 
         Raises:
             DataError: naming the file, the line and the problem (before any training work).
         """
-        from ._data import pair_samples, read_regression_file
+        from rm_registry.engine.data import tokenize_datasets
 
-        settings = RegressionSettings.from_config(cfg)
-        seq_length = int(cfg["model"]["encoder_seq_length"])
-        policy = str(cfg["model"]["data"]["overlong_policy"])
-        datasets = {
-            split: read_regression_file(path, tokenizer, settings, seq_length=seq_length, overlong_policy=policy)
-            for split, path in data_paths.items()
-            if path is not None
-        }
-        if settings.bradley_terry:
-            datasets = {split: pair_samples(ds) for split, ds in datasets.items()}
-        return datasets
+        return tokenize_datasets(self, data_paths, tokenizer, cfg)
+
+    def text_samples(self, path: str | Path, cfg: DictConfig) -> Iterator[TextSample]:
+        """One text and its ``label`` per record (A/B pairs for the Bradley-Terry losses): the token cache's input."""
+        from ._data import text_samples
+
+        return text_samples(path, RegressionSettings.from_config(cfg))
+
+    def sample_from_tokens(self, sequences: list[list[int]], fields: Mapping[str, Any], lines: list[int]) -> Any:
+        """A :class:`~rm_regression._data.RegressionSample` (or pair) from stored token ids and labels."""
+        from ._data import sample_from_tokens
+
+        return sample_from_tokens(sequences, fields, lines)
 
     def collate(self, samples: Sequence[Any], pad_id: int) -> dict[str, torch.Tensor]:
         """``tokens [N, S]``, ``lengths [N]`` (int64) and ``labels [N, K]`` (float32): one row per

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..._errors import PluginNotFoundError
-from ..._registry import IN_PROCESS, get_reward_model, plugin_distribution
+from ..._registry import IN_PROCESS, get_reward_model
+from .._contract import plugin_record
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..._protocol import RewardModelPlugin
@@ -29,32 +29,6 @@ __all__ = ["PLUGIN_FILE", "plugin_for_checkpoint", "plugin_record", "read_record
 
 #: The file of a checkpoint folder that records the plugin distribution.
 PLUGIN_FILE = "plugin.json"
-
-
-def _distribution_of_module(module: str) -> tuple[str, str] | None:
-    """The installed distribution that provides the top-level package of ``module``, if any."""
-    top = module.split(".")[0]
-    for dist in metadata.packages_distributions().get(top, []):
-        try:
-            return dist, metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def plugin_record(plugin: RewardModelPlugin) -> dict[str, Any]:
-    """``{"name", "distribution", "version", "module"}`` of ``plugin`` (what ``plugin.json`` holds).
-
-    The registry knows the distribution of plugins it handed out; for an object used directly
-    the distribution of its module's top-level package is looked up. ``distribution`` is
-    ``None`` when there is none (a script's own class).
-    """
-    module = type(plugin).__module__
-    found = plugin_distribution(plugin)
-    if found is None or (found[0] == IN_PROCESS and _distribution_of_module(module) is not None):
-        found = _distribution_of_module(module) or (found or (None, None))
-    distribution, version = found
-    return {"name": plugin.name, "distribution": distribution, "version": version or None, "module": module}
 
 
 def read_record(checkpoint: Path) -> dict[str, Any] | None:

@@ -109,6 +109,8 @@ ENGINE_NULL_TYPES: dict[str, Any] = {
     "model.data.data_prefix.train": (str, list),
     "model.data.data_prefix.validation": (str, list),
     "model.data.data_prefix.test": (str, list),
+    "model.data.cache_dir": str,
+    "model.data.columns": dict,  # {our key: the file's column}
     "trainer.rm.limit_val_batches": int,
     "trainer.precision": (str, int),  # NeMo / Lightning spell it 32, 16, bf16, bf16-mixed, ...
     "trainer.max_time": (str, dict),

@@ -1,25 +1,29 @@
-"""Data helpers shared by every plugin: JSON Lines reading with precise errors, chat-message
+"""Data helpers shared by every plugin: reading records with precise errors, chat-message
 rendering, the over-long sequence policy, and padding to the longest sequence of a batch.
 
-The first stage: file -> dataset -> batch. In: a data file (JSON Lines) and a tokenizer. Out:
-the plugin's samples (token ids, EOS last, fitted to ``model.encoder_seq_length``), then batches
+The first stage: file -> dataset -> batch. In: a data file (JSON Lines, Parquet, Arrow, a
+``save_to_disk`` folder, ``hf://`` from the local hub cache) and a tokenizer. Out: the plugin's
+samples (token ids, EOS last, fitted to ``model.encoder_seq_length``), then batches
 ``tokens [N, S]`` / ``lengths [N]`` padded to the longest row.
 
-Modules: this one (reading, chat rendering, :func:`encode_text`, :func:`fit_length`,
-:func:`pad_batch`); ``_splits`` (``model.data.data_prefix``: the files of each split, NeMo blends);
-``_batching`` (which samples go into which step and micro-batch, under the token budget).
+Modules: this one (reading, chat rendering, :class:`TextSample`, :func:`encode_text`,
+:func:`fit_length`, :func:`pad_batch`, :func:`tokenize_datasets`); ``_sources`` (the file forms,
+``model.data.columns``, content hashes); ``_tokens`` (samples as flat token arrays, batched
+encoding); ``_cache`` (the token cache: build once, map read-only); ``_splits``
+(``model.data.data_prefix``: the files of each split, NeMo blends); ``_batching`` (which samples go
+into which step and micro-batch, under the token budget).
 
-Only :func:`pad_batch` needs torch (imported inside it).
+Only :func:`pad_batch` needs torch (imported inside it); the token arrays need numpy.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from ..._errors import ConfigError, DataError
+from ._sources import DataSource, iter_records
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -29,8 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "OVERLONG_POLICIES",
     "ChatText",
+    "DataSource",
     "DatasetStats",
     "ListDataset",
+    "TextSample",
+    "tokenize_datasets",
     "read_jsonl",
     "render_text",
     "join_prompt_response",
@@ -77,36 +84,71 @@ class ListDataset:
         return self.samples[index]
 
 
+@dataclass(frozen=True)
+class TextSample:
+    """One sample before tokenizing, as a plugin's ``text_samples`` yields it.
+
+    Attributes:
+        texts: The sample's sequences, in the order ``sample_from_tokens`` gets them back (a
+            pair: chosen then rejected).
+        line: The 1-based line (or row) of the sample, for messages.
+        keys: A name per text for messages (``"chosen"``, ``"responses[2]"``); default
+            ``text``, or ``text[i]`` for several.
+        lines: The line of each text where they differ (NeMo-Aligner's alternating pairs);
+            default ``line`` for all.
+        fields: Numbers stored with the sample: a float, a fixed-length sequence of floats (the
+            same length in every sample of a file), or ``None``; every sample of a file has the
+            same names.
+    """
+
+    texts: Sequence[str]
+    line: int
+    keys: Sequence[str] | None = None
+    lines: Sequence[int] | None = None
+    fields: Mapping[str, float | Sequence[float] | None] = field(default_factory=dict)
+
+    def key_names(self) -> list[str]:
+        if self.keys is not None:
+            return list(self.keys)
+        return ["text"] if len(self.texts) == 1 else [f"text[{i}]" for i in range(len(self.texts))]
+
+    def text_lines(self) -> list[int]:
+        return list(self.lines) if self.lines is not None else [self.line] * len(self.texts)
+
+
+def tokenize_datasets(plugin: Any, data_paths: Mapping[str, str | Path | None], tokenizer: Tokenizer,
+                      cfg: Any, *, progress: bool = False) -> dict[str, Sequence[Any]]:
+    """``build_datasets`` of a plugin that describes its samples (``text_samples`` and
+    ``sample_from_tokens``): every split tokenized in batches into flat arrays in memory (no cache;
+    training reads through the token cache itself). Datasets carry ``stats`` and ``path``.
+
+    Raises:
+        DataError: from the plugin's ``text_samples``, or an over-long sequence under policy
+            ``error``, or a file where every sample was dropped as too long.
+    """
+    from omegaconf import DictConfig, OmegaConf
+
+    from ._sources import with_columns
+    from ._tokens import in_memory_dataset
+
+    columns = OmegaConf.select(cfg, "model.data.columns", default=None) if isinstance(cfg, DictConfig) else None
+    return {split: in_memory_dataset(plugin, path if getattr(path, "columns", None) else with_columns(path, columns),
+                                     tokenizer, cfg, progress=progress)
+            for split, path in data_paths.items() if path is not None}
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON Lines file.
+    """Yield ``(number, record)`` for each record of a data file: the 1-based line of each
+    non-blank line of JSON Lines, or the 1-based row of a Parquet file, an Arrow file, a
+    ``save_to_disk`` folder or a ``hf://`` hub name (``_sources``). The name is historical: every
+    plugin reading its files through it reads every one of these forms, and a
+    :class:`~rm_registry.engine.data.DataSource` path (``model.data.columns``) renames columns.
 
     Raises:
         DataError: the file is missing, unreadable, empty, or a line is not a JSON object;
-            the message names the file and the 1-based line.
+            the message names the file and the 1-based line (or row).
     """
-    p = Path(path)
-    if not p.exists():
-        raise DataError(p, None, "no such file")
-    if p.is_dir():
-        raise DataError(p, None, "is a directory, expected a JSON Lines file")
-    seen = False
-    try:
-        with p.open("r", encoding="utf-8") as fh:
-            for lineno, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    raise DataError(p, lineno, f"malformed JSON ({exc.msg} at column {exc.colno})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(p, lineno, f"expected a JSON object, got {type(obj).__name__}")
-                seen = True
-                yield lineno, obj
-    except UnicodeDecodeError as exc:
-        raise DataError(p, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not seen:
-        raise DataError(p, None, "file is empty (no JSON Lines records)")
+    return iter_records(path)
 
 
 class ChatText(str):

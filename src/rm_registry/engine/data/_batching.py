@@ -69,7 +69,12 @@ class SampleCosts:
 
 
 def sample_costs(plugin: RewardModelPlugin, dataset: Sequence[Any], pad_id: int) -> SampleCosts:
-    """Rows and longest row of every sample, from ``plugin.collate([sample])["lengths"]``."""
+    """Rows and longest row of every sample, from ``plugin.collate([sample])["lengths"]`` (from the
+    offsets of a token dataset, whose rows are the sample's sequences, without making samples)."""
+    counts = getattr(dataset, "sequence_counts", None)
+    known = counts() if callable(counts) else None
+    if known is not None:
+        return SampleCosts(list(known[0]), list(known[1]))
     sequences, longest = [], []
     for i in range(len(dataset)):
         lengths = plugin.collate([dataset[i]], pad_id)["lengths"]

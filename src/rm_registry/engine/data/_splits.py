@@ -10,8 +10,11 @@ is one of:
   than samples repeats from its start, one with less contributes its first samples), interleaved
   evenly. The order is deterministic.
 
-Every file is read by the plugin's ``build_datasets`` (one call per file), so every format and
-check of the plugin applies unchanged. Nothing here imports torch.
+Every file is read by the plugin (one file at a time), so every format and check of the plugin
+applies unchanged: through the token cache (``_cache``) when the plugin describes its samples
+(``text_samples`` / ``sample_from_tokens``), else by its ``build_datasets``. A split of several
+files is a view over them (:class:`ConcatDataset`), not a copy. ``model.data.columns`` travels with
+each path (``_sources.DataSource``). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from omegaconf import ListConfig, OmegaConf
 
 from ..._errors import ConfigError
-from . import DatasetStats, ListDataset
+from . import DatasetStats
+from ._sources import with_columns
+from ._tokens import describes_samples
 
 if TYPE_CHECKING:  # pragma: no cover
     from omegaconf import DictConfig
 
     from ..._protocol import RewardModelPlugin, Tokenizer
 
-__all__ = ["normalize_prefix", "build_split_datasets", "describe"]
+__all__ = ["ConcatDataset", "build_split_datasets", "describe", "normalize_prefix", "read_split_file"]
 
 
 def _is_weight(value: Any) -> bool:
@@ -78,7 +83,40 @@ def _blend_order(sizes: Sequence[int], weights: Sequence[float]) -> list[tuple[i
     return [(d, i) for _, d, i in picks]
 
 
-def _combine(parts: list[Sequence[Any]], entries: Sequence[tuple[float | None, str]]) -> ListDataset:
+class ConcatDataset(Sequence[Any]):
+    """Samples ``order[k] = (part, index)`` of several datasets, without copying them."""
+
+    def __init__(self, parts: list[Sequence[Any]], order: list[tuple[int, int]], stats: DatasetStats, path: str):
+        import numpy as np
+
+        self.parts, self.stats, self.path = parts, stats, path
+        self._order = np.asarray(order, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return int(self._order.shape[0])
+
+    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+        part, i = self._order[int(index)]
+        return self.parts[int(part)][int(i)]
+
+    @property
+    def samples(self) -> list[Any]:
+        """Every sample, in order (made now)."""
+        return [self[i] for i in range(len(self))]
+
+    def sequence_counts(self) -> tuple[list[int], list[int]] | None:
+        """Rows and longest row per sample when every part knows them (token datasets)."""
+        if not all(callable(getattr(p, "sequence_counts", None)) for p in self.parts):
+            return None
+        counts = [p.sequence_counts() for p in self.parts]  # type: ignore[attr-defined]
+        if any(c is None for c in counts):
+            return None
+        rows = [counts[int(d)][0][int(i)] for d, i in self._order]
+        longest = [counts[int(d)][1][int(i)] for d, i in self._order]
+        return rows, longest
+
+
+def _combine(parts: list[Sequence[Any]], entries: Sequence[tuple[float | None, str]]) -> ConcatDataset:
     stats = DatasetStats()
     for part in parts:
         s = getattr(part, "stats", None)
@@ -86,20 +124,32 @@ def _combine(parts: list[Sequence[Any]], entries: Sequence[tuple[float | None, s
         for name in ("read", "kept", "truncated", "dropped"):
             setattr(stats, name, getattr(stats, name) + int(counts.get(name, 0)))
     if entries[0][0] is None:
-        samples = [part[i] for part in parts for i in range(len(part))]
+        order = [(d, i) for d, part in enumerate(parts) for i in range(len(part))]
     else:
-        samples = [parts[d][i] for d, i in _blend_order([len(p) for p in parts], [w or 0.0 for w, _ in entries])]
-        stats.kept = len(samples)
-    return ListDataset(samples=samples, stats=stats, path=describe(entries))
+        order = _blend_order([len(p) for p in parts], [w or 0.0 for w, _ in entries])
+        stats.kept = len(order)
+    return ConcatDataset(parts, order, stats, describe(entries))
+
+
+def read_split_file(plugin: RewardModelPlugin, split: str, path: str, tokenizer: Tokenizer, cfg: DictConfig, *,
+                    progress: bool = False) -> Sequence[Any]:
+    """One data file of one split, as the plugin reads it: through the token cache when the plugin
+    describes its samples, else its ``build_datasets``; ``model.data.columns`` applied either way."""
+    source = with_columns(path, OmegaConf.select(cfg, "model.data.columns", default=None))
+    if describes_samples(plugin):
+        from ._cache import split_dataset
+
+        return split_dataset(plugin, source, tokenizer, cfg, progress=progress)
+    return plugin.build_datasets({split: source}, tokenizer, cfg)[split]
 
 
 def build_split_datasets(plugin: RewardModelPlugin, data_prefix: Mapping[str, Any], tokenizer: Tokenizer,
-                         cfg: DictConfig) -> tuple[dict[str, Sequence[Any]], dict[str, str]]:
+                         cfg: DictConfig, *, progress: bool = False) -> tuple[dict[str, Sequence[Any]], dict[str, str]]:
     """Read every split of ``model.data.data_prefix`` with the plugin.
 
     Returns:
         ``({split: dataset}, {split: description of its files})`` for the splits that are set. A
-        split of one file is the plugin's dataset itself.
+        split of one file is that file's dataset itself.
 
     Raises:
         ConfigError: a malformed split value. DataError: from the plugin, naming the file and line.
@@ -110,7 +160,7 @@ def build_split_datasets(plugin: RewardModelPlugin, data_prefix: Mapping[str, An
         entries = normalize_prefix(str(split), value)
         if not entries:
             continue
-        parts = [plugin.build_datasets({str(split): path}, tokenizer, cfg)[str(split)] for _, path in entries]
+        parts = [read_split_file(plugin, str(split), path, tokenizer, cfg, progress=progress) for _, path in entries]
         datasets[str(split)] = parts[0] if len(entries) == 1 and entries[0][0] is None else _combine(parts, entries)
         described[str(split)] = describe(entries)
     return datasets, described

@@ -61,6 +61,7 @@ from ..data._batching import (
     micro_batches,
     sample_costs,
 )
+from .._launch import first_process
 from ..data._splits import build_split_datasets, normalize_prefix
 from ..evaluation import evaluate_dataset, finite_for_json
 from ..progress import progress_bar, say
@@ -152,7 +153,7 @@ def train(
     started = time.perf_counter()
     output_dir = Path(output_dir)
     checkpoint = _resume_point(plugin, cfg, output_dir, resume, resume_from)
-    data = _read_data(plugin, cfg)
+    data = _read_data(plugin, cfg, progress=progress)
     run = _set_up(plugin, cfg, output_dir, data, checkpoint, progress)
     return _loop(run, started, checkpoint)
 
@@ -171,13 +172,15 @@ def _resume_point(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, 
     return checkpoint
 
 
-def _read_data(plugin: RewardModelPlugin, cfg: DictConfig) -> _Data:
-    """The tokenizer and every split's dataset; too little training data is refused."""
+def _read_data(plugin: RewardModelPlugin, cfg: DictConfig, *, progress: bool = False) -> _Data:
+    """The tokenizer and every split's dataset (through the token cache where the plugin describes
+    its samples); too little training data is refused."""
     tokenizer = load_tokenizer(cfg)
     if not normalize_prefix("train", cfg.model.data.data_prefix.get("train")):
         raise ConfigError("no training data: pass --data FILE or set model.data.data_prefix.train")
     check_loggers(cfg)
-    datasets, paths = build_split_datasets(plugin, cfg.model.data.data_prefix, tokenizer, cfg)
+    datasets, paths = build_split_datasets(plugin, cfg.model.data.data_prefix, tokenizer, cfg,
+                                           progress=progress and first_process())
     train_ds = datasets["train"]
     gbs = int(cfg.model.global_batch_size)
     if len(train_ds) < gbs:
