@@ -37,7 +37,7 @@ def _dataset(plugin: Any, path: Path, cfg: Any, tokenizer: Any = None) -> Any:
     from rm_registry.engine.data._cache import split_dataset
     from rm_registry.engine.tokenizer import ByteTokenizer
 
-    return split_dataset(plugin, str(path), tokenizer or ByteTokenizer(), cfg)
+    return split_dataset(plugin, path if hasattr(path, "columns") else str(path), tokenizer or ByteTokenizer(), cfg)
 
 
 def _entries(cache: Path) -> list[Path]:
@@ -102,7 +102,11 @@ def test_what_changes_tokenization_changes_the_key(tmp_path: Path) -> None:
     assert wide.arrays.tokens.dtype == np.uint32 and wide[0].chosen[0] >= 70_000
     short = _dataset(plugin, data, _cfg(plugin, cache, "model.encoder_seq_length=8", "model.data.overlong_policy=truncate"))
     scaled = _dataset(plugin, data, _cfg(plugin, cache, "model.binary_ranking.margin_mode=scale"))
-    assert len({base.cache, wide.cache, short.cache, scaled.cache}) == 4
+    from rm_registry.engine.data import DataSource
+
+    mapped = _dataset(plugin, DataSource(data, {"chosen": "rejected", "rejected": "chosen"}), _cfg(plugin, cache))
+    assert mapped[0].chosen == base[0].rejected  # the mapping applied, and kept apart from the plain entry
+    assert len({base.cache, wide.cache, short.cache, scaled.cache, mapped.cache}) == 5
     assert short.stats.truncated == 12
 
 
@@ -152,7 +156,7 @@ def test_an_unwritable_cache_folder_falls_back_to_memory_with_a_warning(tmp_path
     data = _prefs(tmp_path / "p.jsonl", 8)
     blocked = tmp_path / "file"
     blocked.write_text("")  # a file where the folder should be: not writable as a folder, even as root
-    with pytest.warns(UserWarning, match="cannot be written.*tokenizing in memory"):
+    with pytest.warns(UserWarning, match="cannot be written.*tokenizing .* in memory"):
         ds = _dataset(plugin, data, _cfg(plugin, blocked / "cache"))
     assert ds.cache is None and len(ds) == 8
     with warnings.catch_warnings():
@@ -247,3 +251,60 @@ def test_training_and_evaluate_reuse_the_cache(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     assert {p.name for p in _entries(cache)} == set(made)  # nothing tokenized again
     assert all((cache / k / "meta.json").stat().st_mtime_ns > t for k, t in made.items())  # each one used again
+
+
+@pytest.mark.slow
+def test_processes_asking_at_once_get_one_entry_written_by_one_of_them(tmp_path: Path) -> None:
+    """As the ranks of a node under torchrun: one writes the entry, the others wait and map it."""
+    cache = tmp_path / "cache"
+    data = tmp_path / "big.jsonl"
+    data.write_text("".join(json.dumps({"chosen": f"c {i} " * 30, "rejected": f"r {i} " * 30}) + "\n"
+                            for i in range(40_000)), encoding="utf-8")
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER.format(overrides=[*TINY, "model.encoder_seq_length=512", f"model.data.cache_dir={cache}"]))
+    procs = [subprocess.Popen([sys.executable, str(script), str(data)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    assert len({out.split()[1] for out, _ in outs}) == 1 and {out.split()[0] for out, _ in outs} == {"40000"}
+    errs = sorted(err for _, err in outs)
+    assert sum("tokenized 40000 samples" in e for e in errs) == 1, errs
+    assert sum("written by another process" in e for e in errs) == 1, errs
+    assert len(_entries(cache)) == 1 and not list(cache.glob(".tmp-*"))
+
+
+def test_stored_samples_are_the_encoded_texts_across_chunks(tmp_path: Path) -> None:
+    """Against hand-encoded samples (encode_text + fit_length), not the plugin's own build: a field
+    absent for the first 600 samples (more than one encoding chunk) and present after, and vector
+    labels, come back as written, from the writer and from the mapped files."""
+    from rm_registry.engine.data import encode_text, fit_length
+
+    tok = _byte()
+    plugin = get_reward_model("binary_ranking")
+    rows = [{"prompt": f"Q{i}?", "chosen": f" yes {i}" * (1 + i % 9), "rejected": f" no {i}"} for i in range(700)]
+    for i in range(600, 700):
+        rows[i]["margin"] = i / 100
+    data = tmp_path / "p.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg = _cfg(plugin, tmp_path / "cache", "model.data.overlong_policy=truncate")
+
+    def fit(text: str) -> list[int]:
+        return fit_length(encode_text(tok, text), 64, "truncate", eos_id=tok.eos_id, path="-", line=0)[0]
+
+    expected = [(fit(r["prompt"] + r["chosen"]), fit(r["prompt"] + r["rejected"]), r.get("margin")) for r in rows]
+    for _ in ("written", "mapped"):
+        ds = _dataset(plugin, data, cfg)
+        assert [(s.chosen, s.rejected, s.margin) for s in ds] == expected
+        rows_, longest = ds.sequence_counts()
+        assert rows_ == [2] * 700 and longest == [max(len(c), len(r)) for c, r, _ in expected]
+    assert ds.stats.truncated == sum(len(encode_text(tok, r["prompt"] + r["chosen"])) > 64 for r in rows) > 0
+
+    reg = get_reward_model("regression")
+    lines = [{"text": f"t{i}", "label": [i % 5, None if i % 7 == 0 else 1.5, -100]} for i in range(600)]
+    rdata = tmp_path / "r.jsonl"
+    rdata.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    rcfg = _cfg(reg, tmp_path / "cache", "model.regression.attribute_names=[a,b,c]")
+    for _ in ("written", "mapped"):
+        got = [(s.ids, s.label, s.line) for s in _dataset(reg, rdata, rcfg)]
+        assert got == [(encode_text(tok, r["text"]), (float(i % 5), -100.0 if i % 7 == 0 else 1.5, -100.0), i + 1)
+                       for i, r in enumerate(lines)]

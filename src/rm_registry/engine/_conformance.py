@@ -345,12 +345,15 @@ def _check_token_samples(plugin: RewardModelPlugin, cfg: DictConfig, tokenizer: 
             if len(cached) != len(train):
                 raise _fail(plugin, f"the token cache ({attempt}) holds {len(cached)} samples of {path}, "
                                     f"build_datasets() {len(train)}")
-            rows, _ = cached.sequence_counts()
+            rows, longest = cached.sequence_counts()
             for i in range(len(train)):
                 ours, theirs = plugin.collate([cached[i]], tokenizer.pad_id), plugin.collate([train[i]], tokenizer.pad_id)
                 if int(ours["lengths"].numel()) != rows[i]:
                     raise _fail(plugin, f"sample {i}: collate() gives {int(ours['lengths'].numel())} rows but "
                                         f"text_samples() gave {rows[i]} texts; the rows must be the texts")
+                if rows[i] and int(ours["lengths"].max()) != longest[i]:
+                    raise _fail(plugin, f"sample {i}: collate()'s longest row has {int(ours['lengths'].max())} tokens, "
+                                        f"the stored texts {longest[i]}; the rows must be the texts' token ids")
                 for key in set(ours) | set(theirs):
                     a, b = ours.get(key), theirs.get(key)
                     same = (torch.equal(a, b) if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)

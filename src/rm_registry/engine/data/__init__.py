@@ -107,6 +107,15 @@ class TextSample:
     lines: Sequence[int] | None = None
     fields: Mapping[str, float | Sequence[float] | None] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        n = len(self.texts)
+        if n < 1:
+            raise ValueError(f"TextSample at line {self.line}: a sample needs at least one text")
+        for name in ("keys", "lines"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"TextSample at line {self.line}: {len(value)} {name} for {n} texts")
+
     def key_names(self) -> list[str]:
         if self.keys is not None:
             return list(self.keys)

@@ -31,6 +31,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -55,6 +57,7 @@ CACHE_FORMAT = 1
 #: Environment variable naming the cache root when ``model.data.cache_dir`` is not set.
 ENV_VAR = "RM_REGISTRY_CACHE"
 _META = "meta.json"
+_PROBE = "The quick brown fox, 0123456789; \u00fc\u00df \u65e5\u672c\u8a9e <|endoftext|> </s>\n\tend."
 _TMP = ".tmp-"
 
 
@@ -87,10 +90,14 @@ def _tokenizer_identity(tokenizer: Tokenizer) -> dict[str, Any]:
     to_str = getattr(tokenizer, "to_str", None)
     if callable(to_str):
         ident["tokenizer_json"] = hashlib.sha256(str(to_str()).encode("utf-8")).hexdigest()
+    else:  # a tokenizer we know nothing more of: where it comes from, and what it makes of a probe text
+        ident["module"] = type(tokenizer).__module__
+        ident["probe"] = list(tokenizer.encode(_PROBE))
     return ident
 
 
-def _settings(plugin: RewardModelPlugin, tokenizer: Tokenizer, cfg: DictConfig) -> dict[str, Any]:
+def _settings(plugin: RewardModelPlugin, tokenizer: Tokenizer, cfg: DictConfig,
+              columns: dict[str, str] | None = None) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     from ..._version import __version__
@@ -98,7 +105,6 @@ def _settings(plugin: RewardModelPlugin, tokenizer: Tokenizer, cfg: DictConfig) 
 
     record = plugin_record(plugin)
     section = OmegaConf.select(cfg, f"model.{plugin.name}", default=None)
-    columns = OmegaConf.select(cfg, "model.data.columns", default=None)
     return {
         "format": CACHE_FORMAT,
         "rm_registry": __version__,
@@ -106,7 +112,7 @@ def _settings(plugin: RewardModelPlugin, tokenizer: Tokenizer, cfg: DictConfig) 
         "tokenizer": _tokenizer_identity(tokenizer),
         "encoder_seq_length": int(cfg.model.encoder_seq_length),
         "overlong_policy": str(cfg.model.data.overlong_policy),
-        "columns": None if columns is None else OmegaConf.to_container(columns, resolve=True),
+        "columns": dict(columns) if columns else None,  # what the path carries is what is applied
         "section": None if section is None else OmegaConf.to_container(section, resolve=True),
     }
 
@@ -171,6 +177,10 @@ def _open(entry: Path, plugin: Any, key: str, path: str) -> TokenDataset:
 
 # --- writing an entry ------------------------------------------------------------------------
 
+class _NoLock(Exception):
+    pass
+
+
 @contextlib.contextmanager
 def _locked(lock: Path) -> Iterator[None]:
     with open(lock, "a+b") as fh:
@@ -181,6 +191,8 @@ def _locked(lock: Path) -> Iterator[None]:
 
             say(f"waiting for another process writing the token cache {lock.parent / lock.name[1:-5]}")
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:  # ENOLCK / ENOSYS: a file system without flock (some NFS, Lustre)
+            raise _NoLock(exc.strerror or str(exc)) from None
         try:
             yield
         finally:
@@ -197,14 +209,26 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_leftovers(root: Path) -> None:
-    """``.tmp-`` folders of writers that are gone (killed while writing)."""
-    for tmp in root.glob(f"{_TMP}*"):
-        try:
-            pid = int(tmp.name.split("-")[2])
-        except (IndexError, ValueError):
-            pid = -1
-        if pid != os.getpid() and not _pid_alive(pid):
+def _tmp_owner(tmp: Path) -> tuple[int, str]:
+    """``(pid, host)`` of a ``.tmp-<key>-<pid>-<ns>-<host>`` folder (``(-1, "")`` when unreadable)."""
+    parts = tmp.name[len(_TMP):].split("-", 3)
+    try:
+        return int(parts[1]), parts[3]
+    except (IndexError, ValueError):
+        return -1, ""
+
+
+def _writer_gone(tmp: Path) -> bool:
+    """The folder's writer ran on this host and is no longer alive (another host's: unknown, kept)."""
+    pid, host = _tmp_owner(tmp)
+    return host == socket.gethostname() and pid != os.getpid() and not _pid_alive(pid)
+
+
+def _remove_leftovers(root: Path, key: str) -> None:
+    """``.tmp-<key>-`` folders of writers of this entry that are gone (killed while writing); called
+    under the entry's lock, so no live writer of this host is writing one."""
+    for tmp in root.glob(f"{_TMP}{key}-*"):
+        if _writer_gone(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -224,8 +248,8 @@ def _remove_stale(root: Path, source: str, settings_key: str, keep: str) -> None
 
 
 def _write(entry: Path, plugin: Any, path: str | Path, tokenizer: Tokenizer, cfg: DictConfig, meta: dict[str, Any],
-           progress: bool) -> None:
-    tmp = entry.parent / f"{_TMP}{entry.name}-{os.getpid()}-{time.monotonic_ns()}"
+           progress: bool, before: tuple[int, int, int] | None) -> None:
+    tmp = entry.parent / f"{_TMP}{entry.name}-{os.getpid()}-{time.monotonic_ns()}-{socket.gethostname()}"
     tmp.mkdir()
     try:
         with open(tmp / "tokens.bin", "wb") as sink:
@@ -245,52 +269,83 @@ def _write(entry: Path, plugin: Any, path: str | Path, tokenizer: Tokenizer, cfg
                 "fields": names, "stats": stats.as_dict(), "files": files,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         (tmp / _META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        os.rename(tmp, entry)
+        if _file_state(path) != before:
+            from ..._errors import DataError
+
+            raise DataError(path, None, "changed while it was being tokenized; run again once it is written")
+        try:
+            os.rename(tmp, entry)
+        except OSError:  # an entry appeared meanwhile (another node, a left-over folder)
+            try:
+                _open(entry, plugin, meta["key"], str(path))
+                shutil.rmtree(tmp, ignore_errors=True)
+                return
+            except _Damaged:
+                shutil.rmtree(entry, ignore_errors=True)
+                os.rename(tmp, entry)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
+def _file_state(path: str | Path) -> tuple[int, int, int] | None:
+    """``(size, mtime_ns, inode)`` of a data file (None for folders and hub names)."""
+    p = Path(str(path))
+    if str(path).startswith(HF_PREFIX) or not p.is_file():
+        return None
+    st = p.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _fallback(why: str, plugin: Any, path: str | Path, tokenizer: Tokenizer, cfg: DictConfig,
+              progress: bool) -> TokenDataset:
+    warnings.warn(f"{why}; tokenizing {path} in memory. Set model.data.cache_dir (or RM_REGISTRY_CACHE) to a "
+                  "writable local folder, or model.data.cache=false to skip the cache", UserWarning, stacklevel=3)
+    return in_memory_dataset(plugin, path, tokenizer, cfg, progress=progress)
+
+
 def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokenizer, cfg: DictConfig, *,
                   progress: bool = False) -> TokenDataset:
     """The :class:`TokenDataset` of one data file: from the token cache (built when missing), or
-    tokenized in memory with ``model.data.cache=false`` or when the cache root cannot be written
-    (one warning).
+    tokenized in memory with ``model.data.cache=false``, or (one warning) when the cache cannot be
+    written or locked.
 
     Raises:
-        DataError: from reading the file (nothing is left in the cache).
+        DataError: from reading the file (nothing is left in the cache), or the file changed while
+            it was tokenized.
+        StorageError: the cache could not be written (disk full...).
     """
     from omegaconf import OmegaConf
+
+    from ..progress import say
 
     if not bool(OmegaConf.select(cfg, "model.data.cache", default=True)):
         return in_memory_dataset(plugin, path, tokenizer, cfg, progress=progress)
     root = cache_root(cfg)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".probe-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        warnings.warn(f"the token cache {root} cannot be written ({exc.strerror or exc}); tokenizing in memory. "
-                      "Set model.data.cache_dir (or RM_REGISTRY_CACHE) to a writable folder", UserWarning, stacklevel=2)
-        return in_memory_dataset(plugin, path, tokenizer, cfg, progress=progress)
     text = str(path)
-    settings = _settings(plugin, tokenizer, cfg)
+    settings = _settings(plugin, tokenizer, cfg, columns=getattr(path, "columns", None))
     settings_key = _digest(settings)
+    before = _file_state(path)
     key = _digest([settings_key, content_hash(path)])[:32]
     entry = root / key
-    from ..progress import say
-
     try:
-        found = _open(entry, plugin, key, text)
+        found = _open(entry, plugin, key, text)  # a read-only cache root with the entry serves too
         say(f"{text}: {len(found)} samples mapped from the token cache {entry}")
         return found
     except _Damaged:
         pass
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=root)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return _fallback(f"the token cache {root} cannot be written ({exc.strerror or exc})", plugin, path, tokenizer,
+                         cfg, progress)
     started = time.perf_counter()
     try:
         with _locked(root / f".{key}.lock"):
-            if (entry / _META).exists() or entry.exists():
+            if entry.exists():
                 try:
                     found = _open(entry, plugin, key, text)
                     say(f"{text}: {len(found)} samples mapped from the token cache {entry} (written by another process)")
@@ -299,16 +354,22 @@ def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokeni
                     warnings.warn(f"the token cache {entry} of {text} is damaged ({why}): tokenizing again",
                                   UserWarning, stacklevel=2)
                     shutil.rmtree(entry, ignore_errors=True)
-            _remove_leftovers(root)
+            _remove_leftovers(root, key)
             source = _source_name(text)
             _remove_stale(root, source, settings_key, keep=key)
             meta = {"format": CACHE_FORMAT, "key": key, "source": source, "settings_key": settings_key,
                     "plugin": plugin.name, "settings": settings}
-            _write(entry, plugin, path, tokenizer, cfg, meta, progress)
+            _write(entry, plugin, path, tokenizer, cfg, meta, progress, before)
+    except _NoLock as exc:
+        return _fallback(f"the token cache {root} cannot be locked ({exc})", plugin, path, tokenizer, cfg, progress)
     except OSError as exc:
         raise StorageError(f"{root}: cannot write the token cache ({exc.strerror or exc}); free space there or "
                            "set model.data.cache_dir to another folder (model.data.cache=false: no cache)") from exc
-    made = _open(entry, plugin, key, text)
+    try:
+        made = _open(entry, plugin, key, text)
+    except _Damaged as why:  # removed or changed by another process in the meantime
+        return _fallback(f"the token cache entry {entry} just written cannot be read back ({why})", plugin, path,
+                         tokenizer, cfg, progress)
     say(f"{text}: tokenized {len(made)} samples ({made.arrays.num_tokens} tokens) in "
         f"{time.perf_counter() - started:.1f} s into the token cache {entry}")
     return made
@@ -330,7 +391,8 @@ def list_entries(root: Path) -> list[dict[str, Any]]:
         if entry.name.startswith(_TMP):
             out.append({"key": entry.name, "source": None, "plugin": None, "samples": None, "tokens": None,
                         "bytes": _size(entry), "created": None, "last_used": None, "ok": False,
-                        "note": "unfinished (a writer was stopped); removed by the next build or `cache clear`"})
+                        "note": ("unfinished (its writer was stopped); removed by the next build or `cache clear`"
+                                 if _writer_gone(entry) else "being written (or by another host's process)")})
             continue
         try:
             meta = _read_meta(entry)
@@ -351,12 +413,13 @@ def clear_entries(root: Path, keys: list[str] | None = None) -> tuple[int, int]:
     Raises:
         KeyError: a key that matches no entry (nothing is removed then).
     """
-    entries = [e for e in list_entries(root)]
+    entries = [e for e in list_entries(root)
+               if not e["key"].startswith(_TMP) or _writer_gone(root / e["key"])]  # a live writer's: kept
     chosen = entries
     if keys:
         chosen = []
         for k in keys:
-            hits = [e for e in entries if e["key"].startswith(k) or (e["key"].startswith(_TMP) and k in e["key"])]
+            hits = [e for e in entries if e["key"].startswith(k) or e["key"].startswith(_TMP + k)]
             if not hits:
                 raise KeyError(k)
             chosen += [e for e in hits if e not in chosen]
@@ -364,8 +427,4 @@ def clear_entries(root: Path, keys: list[str] | None = None) -> tuple[int, int]:
     for e in chosen:
         shutil.rmtree(root / e["key"], ignore_errors=True)
         removed, size = removed + 1, size + int(e["bytes"] or 0)
-    if not keys:
-        for lock in root.glob(".*.lock"):
-            with contextlib.suppress(OSError):
-                lock.unlink()
-    return removed, size
+    return removed, size  # lock files stay: a waiting process holds one open

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -105,11 +104,18 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     kind = source_kind(path)
     reader = {"jsonl": _jsonl, "parquet": _parquet, "arrow": _arrow, "folder": _folder, "hub": _hub}[kind]
     seen = False
-    for number, record in reader(str(path)):
-        if columns:
-            record = _rename(record, columns, path=path, number=number)
-        seen = True
-        yield number, record
+    number = 0
+    try:
+        for number, record in reader(str(path)):
+            if columns:
+                record = _rename(record, columns, path=path, number=number)
+            seen = True
+            yield number, record
+    except DataError:
+        raise
+    except (OSError, ValueError, TypeError, NotImplementedError) as exc:  # pyarrow's ArrowInvalid / ArrowIOError
+        raise DataError(path, None, f"cannot read {'the file' if not seen else f'past record {number}'} "
+                                    f"({type(exc).__name__}: {exc})") from None
     if not seen:
         what = "no JSON Lines records" if kind == "jsonl" else "no rows"
         raise DataError(path, None, f"file is empty ({what})")
@@ -259,11 +265,12 @@ def hub_snapshot(repo: str) -> Path | None:
 def _load_hub(path: str) -> Any:
     """The ``datasets.Dataset`` of a ``hf://`` name, from the local cache only."""
     repo, config, split = parse_hub(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import datasets
+    import huggingface_hub.constants as hub_constants
 
     snapshot = hub_snapshot(repo)
+    saved = (hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE)
+    hub_constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True  # the local cache only, never the network
     try:
         if snapshot is not None:  # files as huggingface_hub downloaded them: datasets' own split rules
             return datasets.load_dataset(str(snapshot), config, split=split)
@@ -277,6 +284,8 @@ def _load_hub(path: str) -> Any:
                                     f"{type(exc).__name__}: {exc}); download it where there is network "
                                     "(huggingface-cli download --repo-type dataset "
                                     f"{repo}) or give a local file") from None
+    finally:
+        hub_constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def _hub(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -293,7 +302,9 @@ def content_hash(path: str | Path) -> str:
     h = hashlib.sha256()
     kind = source_kind(path)
     if kind == "hub":
-        files = sorted({Path(f["filename"]) for f in _load_hub(str(path)).cache_files})
+        ds = _load_hub(str(path))
+        h.update(str(path).encode() + b"\0" + str(getattr(ds, "_fingerprint", "")).encode() + b"\0")
+        files = sorted({Path(f["filename"]) for f in ds.cache_files})
     else:
         p = Path(str(path))
         if not p.exists():

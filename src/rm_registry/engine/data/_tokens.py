@@ -117,9 +117,9 @@ class _Builder:
         self.num_tokens = 0
 
     def _field_width(self, name: str, value: Any, path: str | Path, line: int) -> int:
-        width = 0 if value is None or isinstance(value, (int, float)) else len(value)
         if value is None:
             return self.widths.get(name, -1)
+        width = 0 if np.ndim(value) == 0 else len(value)
         known = self.widths.setdefault(name, width)
         if known != width:
             raise DataError(path, line, f"field {name!r} has {width or 'one'} value(s) here but "
