@@ -317,8 +317,6 @@ def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokeni
     """
     from omegaconf import OmegaConf
 
-    from ..progress import say
-
     if not bool(OmegaConf.select(cfg, "model.data.cache", default=True)):
         return in_memory_dataset(plugin, path, tokenizer, cfg, progress=progress)
     root = cache_root(cfg)
@@ -330,7 +328,7 @@ def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokeni
     entry = root / key
     try:
         found = _open(entry, plugin, key, text)  # a read-only cache root with the entry serves too
-        say(f"{text}: {len(found)} samples mapped from the token cache {entry}")
+        found.cache_note = f"mapped from the token cache {entry}"
         return found
     except _Damaged:
         pass
@@ -348,7 +346,7 @@ def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokeni
             if entry.exists():
                 try:
                     found = _open(entry, plugin, key, text)
-                    say(f"{text}: {len(found)} samples mapped from the token cache {entry} (written by another process)")
+                    found.cache_note = f"mapped from the token cache {entry}, written by another process"
                     return found
                 except _Damaged as why:
                     warnings.warn(f"the token cache {entry} of {text} is damaged ({why}): tokenizing again",
@@ -370,8 +368,8 @@ def split_dataset(plugin: RewardModelPlugin, path: str | Path, tokenizer: Tokeni
     except _Damaged as why:  # removed or changed by another process in the meantime
         return _fallback(f"the token cache entry {entry} just written cannot be read back ({why})", plugin, path,
                          tokenizer, cfg, progress)
-    say(f"{text}: tokenized {len(made)} samples ({made.arrays.num_tokens} tokens) in "
-        f"{time.perf_counter() - started:.1f} s into the token cache {entry}")
+    made.cache_note = (f"tokenized in {time.perf_counter() - started:.1f} s, {made.arrays.num_tokens} tokens, into "
+                       f"the token cache {entry}")
     return made
 
 

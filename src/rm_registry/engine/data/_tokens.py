@@ -255,6 +255,8 @@ class TokenDataset(Sequence[Any]):
     def __init__(self, plugin: Any, arrays: TokenArrays, stats: DatasetStats, path: str,
                  cache: Path | None = None) -> None:
         self.plugin, self.arrays, self.stats, self.path, self.cache = plugin, arrays, stats, path, cache
+        #: How it was read, for the run's "train: N samples from FILE (...)" line; None: in memory.
+        self.cache_note: str | None = None
 
     def __len__(self) -> int:
         return self.arrays.num_samples

@@ -103,6 +103,7 @@ class _Data:
     validation: dict[str, Sequence[Any]]  # the non-empty validation sets, "validation" first
     stats: dict[str, dict[str, int]]
     paths: Mapping[str, Any]
+    notes: Mapping[str, str | None] = field(default_factory=dict)  # how each split was read (the token cache)
 
 
 @dataclass
@@ -188,7 +189,8 @@ def _read_data(plugin: RewardModelPlugin, cfg: DictConfig, *, progress: bool = F
             f"{paths['train']}: {len(train_ds)} usable training samples, fewer than model.global_batch_size={gbs}"
         )
     return _Data(tokenizer=tokenizer, train=train_ds, test=datasets.get("test"), validation=_validation_sets(datasets),
-                 stats={split: _stats_dict(ds) for split, ds in datasets.items()}, paths=paths)
+                 stats={split: _stats_dict(ds) for split, ds in datasets.items()}, paths=paths,
+                 notes={split: getattr(ds, "cache_note", None) for split, ds in datasets.items()})
 
 
 def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: _Data, checkpoint: Path | None,
@@ -227,7 +229,7 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
     if info.is_main:
         atomic_write_text(output_dir / "config.yaml", to_yaml(cfg))
         atomic_write_text(output_dir / "data_stats.json", json.dumps(data.stats, indent=2) + "\n")
-        _report_data(data.stats, data.paths)
+        _report_data(data.stats, data.paths, data.notes)
     # A resumed run keeps the log up to its checkpoint; a run started over drops the old lines.
     log = MetricsLog(output_dir / "metrics.jsonl", enabled=info.is_main, keep_until_step=start_step)
     log = attach_loggers(log, cfg, output_dir, enabled=info.is_main)
@@ -497,11 +499,12 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
         "before activations")
 
 
-def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any]) -> None:
+def _report_data(stats: Mapping[str, Mapping[str, int]], paths: Mapping[str, Any],
+                 notes: Mapping[str, str | None] | None = None) -> None:
     for split, s in stats.items():
-        note = ""
+        note = f" ({notes[split]})" if notes and notes.get(split) else ""
         if s.get("dropped") or s.get("truncated"):
-            note = f" ({s.get('dropped', 0)} dropped, {s.get('truncated', 0)} truncated as too long; " \
+            note += f" ({s.get('dropped', 0)} dropped, {s.get('truncated', 0)} truncated as too long; " \
                    "see model.data.overlong_policy)"
         say(f"{split}: {s.get('kept', 0)} samples from {paths.get(split)}{note}")
 
