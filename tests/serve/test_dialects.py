@@ -66,7 +66,50 @@ def test_vllm_pooling_classify_score_and_models(server: Server, served_run: dict
     assert abs(old.json()["data"][0]["score"] - _sigmoid(want[5])) <= TOL
 
     models = httpx.get(f"{server.url}/v1/models").json()
-    assert [m["id"] for m in models["data"]] == ["reward_model"] and models["data"][0]["max_model_len"] == 128
+    assert [m["id"] for m in models["data"]] == ["reward_model", str(served_run["checkpoint"])]
+    assert models["data"][0]["max_model_len"] == 128
+
+
+def test_the_checkpoint_path_is_a_model_name_and_others_are_404(server: Server, served_run: dict[str, Any]) -> None:
+    """verl's reward loop sends {"model": <the reward model's path>}; vLLM answers to it by default."""
+    path = str(served_run["checkpoint"])
+    r = httpx.post(f"{server.url}/classify", json={"model": path, "input": TEXTS, "activation": False})
+    assert r.status_code == 200, r.text
+    assert r.json()["model"] == "reward_model"  # the first name is the one reported
+    _close([d["probs"][-1] for d in r.json()["data"]], served_run["rewards"])
+    kserve = httpx.post(f"{server.url}/v2/models/{path.lstrip('/')}/infer", json={"inputs": []})
+    assert kserve.status_code == 404  # a path with slashes is no KServe model name; the route stays 404
+    for other in ("other_model", path + "x"):
+        bad = httpx.post(f"{server.url}/classify", json={"model": other, "input": TEXTS})
+        assert bad.status_code == 404 and repr(other) in bad.text
+    assert httpx.post(f"{server.url}/v2/models/other_model/infer", json={"inputs": []}).status_code == 404
+
+
+def test_several_served_model_names_as_vllm(served_run: dict[str, Any]) -> None:
+    """--served-model-name a b: both answer, a is reported, and nothing else (not the path) does."""
+    from starlette.testclient import TestClient
+
+    from rm_registry.engine.api import load_reward_model
+    from rm_registry.serve._app import build_app
+    from rm_registry.serve._cli import add_serve_subcommand
+    from rm_registry.serve._runner import ModelRunner
+    from rm_registry.serve._service import ServeOptions, Service
+
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_serve_subcommand(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--checkpoint", "x", "--served-model-name", "rm-a", "rm-b"])
+    assert args.served_model_name == ["rm-a", "rm-b"]
+    service = Service(ModelRunner(load_reward_model(served_run["checkpoint"])),
+                      ServeOptions(max_wait_ms=0, served_model_name="rm-a", aliases=("rm-b",)))
+    with TestClient(build_app(service)) as client:
+        for name in ("rm-a", "rm-b"):
+            r = client.post("/pooling", json={"model": name, "input": TEXTS[:2]})
+            assert r.status_code == 200 and r.json()["model"] == "rm-a", r.text
+            assert client.get(f"/v2/models/{name}").status_code == 200
+        assert client.post("/pooling", json={"model": str(served_run["checkpoint"]), "input": TEXTS[:2]}).status_code == 404
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["rm-a", "rm-b"]
 
 
 def test_kserve_v2_json(server: Server, served_run: dict[str, Any]) -> None:

@@ -64,8 +64,9 @@ def build_app(service: Service, *, on_ready: Any = None) -> Any:
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.service = service
     known = {r.path for r in routes if "{" not in r.path}
-    base = f"/v2/models/{service.name}"
-    known |= {base, f"{base}/ready", f"{base}/config", f"{base}/infer"}
+    for name in service.names:
+        base = f"/v2/models/{name}"
+        known |= {base, f"{base}/ready", f"{base}/config", f"{base}/infer"}
     wrapped: Any = RequestCounter(app, service.metrics, known)
     if service.options.api_key:
         wrapped = ApiKeyGate(wrapped, api_key=service.options.api_key)
@@ -105,7 +106,7 @@ def run_server(model: LoadedRewardModel, options: ServeOptions) -> int:
     shown = f"[{host}]" if ":" in host else host
 
     def announce() -> None:
-        print(f"rm-registry serve: serving {model.checkpoint} as {options.served_model_name!r} on "
+        print(f"rm-registry serve: serving {model.checkpoint} as {' / '.join(map(repr, options.model_names))} on "
               f"http://{shown}:{port} (pid {os.getpid()}, K={runner.num_outputs}, batching "
               f"{'on' if options.batching else 'off'}; SIGTERM or Ctrl-C stops)", file=sys.stderr, flush=True)
 

@@ -54,9 +54,11 @@ def add_serve_subcommand(subparsers: Any) -> None:
                    help=f"largest request body accepted; larger ones get 413 (default {d.max_request_bytes // 2**20} MiB)")
     p.add_argument("--no-batching", action="store_true",
                    help="one forward pass per request (no batching across requests; for comparison)")
-    p.add_argument("--served-model-name", default=d.served_model_name, metavar="NAME",
-                   help="model name of the vLLM routes (the 'model' field) and of the KServe routes "
-                        f"(/v2/models/NAME/...) (default {d.served_model_name}, as NeMo-Aligner)")
+    p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="model names of the vLLM routes (the 'model' field) and of the KServe routes "
+                        "(/v2/models/NAME/...); several may be given, as in vLLM, and the first is the one reported "
+                        f"(default: {d.served_model_name}, as NeMo-Aligner, and the --checkpoint argument as given, "
+                        "as vLLM answers to its model path: what verl sends)")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
@@ -86,7 +88,9 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServeOptions(host=args.host, port=args.port, api_key=api_key, max_batch_tokens=args.max_batch_tokens,
                            max_padding_tokens=args.max_padding_tokens, max_wait_ms=args.max_wait_ms,
                            max_request_bytes=args.max_request_bytes,
-                           batching=not args.no_batching, served_model_name=args.served_model_name,
+                           batching=not args.no_batching,
+                           served_model_name=(args.served_model_name or [ServeOptions.served_model_name])[0],
+                           aliases=tuple(args.served_model_name[1:]) if args.served_model_name else (args.checkpoint,),
                            access_log=args.access_log)
 
     from ..engine.api import load_reward_model

@@ -25,7 +25,9 @@ class ServeOptions:
         max_wait_ms: How long an idle server waits for more texts before a forward pass.
         max_request_bytes: Largest request body accepted (413 above).
         batching: ``False``: one forward pass per request (no batching across requests).
-        served_model_name: The model name of the vLLM and KServe routes.
+        served_model_name: The model name of the vLLM and KServe routes (the one reported).
+        aliases: Further names the server answers to (vLLM's further ``--served-model-name``
+            values; by default the ``--checkpoint`` argument as given, as vLLM answers to its path).
         access_log: Log every request (uvicorn's access log).
     """
 
@@ -38,6 +40,7 @@ class ServeOptions:
     max_request_bytes: int = 16 * 1024 * 1024
     batching: bool = True
     served_model_name: str = "reward_model"
+    aliases: tuple[str, ...] = ()
     access_log: bool = False
 
     def __post_init__(self) -> None:
@@ -53,5 +56,10 @@ class ServeOptions:
             raise ConfigError(f"--max-request-bytes={self.max_request_bytes}: expected a positive number")
         if self.api_key is not None and not self.api_key.strip():
             raise ConfigError("--api-key (or RM_REGISTRY_API_KEY) is empty; give a non-empty key or none")
-        if not self.served_model_name:
+        if not self.served_model_name or not all(self.aliases):
             raise ConfigError("--served-model-name is empty")
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the server answers to, the reported one first (no repeats)."""
+        return tuple(dict.fromkeys((self.served_model_name, *self.aliases)))

@@ -45,7 +45,13 @@ class Service:
 
     @property
     def name(self) -> str:
+        """The reported model name (the first ``--served-model-name``)."""
         return self.options.served_model_name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name requests may use (:attr:`ServeOptions.model_names`)."""
+        return self.options.model_names
 
     @property
     def num_outputs(self) -> int:
@@ -76,9 +82,9 @@ class Service:
             return
         if not isinstance(model, str):
             raise RequestError(400, field, f"expected a string, got {type(model).__name__}")
-        if model != self.name:
-            raise RequestError(404, field, f"the model {model!r} does not exist; this server serves {self.name!r} "
-                                           "(see GET /v1/models)")
+        if model not in self.names:
+            raise RequestError(404, field, f"the model {model!r} does not exist; this server serves "
+                                           f"{' / '.join(map(repr, self.names))} (see GET /v1/models)")
 
     async def body(self, request: Request) -> dict[str, Any]:
         from ._http import read_json

@@ -36,8 +36,9 @@ _HEADER = "inference-header-content-length"
 def _model(request: Request) -> Service:
     service: Service = request.app.state.service
     name = request.path_params["model"]
-    if name != service.name:
-        raise RequestError(404, "model", f"unknown model {name!r}; this server serves {service.name!r}")
+    if name not in service.names:
+        raise RequestError(404, "model", f"unknown model {name!r}; this server serves "
+                                         f"{' / '.join(map(repr, service.names))}")
     version = request.path_params.get("version")
     if version not in (None, "1"):
         raise RequestError(404, "version", f"unknown version {version!r} of {name!r}; the only version is '1'")

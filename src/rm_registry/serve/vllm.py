@@ -135,10 +135,10 @@ async def models(request: Request) -> Response:
     from starlette.responses import JSONResponse
 
     service: Service = request.app.state.service
-    card = {"id": service.name, "object": "model", "created": service.created, "owned_by": "rm-registry",
-            "root": str(service.runner.model.checkpoint), "parent": None,
-            "max_model_len": service.runner.max_length}
-    return JSONResponse({"object": "list", "data": [card]})
+    cards = [{"id": name, "object": "model", "created": service.created, "owned_by": "rm-registry",
+              "root": str(service.runner.model.checkpoint), "parent": None,
+              "max_model_len": service.runner.max_length} for name in service.names]  # vLLM: one per served name
+    return JSONResponse({"object": "list", "data": cards})
 
 
 def routes() -> list[Route]:
