@@ -100,7 +100,9 @@ SETUP = (
     "-e examples/rm-hinge-ranking"
 )
 MAIN_JOB = f"{SETUP} && .venv/bin/rm-registry train binary_ranking --output runs/quickstart"
-TESTS = f"{SETUP} && .venv/bin/python -m pytest"
+#: The browser step: tests/evaluation opens the benchmark report in a real headless Chromium.
+BROWSER = "(command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null)"
+TESTS = f"{BROWSER} && {SETUP} && .venv/bin/python -m pytest"
 
 
 def test_readme_gives_the_two_fresh_machine_commands() -> None:

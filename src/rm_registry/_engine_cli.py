@@ -75,13 +75,28 @@ def add_subcommands(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "evaluate",
-        help="evaluate a checkpoint on labelled data",
+        help="evaluate a checkpoint on labelled data, or on RewardBench / RewardBench 2 / RM-Bench",
         description="Compute the architecture's metrics (loss, accuracy, per-attribute errors, ...) of a "
-        "checkpoint on a labelled JSON Lines file in one of its training formats.",
-        epilog="example: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json",
+        "checkpoint on a labelled file in one of its training formats; or, with --benchmark, a benchmark's figures "
+        "as its paper reports them (rewardbench: RewardBench v1's sections and score; rewardbench2: best-of-N per "
+        "subset, Ties, the leaderboard mean; rm-bench: the 3x3 style matrix, hard/normal/easy) from a local file in "
+        "the benchmark's own columns, plus probes (swap test, length bias, reward distribution). --output writes "
+        "results.json, per_example.jsonl and report.html; --compare puts several such folders side by side. "
+        "See docs/evaluation.md.",
+        epilog="examples: rm-registry evaluate --checkpoint runs/rm1 --data val.jsonl --json; "
+        "rm-registry evaluate --benchmark rewardbench --data filtered.parquet --checkpoint runs/rm1 --output eval/rm1; "
+        "rm-registry evaluate --compare eval/rm1 eval/rm2 --output eval/compare",
     )
-    p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
-    p.add_argument("--data", required=True, metavar="FILE", help="labelled data: " + _DATA_FORMS)
+    p.add_argument("--checkpoint", metavar="DIR", help=_CHECKPOINT_HELP)
+    p.add_argument("--data", metavar="FILE", help="labelled data, or the benchmark's file: " + _DATA_FORMS)
+    p.add_argument("--benchmark", metavar="NAME",
+                   help="rewardbench, rewardbench2 or rm-bench: score --data in that benchmark's layout")
+    p.add_argument("--output", metavar="DIR",
+                   help="with --benchmark or --compare: a new folder for results.json, per_example.jsonl and report.html")
+    p.add_argument("--compare", nargs="+", metavar="RESULTS_DIR",
+                   help="results folders of evaluate --benchmark ... --output, shown side by side (no model is loaded)")
+    p.add_argument("--swap-sample", type=int, default=None, metavar="N",
+                   help="with --benchmark: rows scored again with chosen and rejected exchanged (default 500; 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
@@ -315,11 +330,55 @@ def _output_and_resume(args: argparse.Namespace, cfg: Any, name: str) -> tuple[P
 
 def _evaluate(args: argparse.Namespace) -> int:
     quiet_unless_first_rank()
-    from .engine.api import load_reward_model
+    from ._errors import ConfigError
     from .engine.evaluation import finite_for_json
 
+    if args.compare:
+        if args.checkpoint or args.data or args.benchmark:
+            raise ConfigError("--compare reads results folders only; leave out --checkpoint, --data and --benchmark")
+        from .engine.evaluation.benchmarks import compare_results, format_comparison
+
+        comparison = compare_results(args.compare, args.output)
+        if args.json:
+            print(json.dumps(finite_for_json(comparison)))
+        else:
+            print(format_comparison(comparison))
+        if args.output:
+            _stderr(f"wrote the comparison to {args.output} (report.html, comparison.json)")
+        return 0
+    missing = [o for o, v in (("--checkpoint", args.checkpoint), ("--data", args.data)) if not v]
+    if missing:
+        raise ConfigError(f"evaluate needs {' and '.join(missing)} (or --compare RESULTS_DIR...)")
+    if args.benchmark is None:
+        extra = [o for o, v in (("--output", args.output), ("--swap-sample", args.swap_sample)) if v is not None]
+        if extra:
+            raise ConfigError(f"{', '.join(extra)} go with --benchmark NAME (rewardbench, rewardbench2, rm-bench)")
+    else:
+        from .engine.evaluation.benchmarks import get_benchmark
+        from .engine.evaluation.benchmarks._report import check_results_dir
+
+        get_benchmark(args.benchmark)  # an unknown name is refused before the model is built
+        if args.swap_sample is not None and args.swap_sample < 0:
+            raise ConfigError(f"--swap-sample={args.swap_sample}: expected a number of rows >= 0")
+        if args.output:
+            check_results_dir(Path(args.output))
     _check_input_file(args.data, "--data")
+    from .engine.api import load_reward_model
+
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
+    if args.benchmark is not None:
+        from .engine.evaluation.benchmarks import format_table
+
+        run = model.benchmark(args.benchmark, args.data, output=args.output, swap_sample=args.swap_sample,
+                              progress=not args.no_progress)
+        if first_process():
+            if args.json:
+                print(json.dumps(finite_for_json(run.results), allow_nan=False))
+            else:
+                print(format_table(run.results))
+            if args.output:
+                _stderr(f"wrote results.json, per_example.jsonl and report.html to {args.output}")
+        return 0
     metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
     if first_process():
         if args.json:

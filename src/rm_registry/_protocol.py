@@ -327,6 +327,16 @@ class OptionalMembers(Protocol):
         (scoring a foreign ``*ForSequenceClassification`` folder with K > 1). Default: none."""
         ...
 
+    def scalar_rewards(self, rewards: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+        """The one number per text that benchmarks compare (``evaluate --benchmark``), from the
+        head outputs ``rewards [N, K]`` (CPU, float32): a tensor ``[N]``.
+
+        An architecture with several outputs says here which output or combination ranks
+        responses. Default: the ``reward`` of :meth:`~RewardModelPlugin.score_outputs`, the
+        scalar ``score`` writes and an RLHF loop uses.
+        """
+        ...
+
 
 #: Optional members, in :class:`OptionalMembers`; checked when present.
 OPTIONAL_MEMBERS: tuple[str, ...] = (
@@ -340,6 +350,7 @@ OPTIONAL_MEMBERS: tuple[str, ...] = (
     "config_for_output_names",
     "text_samples",
     "sample_from_tokens",
+    "scalar_rewards",
 )
 
 

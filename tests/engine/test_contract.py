@@ -88,6 +88,34 @@ def test_score_records_default_keeps_todays_output_and_groups_the_rest() -> None
         _contract.score_records(Plain(), rewards, [2, 2], None)
 
 
+def test_scalar_rewards_default_is_the_score_reward_and_a_plugins_own_is_checked() -> None:
+    import torch
+
+    from rm_registry import PluginValidationError
+
+    class Plain:
+        name = "plain"
+
+        def score_outputs(self, rewards: Any, cfg: Any) -> list[dict[str, Any]]:
+            return [{"reward": float(r.sum())} for r in rewards]
+
+    rewards = torch.tensor([[1.0, 2.0], [3.0, -1.0]])
+    assert _contract.scalar_rewards(Plain(), rewards, None).tolist() == [3.0, 2.0]
+
+    class Own(Plain):
+        def __init__(self, out: Any) -> None:
+            self.out = out
+
+        def scalar_rewards(self, rewards: Any, cfg: Any) -> Any:
+            return self.out
+
+    assert _contract.scalar_rewards(Own(torch.tensor([5.0, 6.0])), rewards, None).tolist() == [5.0, 6.0]
+    with pytest.raises(PluginValidationError, match=r"must return a tensor \[N\].*got \(2, 1\)"):
+        _contract.scalar_rewards(Own(torch.zeros(2, 1)), rewards, None)
+    with pytest.raises(PluginValidationError, match="NaN or inf"):
+        _contract.scalar_rewards(Own(torch.tensor([1.0, float("nan")])), rewards, None)
+
+
 def test_default_score_texts_and_a_plugins_own(tmp_path: Path) -> None:
     assert _contract.score_texts(None, {"text": "a"}, path="f", line=1) == ["a"]
     assert _contract.score_texts(None, {"prompt": "Q ", "response": "A"}, path="f", line=2) == ["Q A"]

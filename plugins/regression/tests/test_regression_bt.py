@@ -78,6 +78,17 @@ def test_bt_reward_is_the_helpfulness_output(plugin, make_cfg) -> None:
     assert plugin.settings(cfg).attribute_weights == (0, 0, 0, 0, 1, 0, 0, 0, 0)
 
 
+def test_benchmarks_rank_by_the_weighted_reward_score_writes(plugin, make_cfg) -> None:
+    import torch
+
+    cfg = make_cfg(*BT, "model.regression.loss_func=scaled_bt")
+    rewards = torch.randn(5, 9)
+    scalar = plugin.scalar_rewards(rewards, cfg)
+    assert scalar.shape == (5,)
+    assert scalar.tolist() == pytest.approx([row["reward"] for row in plugin.score_outputs(rewards, cfg)], abs=1e-6)
+    assert scalar.tolist() == pytest.approx(rewards[:, 4].tolist(), abs=1e-6)  # helpfulness only, for BT
+
+
 def test_nine_attributes_are_steerlm_names(plugin, make_cfg) -> None:
     names = plugin.settings(make_cfg("model.regression.num_attributes=9")).attribute_names
     assert names == ("quality", "toxicity", "humor", "creativity", "helpfulness", "correctness", "coherence",

@@ -19,7 +19,8 @@ metrics -> checkpoint)::
       parallel/    torch.distributed and megatron's TP x DP state; the CPU workarounds
       trainer/     the loop: batch -> model -> plugin.loss -> gradients -> optimizer (_optim);
                    metrics.jsonl and TensorBoard / W&B (_loggers); metric means (_metrics)
-      evaluation/  rewards over a data set -> plugin.evaluation_metrics (validation, evaluate)
+      evaluation/  rewards over a data set -> plugin.evaluation_metrics (validation, evaluate);
+                   benchmarks/: RewardBench v1/v2, RM-Bench and probes (evaluate --benchmark)
       checkpoint/  save, verify, find, load; restricted unpickling; atomic files; the run folder
       hf/          Hugging Face folders in (--pretrained, scoring) and out (export)
       api.py       load_reward_model, score, score_file, evaluate: the inference entry points
@@ -59,6 +60,7 @@ _EXPORTS = {
     "load_tokenizer": "tokenizer",
     "TrainResult": "trainer",
     "evaluate_dataset": "evaluation",
+    "compare_results": "evaluation.benchmarks",
     "train": "trainer",
 }
 
@@ -72,6 +74,7 @@ __all__ = [
     "TrainResult",
     "build_config",
     "check_checkpoint",
+    "compare_results",
     "evaluate_dataset",
     "find_latest",
     "initialize",

@@ -136,7 +136,7 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, expor
     _check_evaluation(plugin, model, samples, cfg, tokenizer.pad_id, rewards, batch)
     done("evaluation (empty set, batching does not change the metrics)")
     _check_scoring(plugin, rewards, cfg)
-    done("scoring (score_outputs, score_records)")
+    done("scoring (score_outputs, score_records, scalar_rewards)")
     _check_determinism(plugin, cfg, tokenizer, samples, rewards)
     done("determinism")
 
@@ -288,6 +288,8 @@ def _check_scoring(plugin: RewardModelPlugin, rewards: torch.Tensor, cfg: DictCo
     if len(scored) != rewards.shape[0] or not all(isinstance(s.get("reward"), float) for s in scored):
         raise _fail(plugin, "score_outputs() must give one dict per row with a float 'reward'")
     json.dumps(scored, allow_nan=False)
+    if rewards.dim() == 2:  # what benchmarks compare (evaluate --benchmark); checked by scalar_rewards itself
+        _contract.scalar_rewards(plugin, rewards, cfg)
     n = rewards.shape[0]
     for sizes in ([1] * n, [n], [1, n - 1]):
         try:

@@ -30,6 +30,7 @@ __all__ = [
     "output_names",
     "plugin_record",
     "resolve_config",
+    "scalar_rewards",
     "score_records",
     "score_texts",
 ]
@@ -134,6 +135,30 @@ def score_records(
         group = rows[start : start + size]
         out.append(group[0] if size == 1 else {"responses": group})
         start += size
+    return out
+
+
+def scalar_rewards(plugin: RewardModelPlugin, rewards: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+    """One float per text ``[N]`` from head outputs ``rewards [N, K]`` (CPU): the plugin's
+    :meth:`scalar_rewards`, else the ``reward`` of :meth:`score_outputs` (what ``score`` writes).
+
+    Raises:
+        PluginValidationError: the plugin's hook gave something else than N finite numbers.
+    """
+    import torch
+
+    method = getattr(plugin, "scalar_rewards", None)
+    if method is None:
+        rows = plugin.score_outputs(rewards, cfg) if rewards.shape[0] else []
+        return torch.tensor([float(r["reward"]) for r in rows], dtype=torch.float64)
+    out = method(rewards, cfg)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (rewards.shape[0],):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise PluginValidationError(f"plugin {plugin.name!r}: scalar_rewards() must return a tensor [N] for rewards "
+                                    f"{tuple(rewards.shape)}, got {shape}")
+    out = out.detach().to(torch.float64).cpu()
+    if not bool(torch.isfinite(out).all()):
+        raise PluginValidationError(f"plugin {plugin.name!r}: scalar_rewards() returned NaN or inf for finite rewards")
     return out
 
 

@@ -166,6 +166,20 @@ class LoadedRewardModel:
         return evaluate_dataset(self.plugin, self.model, dataset, self.cfg, self.tokenizer, self.info,
                                 progress=progress)
 
+    def benchmark(self, name: str, data: str | Path, *, output: str | Path | None = None,
+                  swap_sample: int | None = None, progress: bool = False) -> Any:
+        """Score a benchmark file (``rewardbench``, ``rewardbench2``, ``rm-bench``) in its own
+        column layout and compute its figures and the probes, as ``evaluate --benchmark`` does.
+
+        Returns a :class:`~rm_registry.engine.evaluation.benchmarks.BenchmarkRun` (``.results`` is
+        ``results.json``, ``.per_example`` one object per row); with ``output`` the three files are
+        written there. See docs/evaluation.md.
+        """
+        from .evaluation.benchmarks import DEFAULT_SWAP_SAMPLE, run_benchmark
+
+        return run_benchmark(self, name, data, output=output, progress=progress,
+                             swap_sample=DEFAULT_SWAP_SAMPLE if swap_sample is None else swap_sample)
+
 
 def _load_overrides(cfg: DictConfig, overrides: Iterable[str], plugin: RewardModelPlugin) -> DictConfig:
     """Merge the overrides allowed at load time, checked like training overrides."""

@@ -184,6 +184,13 @@ class RegressionPlugin:
         (optional member: scoring a foreign ``*ForSequenceClassification`` folder)."""
         return {"model": {"regression": {"attribute_names": list(names), "num_attributes": None}}}
 
+    def scalar_rewards(self, rewards: torch.Tensor, cfg: DictConfig) -> torch.Tensor:
+        """What benchmarks rank by, ``[N]`` from ``rewards [N, K]``: the weighted scalar of
+        :meth:`score_outputs` (``model.regression.attribute_weights``, settable at load time)."""
+        from ._metrics import weighted_reward
+
+        return weighted_reward(rewards, RegressionSettings.from_config(cfg)).detach().float().cpu()
+
     def score_outputs(self, rewards: torch.Tensor, cfg: DictConfig) -> list[dict[str, Any]]:
         """``[{"reward": weighted scalar, "attributes": {name: value}}, ...]`` for ``rewards [B, K]``."""
         from ._metrics import score_rows
