@@ -11,7 +11,7 @@ be preceded by one of:
 
 How a ``run`` block is run (all blocks of one page in order, in one scratch folder holding the
 files the docs use as examples: ``prefs.jsonl``, ``val.jsonl``, ``texts.jsonl``, ``steer.jsonl``,
-``steer_val.jsonl``, and links to the checkout's ``plugins/`` and ``examples/``):
+``steer_val.jsonl``, ``rewardbench.jsonl`` (RewardBench's layout), and links to the checkout's ``plugins/`` and ``examples/``):
 
 - ``rm-registry ARGS`` (also ``.venv/bin/rm-registry``, ``python -m rm_registry``): run for real,
   in one Python process for all pages (megatron-core is imported once); ``train`` gets a tiny
@@ -175,6 +175,14 @@ def prepare(folder: Path) -> None:
     texts = [{"text": "User: What is 2+2?\nAssistant: 4, happy to help!"},
              {"prompt": "User: Hi!\nAssistant: ", "response": "Hello, how can I help?"}]
     (folder / "texts.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")
+    # RewardBench's layout, from the validation pairs, two rows in each of its 23 subsets
+    from rm_registry.engine.evaluation.benchmarks._rewardbench import EXAMPLE_COUNTS
+
+    pairs = [json.loads(line) for line in (br / "validation.jsonl").read_text(encoding="utf-8").splitlines()]
+    subsets = list(EXAMPLE_COUNTS)
+    rows = [{"id": i, "prompt": p["prompt"].removeprefix("User: ").removesuffix("\nAssistant: "), "chosen": p["chosen"],
+             "rejected": p["rejected"], "subset": subsets[i % len(subsets)]} for i, p in enumerate(pairs[:46])]
+    (folder / "rewardbench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     for name in ("plugins", "examples"):
         if not (folder / name).exists():
             (folder / name).symlink_to(REPO / name)

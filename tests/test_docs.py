@@ -174,3 +174,29 @@ def test_scaling_memory_table_is_the_estimate_s_output() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() in (DOCS / "scaling.md").read_text(encoding="utf-8"), (
         "docs/scaling.md's memory table differs from `python benchmarks/memory_table.py`; paste its output")
+
+
+#: Where each command's options are documented (the synopsis and the text around it).
+COMMAND_PAGES = {
+    "train": ["engine.md"], "evaluate": ["engine.md", "evaluation.md"], "score": ["engine.md"],
+    "export": ["engine.md", "pretrained.md"], "serve": ["serving.md"], "cache": ["data.md"],
+    "launch": ["engine.md", "scaling.md"], "list": ["registry.md"], "info": ["registry.md"], "check": ["registry.md"],
+}
+
+
+def test_every_option_of_help_is_in_the_docs() -> None:
+    """The docs' synopses keep up with `--help`: every option of every command appears on its page."""
+    import argparse
+
+    from rm_registry._cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, pages in COMMAND_PAGES.items():
+        text = "".join((DOCS / p).read_text(encoding="utf-8") for p in pages)
+        for action in sub.choices[name]._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help" and option not in text:
+                    missing.append(f"{name} {option} ({', '.join(pages)})")
+    assert not missing, "options of --help missing from the docs: " + "; ".join(missing)

@@ -380,6 +380,11 @@ def _main(argv: Sequence[str] | None) -> int:
             # KEY=VALUE overrides may stand anywhere among the options (argparse alone would
             # refuse those after an option); anything else is a usage error as usual.
             if not hasattr(args, "overrides") or any(x.startswith("-") or "=" not in x for x in extras):
+                from ._habits import flag_hint
+
+                hint = flag_hint(extras)  # `train --max_steps 5`, as in TRL
+                if hint:
+                    raise ConfigError(hint)
                 parser.parse_args(argv)  # prints the usage error and exits 2
             args.overrides = [*args.overrides, *extras]
     except SystemExit as exc:  # --help, --version, usage errors

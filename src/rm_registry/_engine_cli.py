@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine._launch import first_process, quiet_unless_first_rank
+from .engine._load_keys import load_overrides_text
 
 __all__ = ["add_subcommands"]
 
@@ -27,6 +28,8 @@ _OVERRIDES_HELP = (
 
 _DATA_FORMS = ("JSON Lines, Parquet, Arrow, a datasets save_to_disk folder, or hf://ORG/NAME[/CONFIG][:SPLIT] "
                "from the local Hugging Face cache; model.data.columns renames columns (docs/data.md)")
+
+_LOAD_HELP = "settings of the loaded model that may be changed: " + load_overrides_text()
 
 _CHECKPOINT_HELP = ("a run folder (its latest checkpoint), one checkpoint folder, or a Hugging Face "
                     "*ForSequenceClassification folder (see docs/pretrained.md)")
@@ -88,7 +91,9 @@ def add_subcommands(subparsers: Any) -> None:
         "rm-registry evaluate --compare eval/rm1 eval/rm2 --output eval/compare",
     )
     p.add_argument("--checkpoint", metavar="DIR", help=_CHECKPOINT_HELP)
-    p.add_argument("--data", metavar="FILE", help="labelled data, or the benchmark's file: " + _DATA_FORMS)
+    p.add_argument("--data", metavar="FILE",
+                   help="labelled data, or the benchmark's file: " + _DATA_FORMS + " (default without --benchmark: the "
+                        "run's own validation data)")
     p.add_argument("--benchmark", metavar="NAME",
                    help="rewardbench, rewardbench2 or rm-bench: score --data in that benchmark's layout")
     p.add_argument("--output", metavar="DIR",
@@ -101,8 +106,7 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_LOAD_HELP)
     p.set_defaults(func=_evaluate)
 
     p = subparsers.add_parser(
@@ -116,14 +120,14 @@ def add_subcommands(subparsers: Any) -> None:
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR", help=_CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="FILE", help="texts to score: " + _DATA_FORMS)
-    p.add_argument("--output", required=True, metavar="JSONL", help="where to write the scores (written atomically)")
+    p.add_argument("--output", required=True, metavar="JSONL",
+                   help="where to write the scores (written atomically); - for standard output")
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="texts per forward pass (default: model.micro_batch_size)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="model.tensor_model_parallel_size=N, model.micro_batch_size=N or model.data.overlong_policy=...")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_LOAD_HELP)
     p.set_defaults(func=_score)
 
     p = subparsers.add_parser(
@@ -305,6 +309,8 @@ def _train(args: argparse.Namespace) -> int:
             summary["test"] = result.test
         if result.time_limit_reached:
             summary["time_limit_reached"] = True
+        if result.hf_folder is not None:
+            summary["hf_folder"] = str(result.hf_folder)
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -334,8 +340,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.evaluation import finite_for_json
 
     if args.compare:
-        if args.checkpoint or args.data or args.benchmark:
-            raise ConfigError("--compare reads results folders only; leave out --checkpoint, --data and --benchmark")
+        given = [o for o, v in (("--checkpoint", args.checkpoint), ("--data", args.data), ("--benchmark", args.benchmark),
+                                ("--swap-sample", args.swap_sample), ("KEY=VALUE overrides", args.overrides or None))
+                 if v is not None]
+        if given:
+            raise ConfigError(f"--compare reads results folders only (no model is loaded); leave out {', '.join(given)}")
         from .engine.evaluation.benchmarks import compare_results, format_comparison
 
         comparison = compare_results(args.compare, args.output)
@@ -346,7 +355,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         if args.output:
             _stderr(f"wrote the comparison to {args.output} (report.html, comparison.json)")
         return 0
-    missing = [o for o, v in (("--checkpoint", args.checkpoint), ("--data", args.data)) if not v]
+    missing = [o for o, v in (("--checkpoint", args.checkpoint), ("--data", args.data or args.benchmark is None))
+               if not v]
     if missing:
         raise ConfigError(f"evaluate needs {' and '.join(missing)} (or --compare RESULTS_DIR...)")
     if args.benchmark is None:
@@ -354,7 +364,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         if extra:
             raise ConfigError(f"{', '.join(extra)} go with --benchmark NAME (rewardbench, rewardbench2, rm-bench)")
     else:
-        from .engine.evaluation.benchmarks import get_benchmark
+        from omegaconf import OmegaConf
+
+        from .engine.config import parse_overrides
+        from .engine.evaluation.benchmarks import get_benchmark, read_benchmark
         from .engine.evaluation.benchmarks._report import check_results_dir
 
         get_benchmark(args.benchmark)  # an unknown name is refused before the model is built
@@ -362,6 +375,10 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--swap-sample={args.swap_sample}: expected a number of rows >= 0")
         if args.output:
             check_results_dir(Path(args.output))
+        _check_input_file(args.data, "--data")
+        # the rows are checked before the model is loaded (a file of another layout is the usual mistake)
+        columns = OmegaConf.select(parse_overrides(args.overrides), "model.data.columns") if args.overrides else None
+        read_benchmark(args.benchmark, args.data, OmegaConf.to_container(columns) if columns is not None else None)
     _check_input_file(args.data, "--data")
     from .engine.api import load_reward_model
 
@@ -375,11 +392,18 @@ def _evaluate(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(finite_for_json(run.results), allow_nan=False))
             else:
-                print(format_table(run.results))
+                print(format_table(run.results), flush=True)
             if args.output:
                 _stderr(f"wrote results.json, per_example.jsonl and report.html to {args.output}")
         return 0
-    metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
+    if args.data is None:  # the run's own validation split(s), as TRL's trainer.evaluate()
+        results = model.evaluate_validation(progress=not args.no_progress)
+        if first_process():
+            for split, files in model.validation_splits().items():
+                _stderr(f"no --data: evaluating the run's {split} data ({files})")
+        metrics = finite_for_json(results[next(iter(results))] if len(results) == 1 else results)
+    else:
+        metrics = finite_for_json(model.evaluate(args.data, progress=not args.no_progress))
     if first_process():
         if args.json:
             print(json.dumps(metrics, allow_nan=False))
@@ -415,11 +439,12 @@ def _score(args: argparse.Namespace) -> int:
         read_score_records(args.data, None)
         raise
     read_score_records(args.data, plugin)
-    check_output_file(Path(args.output))
+    if args.output != "-":
+        check_output_file(Path(args.output))
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)
     count = score_file(model, args.data, args.output, batch_size=args.batch_size, progress=not args.no_progress)
     if first_process():
-        _stderr(f"wrote {count} scores to {args.output}")
+        _stderr(f"wrote {count} scores to {'standard output' if args.output == '-' else args.output}")
     return 0
 
 

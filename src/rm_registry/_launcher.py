@@ -1,4 +1,4 @@
-"""``rm-registry launch``: torchrun for ``train``, ``evaluate`` and ``score``, with one-line errors.
+"""``rm-registry launch``: torchrun for ``train``, ``evaluate``, ``score`` and ``serve``, with one-line errors.
 
 ``torchrun -m rm_registry ...`` works, but when a process fails torchrun's own process ends
 with a ``ChildFailedError`` traceback after our one-line error (that traceback is printed by
@@ -20,14 +20,18 @@ from typing import Any
 
 __all__ = ["add_launch"]
 
-_COMMANDS = ("train", "evaluate", "score")
+_COMMANDS = ("train", "evaluate", "score", "serve")
+#: Commands that run in one process: launch names them and says how to run them.
+_SINGLE = {"export": "a checkpoint of any tensor-parallel layout exports in one process",
+           "cache": "it works on files only", "list": "it imports nothing", "info": "it imports nothing",
+           "check": "it runs the conformance checks in one process"}
 
 
 def add_launch(subparsers: Any) -> None:
     """Add ``launch`` to the ``rm-registry`` parser."""
     p = subparsers.add_parser(
         "launch",
-        help="run train, evaluate or score on several processes (torchrun), with one-line errors",
+        help="run train, evaluate, score or serve on several processes (torchrun), with one-line errors",
         description="Start `rm-registry COMMAND ...` on several processes with torchrun's launcher: the "
         "options before COMMAND are torchrun's (--nproc-per-node, --nnodes, --master-port, ...). Unlike "
         "`torchrun -m rm_registry`, a failed process ends the launch with one line and its exit code, not "
@@ -36,7 +40,7 @@ def add_launch(subparsers: Any) -> None:
         "--output runs/dp2 model.micro_batch_size=4",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="[TORCHRUN OPTIONS] COMMAND ...",
-                   help="torchrun options, then train, evaluate or score and their arguments")
+                   help="torchrun options, then train, evaluate, score or serve and their arguments")
     p.set_defaults(func=_launch, accepts_anything=True)
 
 
@@ -46,6 +50,11 @@ def _launch(args: argparse.Namespace) -> int:
     raw = list(args.raw_argv)
     argv = raw[raw.index("launch") + 1:]  # argparse would take torchrun's leading options for ours
     at = next((i for i, word in enumerate(argv) if word in _COMMANDS), None)
+    single = next((word for word in argv if word in _SINGLE), None)
+    if at is None and single is not None:
+        rest = argv[argv.index(single):]
+        raise ConfigError(f"launch: {single} is not launched on several processes ({_SINGLE[single]}); run it as "
+                          f"`rm-registry {' '.join(rest)}`. launch runs {', '.join(_COMMANDS)}")
     if at is None:
         raise ConfigError("launch: name the command to run: rm-registry launch [torchrun options] "
                           f"{'|'.join(_COMMANDS)} ... (for example --nproc-per-node 2 train binary_ranking)")

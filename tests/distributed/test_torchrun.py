@@ -247,3 +247,30 @@ def test_score_under_torchrun_writes_one_file_in_input_order(runs: dict[str, Any
     assert max(diffs) <= OUTPUT_TOL, f"{layout}: rewards differ by up to {max(diffs):.2e} from one process"
     # Input order, not batch order: the rewards are not all equal, so a permutation would show.
     assert len({round(r["reward"], 6) for r in reference}) > 5
+
+
+def test_benchmark_under_torchrun_dp2_equals_one_process(runs: dict[str, Any]) -> None:
+    """evaluate --benchmark splits the texts across DP ranks: the same figures and per-example rewards
+    as one process, files written once."""
+    d = runs["dir"]
+    rows = [{"id": i, "prompt": f"Q{i}: what is {i % 7}+{i % 5}?", "chosen": f"It is {i % 7 + i % 5}." + " Sure!" * (i % 3),
+             "rejected": f"It is {i % 7 + i % 5 + 1}.", "subset": ("alpacaeval-easy", "mt-bench-hard", "donotanswer",
+                                                                 "hep-go")[i % 4]} for i in range(22)]
+    data = d / "rb.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ["evaluate", "--benchmark", "rewardbench", "--checkpoint", str(runs["tp2"]), "--data", str(data),
+              "--no-progress", "model.micro_batch_size=2"]
+    one("benchmark 1 process", *common, "--output", str(d / "bench1"))
+    proc = torchrun("benchmark DP=2", *common, "--output", str(d / "bench_dp2"))
+    assert proc.stdout.count("RewardBench score") == 1 and proc.stderr.count("wrote results.json") == 1
+    single = json.loads((d / "bench1" / "results.json").read_text())
+    dp = json.loads((d / "bench_dp2" / "results.json").read_text())
+    assert dp["settings"]["data_parallel_size"] == 2 and dp["data"]["texts_scored"] == 44
+    assert dp["sections"] == pytest.approx(single["sections"], abs=1e-12)
+    a = [json.loads(x) for x in (d / "bench1" / "per_example.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (d / "bench_dp2" / "per_example.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in a] == [r["id"] for r in b] == [str(i) for i in range(22)]
+    diffs = [abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra["rewards_chosen"] + ra["rewards_rejected"],
+                                                                  rb["rewards_chosen"] + rb["rewards_rejected"])]
+    assert max(diffs) <= OUTPUT_TOL
+    assert not list(d.glob(".bench_dp2.*"))  # no temporary folder left by either rank

@@ -40,11 +40,12 @@ def rewardbench2_rows(per_subset: int = 3, ties_prompts: int = 3, seed: int = 0)
                          "additional_metadata": {}})
     for p in range(ties_prompts):
         for kind, correct in (("ref", 1), ("tied", rng.randint(2, 4))):
-            chosen = [_text(rng, "right") for _ in range(correct)]
+            # every other tied row lists one more response in 'chosen' than num_correct counts as correct
+            chosen = [_text(rng, "right") for _ in range(correct + (kind == "tied" and p % 2))]
             rejected = [_text(rng, "wrong") for _ in range(rng.randint(1, 3))]
             rows.append({"id": f"{kind}:{p}", "prompt": f"ties {p}: {_text(rng, 'q')}", "chosen": chosen,
                          "rejected": rejected, "num_correct": correct, "num_incorrect": len(rejected),
-                         "total_completions": correct + len(rejected), "subset": "Ties"})
+                         "total_completions": len(chosen) + len(rejected), "subset": "Ties"})
     return rows
 
 

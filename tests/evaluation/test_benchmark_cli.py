@@ -94,7 +94,7 @@ def test_rewardbench2_and_rm_bench_figures(outputs: dict[str, Path]) -> None:
     rows = _per_example(outputs["rewardbench2"])
     results = json.loads((outputs["rewardbench2"] / "results.json").read_text())
     want = ref.rewardbench_v2([{"id": r["id"], "subset": r["subset"], "scores": r["rewards_chosen"] + r["rewards_rejected"],
-                                "num_correct": len(r["rewards_chosen"]) if r["subset"] == "Ties" else 1} for r in rows])
+                                "num_correct": r["num_correct"]} for r in rows])
     assert results["sections"] == pytest.approx(want, abs=1e-12)
     rows = _per_example(outputs["rm-bench"])
     results = json.loads((outputs["rm-bench"] / "results.json").read_text())
@@ -172,6 +172,8 @@ def test_compare_puts_runs_side_by_side(outputs: dict[str, Path], bench_run: dic
     assert 'data-images-rendered="1"' in dom
     proc = run_cli("evaluate", "--compare", str(outputs["rewardbench"]), str(outputs["rm-bench"]))
     assert proc.returncode == 2 and "different benchmarks" in proc.stderr
+    proc = run_cli("evaluate", "--compare", str(outputs["rewardbench"]), "--swap-sample", "3")
+    assert proc.returncode == 2 and "leave out --swap-sample" in proc.stderr
 
 
 def test_json_output_and_probes(bench_run: dict[str, Any]) -> None:
@@ -200,6 +202,8 @@ def test_swap_probe_flags_a_model_that_scores_everything_the_same(bench_run: dic
     swap = run.results["probes"]["swap"]
     assert swap["flagged"] and swap["ties"] == 1.0 and "same either way" in swap["reasons"][0]
     assert run.results["score"] == 0.0  # ties are wrong, as in reward-bench
+    off = model.benchmark("rewardbench", bench_run["rewardbench"], swap_sample=0).results["probes"]["swap"]
+    assert off["flagged"] and off["ties_all_pairs"] == 1.0 and off["rows"] == 0  # counted over the file anyway
     from rm_registry.engine.evaluation.benchmarks import format_table
 
     assert "WARNING (swap probe)" in format_table(run.results)

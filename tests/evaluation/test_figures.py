@@ -149,6 +149,60 @@ def test_total_completions_and_ties_ids_are_checked() -> None:
     assert "ref:N or tied:N" in _refused("rewardbench2", rows)
 
 
+def test_counts_that_are_nan_or_fractions_are_refused() -> None:
+    rows = rewardbench2_rows(per_subset=1, ties_prompts=0)
+    rows[0]["num_correct"] = float("nan")
+    assert "'num_correct' must be a whole number" in _refused("rewardbench2", rows)
+    rows[0]["num_correct"] = 1.5
+    assert "'num_correct' must be a whole number" in _refused("rewardbench2", rows)
+
+
+def test_ties_num_correct_decides_what_is_correct() -> None:
+    """A Ties row whose 'chosen' lists more responses than num_correct: the extra ones count as incorrect."""
+    bench = get_benchmark("rewardbench2")
+    rows = [{"id": "ref:0", "prompt": "p", "chosen": ["a"], "rejected": ["b"], "num_correct": 1, "subset": "Ties"},
+            {"id": "tied:0", "prompt": "p", "chosen": ["c", "d", "e"], "rejected": ["f"], "num_correct": 2,
+             "subset": "Ties"}]
+    examples = bench.read("x", _records(rows))
+    chosen, rejected = [[1.0], [1.0, 0.9, 2.0]], [[0.0], [0.5]]  # 'e' (incorrect) outscores the correct ones
+    fig = bench.figures(examples, chosen, rejected)
+    want = ref.rewardbench_v2([{"id": e.id, "subset": e.subset, "num_correct": e.num_correct, "scores": [*c, *r]}
+                               for e, c, r in zip(examples, chosen, rejected)])
+    assert fig.sections["Ties"] == pytest.approx(want["Ties"], abs=1e-12)
+    assert fig.extra["ties"]["tied_accuracy"] == 0.0 and fig.extra["ties"]["ref_accuracy"] == 1.0
+    assert bench.pairs(examples[1]) == [(0, 0), (1, 0)]
+
+
+def test_a_json_array_file_is_read(tmp_path: Path) -> None:
+    from rm_registry.engine.data import read_jsonl
+
+    rows = rm_bench_rows(per_domain=1)
+    (tmp_path / "total_dataset.json").write_text(json.dumps(rows, indent=2))
+    got = get_benchmark("rm-bench").read("t", list(read_jsonl(str(tmp_path / "total_dataset.json"))))
+    assert [e.id for e in got] == [r["id"] for r in rows]
+    (tmp_path / "bad.json").write_text(json.dumps([rows[0], 3]))
+    with pytest.raises(DataError, match="element 2 of the JSON array is a int"):
+        list(read_jsonl(str(tmp_path / "bad.json")))
+
+
+def test_lowercase_ties_is_ordered_and_not_reported_missing() -> None:
+    bench = get_benchmark("rewardbench2")
+    rows = [dict(r, subset=r["subset"].lower()) for r in rewardbench2_rows(per_subset=1, ties_prompts=1)]
+    examples = bench.read("x", _records(rows))
+    chosen, rejected = _rewards(examples, 0)
+    fig = bench.figures(examples, chosen, rejected)
+    assert [r["subset"] for r in fig.rows] == [s.lower() for s in ("Factuality", "Precise IF", "Math", "Safety",
+                                                                   "Focus", "Ties")]
+    assert not fig.notes
+
+
+def test_swap_flags_rewards_that_change_between_passes() -> None:
+    good = [(float(i), float(i) - 0.5) for i in range(10)]
+    swapped = [(r, c) for c, r in good]
+    out = swap_result(good, swapped, [(c, c * 1.01) for c, _ in good])
+    assert out["flagged"] and "depend on the batch" in out["reasons"][0]
+
+
 def test_rm_bench_needs_three_responses() -> None:
     rows = rm_bench_rows(per_domain=1)
     rows[0]["chosen"] = rows[0]["chosen"][:2]

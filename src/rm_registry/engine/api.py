@@ -43,10 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["LoadedRewardModel", "checkpoint_plugin", "load_reward_model", "read_score_records", "score_file"]
 
-#: Keys that may be overridden when loading a checkpoint (the rest describes the trained model).
-LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
-                  "model.attention_backend", "model.max_tokens_per_micro_batch", "model.data.columns",
-                  "model.data.cache", "model.data.cache_dir")
+from ._load_keys import LOAD_OVERRIDES  # the keys that may be overridden when loading
 
 
 @dataclass
@@ -165,6 +162,49 @@ class LoadedRewardModel:
             raise DataError(data, None, "no usable samples (all dropped as too long? see model.data.overlong_policy)")
         return evaluate_dataset(self.plugin, self.model, dataset, self.cfg, self.tokenizer, self.info,
                                 progress=progress)
+
+    def validation_splits(self) -> dict[str, str]:
+        """The run's own validation data: ``{split: its files}`` for ``validation`` and NeMo-Aligner's
+        extra ``validation_<name>`` sets of the saved config (empty for a Hugging Face folder)."""
+        from .data._splits import describe, normalize_prefix
+
+        prefix = OmegaConf.select(self.cfg, "model.data.data_prefix", default=None) or {}
+        out = {}
+        for split, value in prefix.items():
+            if str(split) == "validation" or str(split).startswith("validation_"):
+                entries = normalize_prefix(str(split), value)
+                if entries:
+                    out[str(split)] = describe(entries)
+        return out
+
+    def evaluate_validation(self, *, progress: bool = False) -> dict[str, dict[str, Any]]:
+        """The plugin's metrics over each of the run's own validation splits, as TRL's
+        ``trainer.evaluate()`` does: ``{split: metrics}`` (see :meth:`validation_splits`).
+
+        Raises:
+            ConfigError: the checkpoint names no validation data (a Hugging Face folder, or a run
+                trained without ``--validation-data``).
+            DataError: a validation file that is no longer there, naming it.
+        """
+        from .data._splits import build_split_datasets
+
+        splits = self.validation_splits()
+        if not splits:
+            what = "is a Hugging Face folder" if looks_like_hf_folder(self.checkpoint) else \
+                "was trained without validation data (model.data.data_prefix.validation is null)"
+            raise ConfigError(f"evaluate without --data uses the run's own validation data, but {self.checkpoint} "
+                              f"{what}; pass --data FILE")
+        prefix = {k: v for k, v in self.cfg.model.data.data_prefix.items() if str(k) in splits}
+        datasets, _ = build_split_datasets(self.plugin, prefix, self.tokenizer, self.cfg,
+                                           progress=progress and self.info.is_main)
+        out = {}
+        for split, dataset in datasets.items():
+            if len(dataset) == 0:
+                raise DataError(splits[split], None, "no usable samples (all dropped as too long? see "
+                                                     "model.data.overlong_policy)")
+            out[split] = evaluate_dataset(self.plugin, self.model, dataset, self.cfg, self.tokenizer, self.info,
+                                          progress=progress)
+        return out
 
     def benchmark(self, name: str, data: str | Path, *, output: str | Path | None = None,
                   swap_sample: int | None = None, progress: bool = False) -> Any:
@@ -335,9 +375,11 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     ``prompt`` + ``response``) are scored together and ``plugin.score_records`` (default: today's
     ``score_outputs`` object) makes its one output object. ``output`` is written atomically (a
     temporary file renamed into place) by the main rank, so a failure never leaves a partial
-    file. Returns the number of lines scored.
+    file. ``output`` ``"-"`` is standard output. Returns the number of lines scored.
     """
-    check_output_file(Path(output))
+    to_stdout = str(output) == "-"
+    if not to_stdout:
+        check_output_file(Path(output))
     records = read_score_records(data, model.plugin)
     ids: list[list[int]] = []
     too_long = 0
@@ -351,7 +393,12 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     rewards = model.rewards(ids, batch_size=batch_size, progress=progress)
     results = _contract.score_records(model.plugin, rewards, [len(texts) for _, texts in records], model.cfg)
     if model.info.is_main:
-        atomic_write_text(Path(output), "".join(json.dumps(r) + "\n" for r in results))
+        text = "".join(json.dumps(r) + "\n" for r in results)
+        if to_stdout:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            atomic_write_text(Path(output), text)
         if too_long:
             print(f"{data}: {too_long} of {len(ids)} texts were longer than model.encoder_seq_length="
                   f"{model.cfg.model.encoder_seq_length} "

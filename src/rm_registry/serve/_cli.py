@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from ..engine._launch import quiet_unless_first_rank
+from ..engine._load_keys import load_overrides_text
 from ._options import ServeOptions
 
 __all__ = ["add_serve_subcommand"]
@@ -32,7 +33,8 @@ def add_serve_subcommand(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="a run folder (its latest checkpoint) or one checkpoint folder")
+                   help="a run folder (its latest checkpoint), one checkpoint folder, or a Hugging Face "
+                        "*ForSequenceClassification folder, as score takes")
     p.add_argument("--host", default=d.host,
                    help=f"interface to listen on (default {d.host}: this machine only; 0.0.0.0 for every "
                         "interface, then set an --api-key)")
@@ -63,8 +65,9 @@ def add_serve_subcommand(subparsers: Any) -> None:
     p.add_argument("--distribution", metavar="DIST",
                    help="which installed distribution provides the checkpoint's architecture, when two do")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="model.tensor_model_parallel_size=N (under torchrun) or model.data.overlong_policy=error "
-                        "(refuse over-long texts with 400 instead of cutting them, as `score` does)")
+                   help="settings of the loaded model that may be changed: " + load_overrides_text() +
+                        "; model.tensor_model_parallel_size=N under torchrun, model.data.overlong_policy=error "
+                        "refuses over-long texts with 400 instead of cutting them, as `score` does")
     p.set_defaults(func=_serve)
 
 

@@ -191,9 +191,13 @@ def merge_closed(base: DictConfig, layer: DictConfig, source: str, types: Mappin
     unknown = _unknown_keys(defaults, plain)  # type: ignore[arg-type]
     if unknown:
         hints = []
+        from ..._habits import key_hint
+
+        given = flatten(plain) if isinstance(plain, dict) else {}
         for key in unknown:
+            trl = key_hint(key, given.get(key))  # learning_rate=1e-5, as in TRL
             close = difflib.get_close_matches(key, list(defaults), n=1, cutoff=0.75)
-            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            hints.append(f"{key!r}" + (f" ({trl})" if trl else f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(
             f"unknown config key{'s' if len(unknown) > 1 else ''} {', '.join(hints)} ({source}); "
             "`rm-registry info NAME --config` lists the keys this architecture accepts"

@@ -140,6 +140,11 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(p, None, "no such file")
     try:
         with p.open("r", encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+            fh.seek(0)
+            if head.startswith("["):  # one JSON array of objects (RM-Bench's total_dataset.json): records 1..N
+                yield from _json_array(p, fh)
+                return
             for lineno, raw in enumerate(fh, start=1):
                 if not raw.strip():
                     continue
@@ -152,6 +157,19 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield lineno, obj
     except UnicodeDecodeError as exc:
         raise DataError(p, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_array(p: Path, fh: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+    try:
+        items = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(p, None, f"malformed JSON array ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(items, list):  # pragma: no cover - it started with "["
+        raise DataError(p, None, "expected JSON Lines or one JSON array of objects")
+    for number, obj in enumerate(items, start=1):
+        if not isinstance(obj, dict):
+            raise DataError(p, number, f"element {number} of the JSON array is a {type(obj).__name__}, expected an object")
+        yield number, obj
 
 
 def _table_rows(batches: Iterator[Any]) -> Iterator[tuple[int, dict[str, Any]]]:

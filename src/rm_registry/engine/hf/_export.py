@@ -190,6 +190,33 @@ def _tokenizer_files(loaded: LoadedRewardModel) -> dict[str, str]:
             "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
 
 
+def check_exportable(m: Any, *, key: str | None = None) -> Family:
+    """The family that ``cfg.model`` exports to; ConfigError naming the key that prevents it.
+
+    ``key``: what asked for the export before training (``trainer.rm.save_hf=true``), named in the
+    message; then a head bias that will not fold (RMSNorm, weights not float32) is refused too,
+    which :func:`export_model` can only find out from the trained weights.
+    """
+    try:
+        if m.output_sequence or m.use_avg_pool:
+            which = "model.output_sequence" if m.output_sequence else "model.use_avg_pool"
+            raise ConfigError(f"{which}=true: Hugging Face *ForSequenceClassification pools the last token only")
+        family = family_of(m)
+        if key is None:
+            return family
+        if m.get("head_bias") and m.get("normalization") == "RMSNorm":
+            raise ConfigError("model.head_bias=true with model.normalization=RMSNorm: Hugging Face heads have no "
+                              "bias and RMSNorm has none to fold it into; train with model.head_bias=false")
+        if m.get("head_bias") and str(m.get("params_dtype")) != "float32":
+            raise ConfigError(f"model.head_bias=true with model.params_dtype={m.get('params_dtype')}: the bias folds "
+                              "exactly only into float32 weights; train with model.head_bias=false")
+        return family
+    except ConfigError as exc:
+        if key is None:
+            raise
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     """Write ``loaded`` (built with tensor parallelism 1) as a Hugging Face folder ``output``."""
     from safetensors.torch import save_file
@@ -199,10 +226,7 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     m = loaded.cfg.model
     if loaded.info.tp != 1 or loaded.info.world_size != 1:
         raise ConfigError("export runs in one process (tensor parallelism 1); run it without torchrun")
-    if m.output_sequence or m.use_avg_pool:
-        key = "model.output_sequence" if m.output_sequence else "model.use_avg_pool"
-        raise ConfigError(f"{key}=true: Hugging Face *ForSequenceClassification pools the last token only")
-    family = family_of(m)
+    family = check_exportable(m)
     model = loaded.model
     state = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     k = int(state["head.weight"].shape[0])

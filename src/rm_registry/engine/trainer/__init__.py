@@ -91,6 +91,8 @@ class TrainResult:
     seconds: float = 0.0
     #: Stopped by ``exp_manager.max_time_per_run`` after ``steps`` steps (checkpoint saved).
     time_limit_reached: bool = False
+    #: The Hugging Face folder written at the end (``trainer.rm.save_hf``), else ``None``.
+    hf_folder: Path | None = None
 
 
 @dataclass
@@ -153,10 +155,53 @@ def train(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
+    if bool(OmegaConf.select(cfg, "trainer.rm.save_hf", default=False)):
+        from ..hf._export import check_exportable
+
+        check_exportable(cfg.model, key="trainer.rm.save_hf=true")  # refused now, not after the training
     checkpoint = _resume_point(plugin, cfg, output_dir, resume, resume_from)
     data = _read_data(plugin, cfg, progress=progress)
     run = _set_up(plugin, cfg, output_dir, data, checkpoint, progress)
-    return _loop(run, started, checkpoint)
+    result = _loop(run, started, checkpoint)
+    if bool(OmegaConf.select(cfg, "trainer.rm.save_hf", default=False)) and result.last_checkpoint is not None:
+        result.hf_folder = _save_hf(result.last_checkpoint, output_dir / "hf", run.info)
+    return result
+
+
+def _save_hf(checkpoint: Path, folder: Path, info: ParallelInfo) -> Path:
+    """``rm-registry export`` of ``checkpoint`` into ``folder`` (replacing an older export), by the
+    main rank in a process of its own (export runs with tensor parallelism 1, whatever this run's);
+    the other ranks wait."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if info.is_main:
+        say(f"writing the Hugging Face folder {folder} (trainer.rm.save_hf)")
+        fresh = folder.with_name(f".{folder.name}.{os.getpid()}.new")
+        shutil.rmtree(fresh, ignore_errors=True)
+        env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                                                                "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "ROLE_RANK",
+                                                                "TORCHELASTIC_RUN_ID")}
+        proc = subprocess.run([sys.executable, "-m", "rm_registry", "export", "--checkpoint", str(checkpoint),
+                               "--output", str(fresh)], capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            shutil.rmtree(fresh, ignore_errors=True)
+            why = (proc.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("rm-registry: error: ")
+            error: Exception | None = TrainingError(f"trained (checkpoint {checkpoint}), but trainer.rm.save_hf could "
+                                                    f"not write {folder}: {why}")
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.rename(fresh, folder)
+            error = None
+    else:
+        error = None
+    if info.world_size > 1:
+        torch.distributed.barrier()
+    if error is not None:
+        raise error
+    return folder
 
 
 def _resume_point(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, resume: bool,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from ._catalog import BENCHMARKS, get_benchmark
 from ._report import compare_results, format_comparison, format_table
-from ._run import DEFAULT_SWAP_SAMPLE, render_response, run_benchmark
+from ._run import DEFAULT_SWAP_SAMPLE, read_benchmark, render_response, run_benchmark
 from ._spec import Benchmark, BenchmarkRun, Example, Figures
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "format_comparison",
     "format_table",
     "get_benchmark",
+    "read_benchmark",
     "render_response",
     "run_benchmark",
 ]

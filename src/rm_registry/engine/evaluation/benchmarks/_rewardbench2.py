@@ -32,7 +32,8 @@ def _int(record: Mapping[str, Any], key: str, *, path: str | Path, row: int) -> 
     value = record.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value or value < 0:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or int(value) != value or value < 0):
         raise DataError(path, row, f"column {key!r} must be a whole number >= 0, got {value!r}")
     return int(value)
 
@@ -109,9 +110,11 @@ class RewardBench2(Benchmark):
         return out
 
     def pairs(self, example: Example) -> list[tuple[int, int]]:
-        k = len(example.chosen)
-        return [(i, j) for i in range(k) for j in range(len(example.rejected))] if _is_ties(example.subset) else \
-            [(0, j) for j in range(len(example.rejected))]
+        """Ties: every correct chosen response against every rejected one; else the first against each rejected."""
+        if _is_ties(example.subset):
+            k = example.num_correct or len(example.chosen)
+            return [(i, j) for i in range(k) for j in range(len(example.rejected))]
+        return [(0, j) for j in range(len(example.rejected))]
 
     def figures(self, examples: Sequence[Example], chosen: Sequence[Sequence[float]],
                 rejected: Sequence[Sequence[float]]) -> Figures:
@@ -134,10 +137,13 @@ class RewardBench2(Benchmark):
                 extra["ties"] = ties
             else:
                 subset_scores[subset] = sum(correct[i] for i in idx) / len(idx)  # type: ignore[misc]
-        order = [s for s in SUBSETS if s in subset_scores] + sorted(s for s in subset_scores if s not in SUBSETS)
+        known = {s.lower() for s in SUBSETS}
+        order = [s for name in SUBSETS for s in subset_scores if s.lower() == name.lower()] + \
+            sorted(s for s in subset_scores if s.lower() not in known)
         rows = [{"section": "RewardBench 2", "subset": s, "n": len(groups[s]), "score": subset_scores[s]} for s in order]
         notes = []
-        missing = [s for s in SUBSETS if s not in subset_scores]
+        present = {s.lower() for s in subset_scores}
+        missing = [s for s in SUBSETS if s.lower() not in present]
         if missing:
             notes.append(f"subsets missing from the data: {', '.join(missing)}; the score is the mean of the "
                          f"{len(subset_scores)} present (the leaderboard's is over all six)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,7 @@ from ._spec import Benchmark, BenchmarkRun, Example
 #: (not imported: the API module imports this one).
 LoadedRewardModel = Any
 
-__all__ = ["DEFAULT_SWAP_SAMPLE", "render_response", "run_benchmark"]
+__all__ = ["DEFAULT_SWAP_SAMPLE", "read_benchmark", "render_response", "run_benchmark"]
 
 #: Rows scored again with chosen and rejected exchanged (``--swap-sample``).
 DEFAULT_SWAP_SAMPLE = 500
@@ -48,7 +49,7 @@ def _score(model: LoadedRewardModel, examples: Sequence[Example], *, path: str |
     policy = "error" if model.cfg.model.data.overlong_policy == "error" else "truncate"
     cut = 0
     for ex in examples:
-        prompt_key = ex.prompt if isinstance(ex.prompt, str) else json.dumps(ex.prompt, sort_keys=True)
+        prompt_key = ("s:" + ex.prompt) if isinstance(ex.prompt, str) else ("m:" + json.dumps(ex.prompt, sort_keys=True))
         sides: list[list[int]] = []
         for side, responses in (("chosen", ex.chosen), ("rejected", ex.rejected)):
             mine = []
@@ -67,6 +68,12 @@ def _score(model: LoadedRewardModel, examples: Sequence[Example], *, path: str |
         refs.append((sides[0], sides[1]))
     rewards = model.rewards(ids, progress=progress)  # [T, K], sorted by length, split across DP ranks
     scalar = _contract.scalar_rewards(model.plugin, rewards, model.cfg).tolist()  # [T]
+    bad = [i for i, v in enumerate(scalar) if not math.isfinite(v)]
+    if bad:
+        row = next(ex.row for ex, (c, r) in zip(examples, refs) if bad[0] in c or bad[0] in r)
+        raise ConfigError(f"{model.checkpoint}: the model gives NaN or inf rewards for {len(bad)} of {len(scalar)} "
+                          f"texts (the first of row {row} of {path}); the checkpoint is damaged or its training "
+                          "diverged (see its metrics.jsonl)")
     chosen = [[scalar[i] for i in c] for c, _ in refs]
     rejected = [[scalar[i] for i in r] for _, r in refs]
     return chosen, rejected, len(ids), cut
@@ -82,9 +89,13 @@ def _sample(n: int, m: int) -> list[int]:
 def _swap_probe(model: LoadedRewardModel, bench: Benchmark, examples: Sequence[Example],
                 chosen: Sequence[Sequence[float]], rejected: Sequence[Sequence[float]], sample: int, *,
                 path: str | Path) -> dict[str, Any]:
+    every = [(chosen[i][a], rejected[i][b]) for i, ex in enumerate(examples) for a, b in bench.pairs(ex)]
+    ties_all = sum(c == r for c, r in every) / len(every) if every else 0.0
     picked = _sample(len(examples), sample)
     if not picked:
-        return {"pairs": 0, "flagged": False, "skipped": "--swap-sample 0"}
+        out = swap_result([], [], [], ties_all=ties_all, pairs_all=len(every))
+        out.update(rows=0, skipped="--swap-sample 0: not scored again")
+        return out
     swapped = [examples[i].swapped() for i in picked]
     s_chosen, s_rejected, _, _ = _score(model, swapped, path=path, progress=False)
     original, after, again = [], [], []
@@ -93,9 +104,24 @@ def _swap_probe(model: LoadedRewardModel, bench: Benchmark, examples: Sequence[E
             original.append((chosen[i][a], rejected[i][b]))
             after.append((s_chosen[n][b], s_rejected[n][a]))
         again += list(zip(chosen[i], s_rejected[n])) + list(zip(rejected[i], s_chosen[n]))
-    out = swap_result(original, after, again)
+    out = swap_result(original, after, again, ties_all=ties_all, pairs_all=len(every))
     out["rows"] = len(picked)
     return out
+
+
+def read_benchmark(benchmark: str, data: str | Path, columns: Any = None) -> list[Example]:
+    """The rows of ``data`` as the benchmark's examples, checked (no model needed).
+
+    ``columns``: ``model.data.columns``, the benchmark's column name -> the file's.
+
+    Raises:
+        ConfigError: an unknown benchmark; DataError: a row that does not fit its layout.
+    """
+    bench = get_benchmark(benchmark)
+    records = list(read_jsonl(with_columns(str(data), columns)))
+    if not records:
+        raise DataError(data, None, "holds no rows")
+    return bench.read(data, records)
 
 
 def run_benchmark(model: LoadedRewardModel, benchmark: str, data: str | Path, *, output: str | Path | None = None,
@@ -118,10 +144,7 @@ def run_benchmark(model: LoadedRewardModel, benchmark: str, data: str | Path, *,
     if out_dir is not None:
         check_results_dir(out_dir)
     started = time.perf_counter()
-    records = list(read_jsonl(with_columns(str(data), model.cfg.model.data.get("columns"))))
-    if not records:
-        raise DataError(data, None, "holds no rows")
-    examples = bench.read(data, records)
+    examples = read_benchmark(bench.name, data, model.cfg.model.data.get("columns"))
     chosen, rejected, texts, cut = _score(model, examples, path=data, progress=progress)
     fig = bench.figures(examples, chosen, rejected)
     scoring_seconds = time.perf_counter() - started
@@ -140,7 +163,8 @@ def run_benchmark(model: LoadedRewardModel, benchmark: str, data: str | Path, *,
                     "rejected": distribution([v for r in rejected for v in r])},
     }
     per_example = [{"row": ex.row, "id": ex.id, "subset": ex.subset, "rewards_chosen": c, "rewards_rejected": r,
-                    "correct": ok} for ex, c, r, ok in zip(examples, chosen, rejected, fig.correct)]
+                    "correct": ok, **({"num_correct": ex.num_correct} if ex.num_correct is not None else {})}
+                   for ex, c, r, ok in zip(examples, chosen, rejected, fig.correct)]
     results = {
         "benchmark": bench.name,
         "score": fig.score,

@@ -117,8 +117,10 @@ def text_value(record: Mapping[str, Any], key: str, *, path: str | Path, row: in
     if messages and isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
         return value
     if isinstance(value, list):
+        hint = f"; is this {_OTHER_LAYOUT['list']}?" if key != "prompt" else \
+            " (or a chat message list of {'role', 'content'} objects)"
         raise DataError(path, row, f"column {key!r} holds a list of {len(value)} where {bench.name} takes one "
-                                   f"string; is this {_OTHER_LAYOUT['list']}?")
+                                   f"string{hint}")
     raise DataError(path, row, f"column {key!r} must be a string, got {type(value).__name__}")
 
 
