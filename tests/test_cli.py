@@ -120,7 +120,7 @@ def test_info_text_and_json(make_plugin_dist, capsys):
     assert main(["info", "alpha"]) == 0
     out = capsys.readouterr().out
     assert "distribution: rm-alpha" in out and "description:  Fake reward model alpha" in out
-    assert '"scale": 1.0' in out
+    assert "    alpha:\n      scale: 1.0" in out  # the defaults as YAML, the form `info --config` prints
 
 
 def test_info_picks_a_distribution_in_a_conflict(make_plugin_dist, capsys):

@@ -144,3 +144,12 @@ def test_save_hf_refuses_a_layout_that_does_not_export_before_training(tmp_path:
     assert proc.returncode == 2
     assert re.search(r"trainer.rm.save_hf=true: no Hugging Face family represents this model", proc.stderr)
     assert not (tmp_path / "rm").exists()
+
+
+@pytest.mark.slow
+def test_launch_runs_serve(tmp_path: Path) -> None:
+    """serve is launched like train: its own one-line error, then launch's summary."""
+    proc = run_cli("launch", "--nproc-per-node", "1", "serve", "--checkpoint", str(tmp_path / "none"))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"{tmp_path / 'none'}: no such checkpoint or run folder" in proc.stderr
+    assert "1 of the 1 process(es) per node failed" in proc.stderr and "Traceback" not in proc.stderr

@@ -135,8 +135,15 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return 0
     for key in ("name", "distribution", "version", "entry_point", "status", "description"):
         print(f"{key.replace('_', ' ') + ':':14}{data[key]}")
-    print("defaults:")
-    print("\n".join("  " + line for line in json.dumps(defaults, indent=2, default=str).splitlines()))
+    print("defaults:")  # as YAML, the form of `info --config` and of `train --config FILE`
+    try:
+        import yaml  # PyYAML, with the [megatron] extra (OmegaConf needs it)
+
+        text = yaml.safe_dump(json.loads(json.dumps(defaults, default=str)), sort_keys=False,
+                              default_flow_style=False).rstrip()
+    except ImportError:  # the core alone: JSON, which is YAML too
+        text = json.dumps(defaults, indent=2, default=str)
+    print("\n".join("  " + line for line in text.splitlines()))
     return 0
 
 
