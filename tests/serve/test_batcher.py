@@ -54,8 +54,36 @@ def test_concurrent_requests_share_length_sorted_batches_under_the_budget() -> N
         lengths = [len(ids) for ids in batch]
         assert lengths == sorted(lengths)
         assert len(batch) * max(lengths) <= 64 or len(batch) == 1
-    flat = [len(ids) for batch in forward.batches for ids in batch]
-    assert flat == sorted(flat)  # one gathering: every batch comes from one sorted queue
+    spans = sorted((min(len(i) for i in b), max(len(i) for i in b)) for b in forward.batches)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # pieces of one sorted queue, not interleaved
+    assert {ids[0] for ids in forward.batches[0]} >= {1}  # the batch of the oldest request runs first
+
+
+def test_texts_that_arrive_during_a_pass_join_the_next_plan() -> None:
+    """After each pass the queue is planned again: a text that came during the pass shares the next
+    batch with queued texts of its length, and the oldest text's batch always goes first."""
+    gate = threading.Event()
+    forward = Recorder()
+
+    def slow(batch: list[list[int]]) -> list[int]:
+        if not forward.batches:
+            gate.wait(5)  # the first pass runs until the late request is queued
+        return forward(batch)
+
+    async def main() -> None:
+        b = DynamicBatcher(slow, max_batch_tokens=40, max_wait_ms=20, max_padding_tokens=0)
+        b.start()
+        first = asyncio.ensure_future(b.submit(_request(2, 10, 1)))  # the oldest: long texts
+        early = asyncio.ensure_future(b.submit(_request(2, 3, 2)))
+        await asyncio.sleep(0.1)  # both planned: [3, 3] and [10, 10]; the long batch (oldest) runs
+        late = asyncio.ensure_future(b.submit(_request(1, 3, 3)))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, early, late)
+        await b.close()
+
+    _run(main())
+    assert [[ids[0] for ids in batch] for batch in forward.batches] == [[1, 1], [2, 2, 3]]
 
 
 def test_a_failing_batch_fails_only_its_requests_and_the_batcher_goes_on() -> None:
@@ -139,7 +167,8 @@ def test_texts_of_very_different_lengths_go_to_different_batches() -> None:
         await b.close()
 
     _run(main())
-    assert [[len(ids) for ids in batch] for batch in forward.batches] == [[10, 10, 11, 12], [100, 100, 101, 102]]
+    # the oldest text (100 tokens) goes first
+    assert [[len(ids) for ids in batch] for batch in forward.batches] == [[100, 100, 101, 102], [10, 10, 11, 12]]
 
 
 def _cost(lengths: list[int], ends: list[int], overhead: float) -> float:

@@ -6,7 +6,8 @@ queued), takes everything queued, sorts it by length and cuts it into batches wh
 (texts x longest) stays under ``max_batch_tokens``. Where to cut is chosen by cost: a forward pass
 costs about ``a + b x padded tokens`` seconds, so one more pass is worth it when it saves more than
 ``a / b`` tokens of padding. The batcher measures ``a`` and ``b`` on its own passes
-(:class:`PassCost`) and cuts the sorted queue where the total is least (:func:`plan_batches`): on
+(:class:`PassCost`) and cuts the sorted queue where the total is least (:func:`plan_batches`),
+runs the batch holding the oldest text, and plans the rest again with what arrived meanwhile: on
 a CPU, where a pass costs little beyond its tokens, that means tight batches of texts of nearly
 the same length, as when a sorted file is scored offline; on a GPU, where each pass has a large
 fixed cost, few large batches. ``max_padding_tokens`` optionally caps the padding of a batch.
@@ -237,7 +238,7 @@ class DynamicBatcher:
                         await self.run_on_worker(self.keepalive)
                 continue
             await self._gather()
-            for batch in self._take():
+            for batch in self._take():  # batching: one pass, then the queue is planned again
                 await self._run(batch)
 
     async def _gather(self) -> None:
@@ -256,10 +257,14 @@ class DynamicBatcher:
                 return
 
     def _take(self) -> list[list[_Item]]:
-        """Cut the queue into batches: all of it, length-sorted, where the cost is least (or the
-        oldest request alone, in as few passes as the budget allows, without batching)."""
+        """The next pass: the whole queue, length-sorted, is cut where the cost is least and the batch
+        holding the oldest text is taken; the rest stays queued and is planned again after the pass,
+        with the texts that arrived meanwhile (so that they fill batches of their length instead of
+        waiting for every pass planned before them). Without batching: the oldest request alone, in as
+        few passes as the budget allows."""
         if self.batching:
             items = sorted(self._pending, key=lambda item: len(item.ids))
+            oldest = self._pending[0]
             self._pending.clear()
         else:
             first = self._pending[0].request
@@ -277,7 +282,15 @@ class DynamicBatcher:
             overhead, cap = _FEWEST_PASSES, None
         ends = plan_batches([len(item.ids) for item in items], max_tokens=self.max_batch_tokens,
                             overhead_tokens=overhead, max_padding=cap)
-        return [items[i:j] for i, j in zip([0, *ends[:-1]], ends)]
+        batches = [items[i:j] for i, j in zip([0, *ends[:-1]], ends)]
+        if not self.batching:
+            return batches
+        chosen = next(b for b in batches if any(item is oldest for item in b))
+        rest = sorted((item for b in batches if b is not chosen for item in b), key=lambda item: item.enqueued)
+        self._pending.extend(rest)  # in arrival order: the oldest sets the next deadline (already past)
+        self._pending_tokens += sum(len(item.ids) for item in rest)
+        self._set_depth()
+        return [chosen]
 
     async def _run(self, batch: list[_Item]) -> None:
         live = [item for item in batch if not item.future.done()]  # skip requests already cancelled
