@@ -303,6 +303,9 @@ def _ready(plugin: RewardModelPlugin, cfg: DictConfig, overrides: Iterable[str],
     model = plugin.model_class.from_config(cfg, vocab_size=tok.vocab_size).to(info.device)
     load_weights(model)
     model.eval()
+    from .model import compile_backbone
+
+    compile_backbone(model, cfg, info.device)
     return LoadedRewardModel(plugin=plugin, cfg=cfg, tokenizer=tok, model=model, checkpoint=checkpoint, info=info)
 
 

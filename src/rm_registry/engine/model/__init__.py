@@ -68,6 +68,7 @@ __all__ = [
     "POOLINGS",
     "RewardModel",
     "build_transformer_config",
+    "compile_backbone",
     "layer_spec",
     "padded_vocab_size",
     "parse_dtype",
@@ -454,3 +455,37 @@ class RewardModel(MegatronModule):
             pooled = summed / lengths.unsqueeze(-1).to(hidden.dtype)
         # The megatron linear layers expect [S, N, H]: run the head on a length-1 "sequence".
         return self._head(pooled.unsqueeze(0)).squeeze(0).float()  # [1, N, K] -> [N, K]
+
+
+def _compiler_missing(device: torch.device) -> str | None:
+    """Why torch.compile's default backend cannot run here (``None``: it can)."""
+    import importlib.util
+    import os
+    import shutil
+
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "triton is not installed"
+    names = [os.environ.get("CXX") or "", "g++", "c++", "clang++"]
+    return None if any(n and shutil.which(n) for n in names) else "no C++ compiler (g++, c++, clang++ or $CXX) found"
+
+
+def compile_backbone(model: torch.nn.Module, cfg: DictConfig, device: torch.device) -> bool:
+    """``model.compile=true``: compile ``model.backbone`` in place with ``torch.compile(dynamic=True)``
+    (parameter names, and so checkpoints, stay as they are). Where the compiler cannot run, or the
+    model has no ``backbone``, one warning and the model stays eager; a graph the compiler fails on
+    runs eagerly too (torch's ``suppress_errors``). Returns whether it was compiled."""
+    import warnings
+
+    if not bool(OmegaConf.select(cfg, "model.compile", default=False)):
+        return False
+    backbone = getattr(model, "backbone", None)
+    why = "the model has no .backbone" if not isinstance(backbone, torch.nn.Module) else _compiler_missing(device)
+    if why is not None:
+        warnings.warn(f"model.compile=true: {why}; running the model without compiling it", UserWarning, stacklevel=2)
+        return False
+    from torch import _dynamo
+
+    _dynamo.config.suppress_errors = True
+    backbone.compile(dynamic=True)
+    return True
+

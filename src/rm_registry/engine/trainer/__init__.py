@@ -265,6 +265,9 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
                         load_head=OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None),
                         missing_head="pretrained_checkpoint.load_rm_head_weights=true asks for its head: set it to "
                         "false or null to start a new one", progress=progress and info.is_main)
+    from ..model import compile_backbone
+
+    compile_backbone(model, cfg, info.device)  # model.compile: in place, parameter names unchanged
     optimizer = build_optimizer(model, cfg, info)
     scheduler = build_scheduler(optimizer, cfg, total)
     scaler = LossScaler() if precision_mode(cfg) == "16-mixed" else None
