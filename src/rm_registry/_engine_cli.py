@@ -359,6 +359,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                if not v]
     if missing:
         raise ConfigError(f"evaluate needs {' and '.join(missing)} (or --compare RESULTS_DIR...)")
+    _check_input_file(args.data, "--data")
     if args.benchmark is None:
         extra = [o for o, v in (("--output", args.output), ("--swap-sample", args.swap_sample)) if v is not None]
         if extra:
@@ -375,11 +376,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--swap-sample={args.swap_sample}: expected a number of rows >= 0")
         if args.output:
             check_results_dir(Path(args.output))
-        _check_input_file(args.data, "--data")
         # the rows are checked before the model is loaded (a file of another layout is the usual mistake)
         columns = OmegaConf.select(parse_overrides(args.overrides), "model.data.columns") if args.overrides else None
         read_benchmark(args.benchmark, args.data, OmegaConf.to_container(columns) if columns is not None else None)
-    _check_input_file(args.data, "--data")
     from .engine.api import load_reward_model
 
     model = load_reward_model(args.checkpoint, overrides=args.overrides, distribution=args.distribution)

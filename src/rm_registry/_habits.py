@@ -10,7 +10,7 @@ from typing import Sequence
 
 __all__ = ["TRL_NAMES", "flag_hint", "key_hint"]
 
-#: TRL / TrainingArguments name -> (our key or option, how to use it, when it is not ``KEY=VALUE``).
+#: TRL / TrainingArguments name -> (our key, option or fixed ``KEY=VALUE``, a note or None).
 TRL_NAMES: dict[str, tuple[str, str | None]] = {
     "learning_rate": ("model.optim.lr", None),
     "max_steps": ("trainer.rm.max_steps", None),
@@ -25,8 +25,8 @@ TRL_NAMES: dict[str, tuple[str, str | None]] = {
     "warmup_ratio": ("model.optim.sched.warmup_steps", "a number of steps, not a ratio: ratio x trainer.rm.max_steps"),
     "weight_decay": ("model.optim.weight_decay", None),
     "max_grad_norm": ("trainer.rm.gradient_clip_val", None),
-    "bf16": ("trainer.precision", "trainer.precision=bf16-mixed (bf16 compute, float32 main weights)"),
-    "fp16": ("trainer.precision", "trainer.precision=16-mixed"),
+    "bf16": ("trainer.precision=bf16-mixed", "bf16 compute, float32 main weights"),
+    "fp16": ("trainer.precision=16-mixed", None),
     "seed": ("seed", None),
     "eval_steps": ("trainer.rm.val_check_interval", None),
     "save_steps": ("trainer.rm.save_interval", None),
@@ -54,11 +54,11 @@ def _advice(name: str, value: str | None) -> str | None:
         value = None
     if ours.startswith("--"):
         use = f"{ours} {value}" if value else ours
-    elif note and "=" in note.split(" ")[0]:
-        use, note = note.split(" ", 1)[0], (note.split(" ", 1)[1] if " " in note else None)
+    elif "=" in ours:  # a fixed value (bf16 -> trainer.precision=bf16-mixed)
+        use = ours
     else:
         use = f"{ours}={value if value is not None else '...'}"
-    return f"TRL's {_normal(name)} is {use} here" + (f" ({note.strip('()')})" if note else "")
+    return f"TRL's {_normal(name)} is {use} here" + (f" ({note})" if note else "")
 
 
 def flag_hint(extras: Sequence[str]) -> str | None:

@@ -14,12 +14,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..._errors import ConfigError, StorageError
 
 __all__ = ["check_output_dir", "check_output_file", "atomic_write_text", "atomic_write_bytes",
-           "storage_error", "writing", "write_failure", "temp_dir_beside"]
+           "storage_error", "writing", "write_failure", "temp_dir_beside", "publish_folder"]
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -135,6 +135,25 @@ def temp_dir_beside(path: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def publish_folder(path: Path, fill: Callable[[Path], None]) -> None:
+    """``fill(tmp)`` a hidden temporary folder beside ``path``, then rename it to ``path`` (an empty
+    folder already there is replaced): all or nothing. On any error the temporary folder is removed;
+    a write error (full disk, no permission) becomes one :class:`StorageError` naming ``path``.
+    """
+    tmp = temp_dir_beside(path)
+    try:
+        fill(tmp)
+        if path.exists():
+            path.rmdir()  # empty (the callers refuse a folder that is not, before any work)
+        os.rename(tmp, path)
+    except BaseException as exc:  # a full disk is one line naming the folder, not a library's traceback
+        failure = write_failure(exc, path, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if failure is None:
+            raise
+        raise failure from None
 
 
 def _umask() -> int:

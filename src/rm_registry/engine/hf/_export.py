@@ -12,8 +12,6 @@ architecture), ``tokenizer.json``, ``tokenizer_config.json`` (with the chat temp
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +20,7 @@ from omegaconf import OmegaConf
 
 from ..._errors import ConfigError
 from .. import _contract
-from ..checkpoint._fs import temp_dir_beside, write_failure
+from ..checkpoint._fs import publish_folder
 from ..tokenizer import ByteTokenizer, HFTokenizer
 from ._convert import to_hf
 from ._family import Family, Rule
@@ -246,19 +244,11 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     files = _tokenizer_files(loaded)
     config = hf_folder_config(loaded, family, vocab, k)
 
-    tmp = temp_dir_beside(output)
-    try:
+    def fill(tmp: Path) -> None:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if output.exists():
-            output.rmdir()  # empty (checked above)
-        os.rename(tmp, output)
-    except BaseException as exc:  # a full disk is one line naming the folder, not a safetensors traceback
-        failure = write_failure(exc, output, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if failure is None:
-            raise
-        raise failure from None
+
+    publish_folder(output, fill)
     return output

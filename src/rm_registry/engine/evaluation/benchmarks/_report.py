@@ -8,14 +8,12 @@ import base64
 import html
 import io
 import json
-import math
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 from ...._errors import ConfigError
-from ...checkpoint._fs import check_output_dir, temp_dir_beside, write_failure
+from ...checkpoint._fs import check_output_dir, publish_folder
+from .. import finite_for_json
 from ._spec import BenchmarkRun
 
 __all__ = ["check_results_dir", "compare_results", "format_table", "write_results"]
@@ -28,16 +26,6 @@ def check_results_dir(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"--output {path}: exists and is not an empty folder; give a new folder for the results")
     check_output_dir(path)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _fmt(value: Any) -> str:
@@ -213,26 +201,18 @@ def render_report(run: BenchmarkRun) -> str:
 
 
 def _write_folder(out: Path, files: dict[str, str]) -> None:
-    tmp = temp_dir_beside(out)
-    try:
+    def fill(tmp: Path) -> None:
         for name, text in files.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        if out.exists():
-            out.rmdir()  # empty (checked before scoring)
-        os.rename(tmp, out)
-    except BaseException as exc:
-        failure = write_failure(exc, out, tmp)
-        shutil.rmtree(tmp, ignore_errors=True)
-        if failure is None:
-            raise
-        raise failure from None
+
+    publish_folder(out, fill)
 
 
 def write_results(run: BenchmarkRun, out: Path) -> None:
     """``results.json``, ``per_example.jsonl`` and ``report.html`` into ``out``, all or nothing."""
     _write_folder(out, {
-        RESULTS: json.dumps(_json_safe(run.results), indent=2, allow_nan=False) + "\n",
-        PER_EXAMPLE: "".join(json.dumps(_json_safe(e), allow_nan=False) + "\n" for e in run.per_example),
+        RESULTS: json.dumps(finite_for_json(run.results), indent=2, allow_nan=False) + "\n",
+        PER_EXAMPLE: "".join(json.dumps(finite_for_json(e), allow_nan=False) + "\n" for e in run.per_example),
         REPORT: render_report(run),
     })
 
@@ -291,7 +271,7 @@ def compare_results(folders: Sequence[str | Path], output: str | Path | None = N
                 _img(_bars(sections, series, "sections"), "section scores by model", "chart-sections"),
                 _table(["section", "subset", *names], [[r["section"], r["subset"], *r["scores"]] for r in rows],
                        "table-subsets")]
-        _write_folder(out, {COMPARISON: json.dumps(_json_safe(comparison), indent=2) + "\n",
+        _write_folder(out, {COMPARISON: json.dumps(finite_for_json(comparison), indent=2) + "\n",
                             REPORT: _page(f"{comparison['benchmark']} comparison", body)})
     return comparison
 

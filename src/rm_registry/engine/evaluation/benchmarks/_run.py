@@ -88,9 +88,9 @@ def _sample(n: int, m: int) -> list[int]:
 
 def _swap_probe(model: LoadedRewardModel, bench: Benchmark, examples: Sequence[Example],
                 chosen: Sequence[Sequence[float]], rejected: Sequence[Sequence[float]], sample: int, *,
-                path: str | Path) -> dict[str, Any]:
-    every = [(chosen[i][a], rejected[i][b]) for i, ex in enumerate(examples) for a, b in bench.pairs(ex)]
-    ties_all = sum(c == r for c, r in every) / len(every) if every else 0.0
+                path: str | Path, every: Sequence[tuple[float, float, int, int]]) -> dict[str, Any]:
+    """``every``: all pairs of the file, ``(chosen, rejected, ...)`` rewards first (their ties are counted)."""
+    ties_all = sum(p[0] == p[1] for p in every) / len(every) if every else 0.0
     picked = _sample(len(examples), sample)
     if not picked:
         out = swap_result([], [], [], ties_all=ties_all, pairs_all=len(every))
@@ -155,7 +155,7 @@ def run_benchmark(model: LoadedRewardModel, benchmark: str, data: str | Path, *,
     all_lengths = [v for row in lengths_c for v in row] + [v for row in lengths_r for v in row]
     pairs = [(chosen[i][a], rejected[i][b], lengths_c[i][a], lengths_r[i][b])
              for i, ex in enumerate(examples) for a, b in bench.pairs(ex)]
-    swap = _swap_probe(model, bench, examples, chosen, rejected, swap_sample, path=data)
+    swap = _swap_probe(model, bench, examples, chosen, rejected, swap_sample, path=data, every=pairs)
     probes = {
         "swap": swap,
         "length_bias": length_bias(all_rewards, all_lengths, pairs),
