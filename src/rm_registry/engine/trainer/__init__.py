@@ -155,7 +155,8 @@ def train(
     """
     started = time.perf_counter()
     output_dir = Path(output_dir)
-    if bool(OmegaConf.select(cfg, "trainer.rm.save_hf", default=False)):
+    save_hf = bool(OmegaConf.select(cfg, "trainer.rm.save_hf", default=False))
+    if save_hf:
         from ..hf._export import check_exportable
 
         check_exportable(cfg.model, key="trainer.rm.save_hf=true")  # refused now, not after the training
@@ -163,7 +164,7 @@ def train(
     data = _read_data(plugin, cfg, progress=progress)
     run = _set_up(plugin, cfg, output_dir, data, checkpoint, progress)
     result = _loop(run, started, checkpoint)
-    if bool(OmegaConf.select(cfg, "trainer.rm.save_hf", default=False)) and result.last_checkpoint is not None:
+    if save_hf and result.last_checkpoint is not None:
         result.hf_folder = _save_hf(result.last_checkpoint, output_dir / "hf", run.info)
     return result
 
@@ -177,6 +178,7 @@ def _save_hf(checkpoint: Path, folder: Path, info: ParallelInfo) -> Path:
     import subprocess
     import sys
 
+    error: Exception | None = None
     if info.is_main:
         say(f"writing the Hugging Face folder {folder} (trainer.rm.save_hf)")
         fresh = folder.with_name(f".{folder.name}.{os.getpid()}.new")
@@ -189,14 +191,11 @@ def _save_hf(checkpoint: Path, folder: Path, info: ParallelInfo) -> Path:
         if proc.returncode != 0:
             shutil.rmtree(fresh, ignore_errors=True)
             why = (proc.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("rm-registry: error: ")
-            error: Exception | None = TrainingError(f"trained (checkpoint {checkpoint}), but trainer.rm.save_hf could "
-                                                    f"not write {folder}: {why}")
+            error = TrainingError(f"trained (checkpoint {checkpoint}), but trainer.rm.save_hf could not write "
+                                  f"{folder}: {why}")
         else:
             shutil.rmtree(folder, ignore_errors=True)
             os.rename(fresh, folder)
-            error = None
-    else:
-        error = None
     if info.world_size > 1:
         torch.distributed.barrier()
     if error is not None:
