@@ -11,7 +11,8 @@ be preceded by one of:
 
 How a ``run`` block is run (all blocks of one page in order, in one scratch folder holding the
 files the docs use as examples: ``prefs.jsonl``, ``val.jsonl``, ``texts.jsonl``, ``steer.jsonl``,
-``steer_val.jsonl``, ``rewardbench.jsonl`` (RewardBench's layout), and links to the checkout's ``plugins/`` and ``examples/``):
+``steer_val.jsonl``, ``steps.jsonl``, ``steps_val.jsonl``, ``solutions.jsonl`` (process rewards),
+``rewardbench.jsonl`` (RewardBench's layout), and links to the checkout's ``plugins/`` and ``examples/``):
 
 - ``rm-registry ARGS`` (also ``.venv/bin/rm-registry``, ``python -m rm_registry``): run for real,
   in one Python process for all pages (megatron-core is imported once); ``train`` gets a tiny
@@ -172,6 +173,12 @@ def prepare(folder: Path) -> None:
     shutil.copy(br / "validation.jsonl", folder / "val.jsonl")
     shutil.copy(rg / "train.jsonl", folder / "steer.jsonl")
     shutil.copy(rg / "validation.jsonl", folder / "steer_val.jsonl")
+    pr = REPO / "plugins" / "process_reward" / "src" / "rm_process_reward" / "data"
+    shutil.copy(pr / "train.jsonl", folder / "steps.jsonl")
+    shutil.copy(pr / "validation.jsonl", folder / "steps_val.jsonl")
+    solutions = [{"prompt": "Get from the hall to the gate.\n", "completions": ["walk to the desk", "fly to the gate"]},
+                 {"input": "Get from the hall to the gate.\nwalk to the desk ки\nhop to the gate ки"}]
+    (folder / "solutions.jsonl").write_text("".join(json.dumps(t) + "\n" for t in solutions), encoding="utf-8")
     texts = [{"text": "User: What is 2+2?\nAssistant: 4, happy to help!"},
              {"prompt": "User: Hi!\nAssistant: ", "response": "Hello, how can I help?"}]
     (folder / "texts.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts), encoding="utf-8")

@@ -97,7 +97,7 @@ def _fenced_commands(text: str) -> list[str]:
 SETUP = (
     "python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && "
     ".venv/bin/pip install -e '.[megatron,serve,test]' -e plugins/binary_ranking -e plugins/regression "
-    "-e examples/rm-hinge-ranking"
+    "-e plugins/process_reward -e examples/rm-hinge-ranking"
 )
 MAIN_JOB = f"{SETUP} && .venv/bin/rm-registry train binary_ranking --output runs/quickstart"
 #: The browser step: tests/evaluation opens the benchmark report in a real headless Chromium.

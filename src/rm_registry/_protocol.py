@@ -20,6 +20,14 @@ Beyond ``tokens`` and ``lengths`` a batch may carry any tensors of any first dim
 never reshapes or splits them; the one rule for where they live is in
 :class:`RewardModelPlugin` (``collate``).
 
+Token-level architectures (a process reward model: one reward per reasoning step) add one key the
+engine reads: ``reward_positions``, ``[M, 2]`` int64 ``(row, token index)`` points, each index
+inside its row's real tokens. The engine then runs ``model(tokens, lengths, positions=...)`` and
+hands :meth:`RewardModelPlugin.loss` and :meth:`RewardModelPlugin.evaluation_metrics` rewards
+``[M, K]``, one row per point, in the order given (``rm_registry.engine.RewardModel`` reads its
+head there). Such a plugin also defines :meth:`OptionalMembers.score_sequences`, so that ``score``
+knows where to read.
+
 Optional members (:class:`OptionalMembers`, listed in :data:`OPTIONAL_MEMBERS`) extend the
 contract; a plugin that defines none of them behaves exactly as before they existed.
 """
@@ -270,6 +278,20 @@ class OptionalMembers(Protocol):
         """
         ...
 
+    def score_sequences(self, record: Mapping[str, Any], tokenizer: Tokenizer, cfg: DictConfig, *,
+                        path: str, line: int) -> list[tuple[list[int], list[int]]]:
+        """For a token-level plugin (batches with ``reward_positions``): the sequences of one ``score``
+        record, tokenized by the plugin, each with the token indices to read the head at.
+
+        ``score`` runs the model at those points and hands :meth:`score_records` the rows of all
+        positions of the record, ``group_sizes[i]`` = the record's number of positions. Default:
+        absent (the record's texts are scored, one pooled reward each).
+
+        Raises:
+            rm_registry.DataError: naming ``path``, ``line`` and the problem.
+        """
+        ...
+
     def config_types(self) -> Mapping[str, Any]:
         """Types of config keys whose default is ``null`` (the engine cannot infer them).
 
@@ -351,6 +373,7 @@ OPTIONAL_MEMBERS: tuple[str, ...] = (
     "text_samples",
     "sample_from_tokens",
     "scalar_rewards",
+    "score_sequences",
 )
 
 

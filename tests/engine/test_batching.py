@@ -94,6 +94,26 @@ def test_forward_in_chunks_respects_the_budget_and_gives_the_same_rewards(build_
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
 
 
+def test_forward_in_chunks_with_positions_keeps_their_order(build_model) -> None:
+    """Rows split into chunks, each chunk's points read there, the result in the points' own order."""
+    model = build_model(num_outputs=2).eval()
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (6, 30), generator=g)
+    lengths = torch.tensor([30, 25, 20, 9, 6, 2])
+    points = torch.tensor([[5, 1], [0, 29], [3, 8], [0, 3], [4, 5], [1, 0], [2, 19], [5, 0]])
+    calls: list[int] = []
+
+    def counting(t: torch.Tensor, n: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        calls.append(int(positions.shape[0]))
+        return model(t, n, positions=positions)
+
+    with torch.no_grad():
+        whole = model(tokens, lengths, positions=points)
+        chunked = forward_in_chunks(counting, tokens, lengths, 60, positions=points)
+    assert len(calls) > 1 and sum(calls) == 8
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-5)
+
+
 def test_micro_batch_weights_keep_the_step_gradient(build_model) -> None:
     """Loss weighted by each micro-batch's share of samples: the same gradient as one big batch."""
     from rm_binary_ranking import plugin

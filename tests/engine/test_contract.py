@@ -255,3 +255,41 @@ def test_evaluation_moves_every_batch_tensor_and_keeps_only_what_metrics_read(
     assert moved == [{"tokens", "lengths", "margin", "has_margin"}] * 3  # every tensor, every batch (3 + 3 + 1)
     assert [set(b) for _, b in seen] == [{"lengths", "margin", "has_margin"}] * 3  # no tokens kept or gathered
     assert all(v.device.type == "cpu" for _, b in seen for v in b.values())
+
+
+class _WithoutScoreSequences:
+    """The process_reward plugin minus score_sequences: batches with reward_positions and no way to score."""
+
+    def __init__(self) -> None:
+        from rm_process_reward import plugin
+
+        self._plugin = plugin
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "score_sequences":
+            raise AttributeError(name)
+        return getattr(self._plugin, name)
+
+
+@pytest.mark.slow
+def test_a_token_level_plugin_needs_score_sequences() -> None:
+    from rm_registry.engine._conformance import check_behaviour
+
+    with pytest.raises(AssertionError, match=r"collate\(\) gives 'reward_positions' but the plugin has no "
+                                             r"score_sequences\(\)"):
+        check_behaviour(_WithoutScoreSequences(), checkpoint=False, export=False)  # type: ignore[arg-type]
+
+
+def test_score_sequences_output_is_checked() -> None:
+    from rm_registry import PluginValidationError
+    from rm_registry.engine import _contract
+
+    class Bad:
+        name = "bad"
+
+        def score_sequences(self, record, tokenizer, cfg, *, path, line):
+            return [([1, 2, 3], [3])]
+
+    with pytest.raises(PluginValidationError, match=r"positions \[3\] for 3 token ids"):
+        _contract.score_sequences(Bad(), {}, None, None, path="f", line=1)  # type: ignore[arg-type]
+    assert _contract.score_sequences(object(), {}, None, None, path="f", line=1) is None  # type: ignore[arg-type]

@@ -67,6 +67,27 @@ def test_output_sequence(build_model) -> None:
     torch.testing.assert_close(out[torch.arange(3), lengths - 1], pooled, rtol=1e-5, atol=1e-6)
 
 
+def test_positions_read_the_head_where_the_per_token_output_has_it(build_model) -> None:
+    """``positions [M, 2]`` (a token-level plugin's reward_positions): the rows of the per-token
+    output at those points, in the order given, with gradients; points outside real tokens refused."""
+    tokens, lengths = _batch()
+    per_token = build_model(num_outputs=2, output_sequence=True)(tokens, lengths)  # [3, 10, 2]
+    model = build_model(num_outputs=2)
+    points = torch.tensor([[1, 4], [0, 0], [0, 9], [2, 0], [1, 0]])
+    out = model(tokens, lengths, positions=points)
+    assert out.shape == (5, 2) and out.dtype == torch.float32
+    torch.testing.assert_close(out, per_token[points[:, 0], points[:, 1]], rtol=1e-5, atol=1e-6)
+    out.sum().backward()
+    assert model.head.weight.grad is not None
+    assert model(tokens, lengths, positions=torch.zeros(0, 2, dtype=torch.long)).shape == (0, 2)
+    with pytest.raises(ValueError, match=r"positions\[0\] = \(1, 5\) is outside that row's 5 real tokens"):
+        model(tokens, lengths, positions=torch.tensor([[1, 5]]))
+    with pytest.raises(ValueError, match=r"positions\[1\] names row 3; the batch has rows 0..2"):
+        model(tokens, lengths, positions=torch.tensor([[0, 0], [3, 0]]))
+    with pytest.raises(ValueError, match=r"int64 tensor \[M, 2\]"):
+        model(tokens, lengths, positions=torch.tensor([1, 2]))
+
+
 def test_fp32_head_with_bf16_backbone(build_model) -> None:
     model = build_model(params_dtype="bfloat16", force_head_dtype="float32")
     assert model.head.weight.dtype == torch.float32 and model.head.bias.dtype == torch.float32

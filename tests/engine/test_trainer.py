@@ -225,17 +225,18 @@ def test_too_little_data_names_the_batch_size(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_token_budget_splits_micro_batches_without_changing_the_steps(tmp_path: Path, monkeypatch) -> None:
     """Micro-batches cut by model.max_tokens_per_micro_batch are weighted by their samples: the same losses."""
+    from rm_registry.engine import _contract
     from rm_registry.engine import trainer as trainer_mod
 
     shapes: list[tuple[int, int]] = []
-    chunked = trainer_mod.forward_in_chunks
+    rewards_of = _contract.batch_rewards
 
-    def spy(model, tokens, lengths, max_tokens):
+    def spy(model, batch, max_tokens):
         if model.training:
-            shapes.append(tuple(tokens.shape))
-        return chunked(model, tokens, lengths, max_tokens)
+            shapes.append(tuple(batch["tokens"].shape))
+        return rewards_of(model, batch, max_tokens)
 
-    monkeypatch.setattr(trainer_mod, "forward_in_chunks", spy)
+    monkeypatch.setattr(_contract, "batch_rewards", spy)
     runs, forwards = {}, {}
     for name, extra in (("whole", []), ("budget", ["model.max_tokens_per_micro_batch=300"])):
         plugin, cfg = _build(tmp_path, "trainer.rm.max_steps=3", "model.micro_batch_size=8", *extra)

@@ -97,9 +97,10 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, expor
     tokens, lengths = _check_batch(plugin, batch, "collate() of 4 samples")
 
     model.train()
-    rewards = model(tokens, lengths)
-    if rewards.ndim != 2 or rewards.shape[0] != tokens.shape[0]:
-        raise _fail(plugin, f"forward gave rewards {tuple(rewards.shape)}, expected [N={tokens.shape[0]}, K]")
+    rewards = _forward(model, batch)
+    rows = _expected_rows(batch)
+    if rewards.ndim != 2 or rewards.shape[0] != rows:
+        raise _fail(plugin, f"forward gave rewards {tuple(rewards.shape)}, expected [{rows}, K]")
     loss, metrics = _checked_loss(plugin, rewards, batch, cfg, "a batch of 4 samples")
     loss.backward()
     # "Reaches" means connected to the loss: a pairwise loss depends only on r_chosen - r_rejected,
@@ -121,34 +122,79 @@ def check_behaviour(plugin: RewardModelPlugin, *, checkpoint: bool = True, expor
     first = float(loss.detach())
     for _ in range(15):
         optimizer.zero_grad()
-        loss, _ = plugin.loss(model(tokens, lengths), batch, cfg)
+        loss, _ = plugin.loss(_forward(model, batch), batch, cfg)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        last = float(plugin.loss(model(tokens, lengths), batch, cfg)[0])
+        last = float(plugin.loss(_forward(model, batch), batch, cfg)[0])
     if not last < first:
         raise _fail(plugin, f"the loss did not decrease when fitting one batch ({first:.4f} -> {last:.4f})")
     done("learning")
 
     model.eval()
     with torch.no_grad():
-        rewards = model(tokens, lengths)
+        rewards = _forward(model, batch)
     _check_evaluation(plugin, model, samples, cfg, tokenizer.pad_id, rewards, batch)
     done("evaluation (empty set, batching does not change the metrics)")
     _check_scoring(plugin, rewards, cfg)
+    if _contract.REWARD_POSITIONS in batch:
+        _check_score_sequences(plugin, model, cfg, tokenizer, sample["train"])
+        done("score_sequences (records scored at the plugin's positions)")
     done("scoring (score_outputs, score_records, scalar_rewards)")
     _check_determinism(plugin, cfg, tokenizer, samples, rewards)
     done("determinism")
 
     if checkpoint:
-        _check_checkpoint(plugin, model, cfg, tokenizer, tokens, lengths, rewards)
+        _check_checkpoint(plugin, model, cfg, tokenizer, batch, rewards)
         done("checkpoint round trip")
     if export:
-        _check_export(plugin, cfg, tokenizer, model, info, tokens, lengths, rewards)
+        _check_export(plugin, cfg, tokenizer, model, info, batch, rewards)
         done("Hugging Face export round trip")
     else:
         report["skipped"]["Hugging Face export round trip"] = "export=False"
     return report
+
+
+def _forward(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The model on one batch as training runs it (at the batch's ``reward_positions`` when it has them)."""
+    return _contract.batch_rewards(model, batch, None)
+
+
+def _expected_rows(batch: Mapping[str, Any]) -> int:
+    """Rows of the rewards of ``batch``: N sequences, or M ``reward_positions``."""
+    positions = batch.get(_contract.REWARD_POSITIONS)
+    return int(batch["tokens"].shape[0]) if positions is None else int(positions.shape[0])
+
+
+def _check_score_sequences(plugin: RewardModelPlugin, model: torch.nn.Module, cfg: DictConfig, tokenizer: Any,
+                           path: Any) -> None:
+    """A token-level plugin (batches with ``reward_positions``) scores records through
+    ``score_sequences``: every line of its sample file gives sequences with positions inside them,
+    and ``score_records`` makes one JSON object of each record's rows."""
+    from .data import read_jsonl
+
+    if getattr(plugin, "score_sequences", None) is None:
+        raise _fail(plugin, f"collate() gives {_contract.REWARD_POSITIONS!r} but the plugin has no score_sequences(): "
+                            "score and serve could not tell where to read its rewards")
+    groups = []
+    for line, record in list(read_jsonl(path))[:4]:
+        try:
+            groups.append(_contract.score_sequences(plugin, record, tokenizer, cfg, path=path, line=line))
+        except Exception as exc:
+            raise _fail(plugin, f"score_sequences() on {path} line {line} failed: {type(exc).__name__}: {exc}") from None
+    ids = [seq for group in groups for seq, _ in group]
+    from .data import pad_batch
+
+    tokens, lengths = pad_batch(ids, tokenizer.pad_id)
+    points = torch.tensor([(row, p) for row, (_, pos) in enumerate(s for g in groups for s in g) for p in pos])
+    with torch.no_grad():
+        rows = model(tokens, lengths, positions=points)
+    sizes = [sum(len(pos) for _, pos in group) for group in groups]
+    records = _contract.score_records(plugin, rows, sizes, cfg)
+    try:
+        json.dumps(records, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _fail(plugin, f"score_records() of score_sequences() rows is not JSON without NaN: {exc}") from None
 
 
 def _check_stats(plugin: RewardModelPlugin, dataset: Any) -> None:
@@ -169,6 +215,14 @@ def _check_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any], what: str)
     if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
         raise _fail(plugin, f"{what}: tokens {tuple(tokens.shape)} and lengths {tuple(lengths.shape)} "
                             "must be [N, S] and [N]")
+    positions = batch.get(_contract.REWARD_POSITIONS)
+    if positions is not None:
+        from .model import _check_positions
+
+        try:
+            _check_positions(positions, lengths)
+        except ValueError as exc:
+            raise _fail(plugin, f"{what}: {_contract.REWARD_POSITIONS} {exc}") from None
     if tokens.shape[0] and int(lengths.max()) != tokens.shape[1]:
         raise _fail(plugin, f"{what} pads to {tokens.shape[1]} but the longest sequence has {int(lengths.max())} "
                             "tokens: pad to the longest sequence of the batch")
@@ -206,7 +260,7 @@ def _check_batch_sizes(plugin: RewardModelPlugin, model: torch.nn.Module, train:
         picked = [train[(size * 7 + j * (n // 3 + 1)) % n] for j in range(size)]
         batch = plugin.collate(picked, pad_id)
         tokens, lengths = _check_batch(plugin, batch, f"collate() of {size} sample(s)")
-        rewards = model(tokens, lengths)
+        rewards = _forward(model, batch)
         loss, metrics = _checked_loss(plugin, rewards, batch, cfg, f"a batch of {size} sample(s)")
         _same_names(plugin, set(metrics), names, f"a batch of {size} sample(s)")
         loss.backward()
@@ -223,7 +277,7 @@ def _check_empty_batch(plugin: RewardModelPlugin, model: torch.nn.Module, full: 
     tokens, _ = _check_batch(plugin, empty, "collate([])")
     if tokens.shape[0] != 0:
         raise _fail(plugin, f"collate([]) gave {tokens.shape[0]} sequences; expected none")
-    rewards = model(full["tokens"], full["lengths"])[:0]  # [0, K], connected to the parameters
+    rewards = _forward(model, full)[:0]  # [0, K], connected to the parameters
     loss, metrics = _checked_loss(plugin, rewards, empty, cfg, "the empty batch")
     _same_names(plugin, set(metrics), names, "the empty batch")
     if hasattr(plugin, "metric_weight") and _contract.metric_weight(plugin, empty, cfg) != 0:
@@ -269,7 +323,7 @@ def _check_evaluation(plugin: RewardModelPlugin, model: torch.nn.Module, samples
     with torch.no_grad():
         for chunk in (samples[:1], samples[1:]):
             b = plugin.collate(chunk, pad_id)
-            parts.append((model(b["tokens"], b["lengths"]).float(), _contract.evaluation_batch(plugin, b)))
+            parts.append((_forward(model, b).float(), _contract.evaluation_batch(plugin, b)))
     split = plugin.evaluation_metrics(parts, cfg)
     a, b = _numbers(whole), _numbers(split)
     if set(a) != set(b):
@@ -317,7 +371,7 @@ def _check_determinism(plugin: RewardModelPlugin, cfg: DictConfig, tokenizer: An
         parallel.manual_seed(int(cfg.seed))
         model = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size).eval()
         with torch.no_grad():
-            r = model(first["tokens"], first["lengths"])
+            r = _forward(model, first)
             outputs.append((r, float(plugin.loss(r, first, cfg)[0])))
     if not torch.equal(outputs[0][0], outputs[1][0]) or outputs[0][1] != outputs[1][1]:
         raise _fail(plugin, "two models built with the same seed give different rewards or losses on the same batch")
@@ -401,29 +455,29 @@ def _check_resolve_config(plugin: RewardModelPlugin) -> None:
         raise _fail(plugin, "resolve_config() is not stable: resolving the saved, resolved config changes it")
 
 
-def _same_rewards(plugin: RewardModelPlugin, rewards: torch.Tensor, model: torch.nn.Module, tokens: torch.Tensor,
-                  lengths: torch.Tensor, what: str) -> None:
+def _same_rewards(plugin: RewardModelPlugin, rewards: torch.Tensor, model: torch.nn.Module, batch: Mapping[str, Any],
+                  what: str) -> None:
     model.eval()
     with torch.no_grad():
-        again = model(tokens, lengths)
+        again = _forward(model, batch)
     if not torch.equal(rewards, again):
         diff = float((rewards - again).abs().max()) if rewards.shape == again.shape else float("nan")
         raise _fail(plugin, f"{what} changed the rewards (max difference {diff:g})")
 
 
 def _check_checkpoint(plugin: RewardModelPlugin, model: torch.nn.Module, cfg: DictConfig, tokenizer: Any,
-                      tokens: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor) -> None:
+                      batch: Mapping[str, Any], rewards: torch.Tensor) -> None:
     from . import checkpoint as ckpt
 
     with tempfile.TemporaryDirectory() as tmp:
         path = ckpt.save_checkpoint(Path(tmp) / "step_0000001", model, state={"step": 1})
         reloaded = plugin.model_class.from_config(cfg, vocab_size=tokenizer.vocab_size)
         ckpt.load_checkpoint(path, reloaded)
-        _same_rewards(plugin, rewards, reloaded, tokens, lengths, "checkpoint round trip")
+        _same_rewards(plugin, rewards, reloaded, batch, "checkpoint round trip")
 
 
 def _check_export(plugin: RewardModelPlugin, cfg: Any, tokenizer: Any, model: torch.nn.Module, info: Any,
-                  tokens: torch.Tensor, lengths: torch.Tensor, rewards: torch.Tensor) -> None:
+                  batch: Mapping[str, Any], rewards: torch.Tensor) -> None:
     """Export to a Hugging Face folder, import it back the way ``--checkpoint <folder>`` does, and
     compare the rewards (1e-5: the head's bias is folded into the final norm on export)."""
     from omegaconf import OmegaConf
@@ -445,7 +499,7 @@ def _check_export(plugin: RewardModelPlugin, cfg: Any, tokenizer: Any, model: to
             raise _fail(plugin, f"Hugging Face export round trip failed: {exc}") from None
         again.eval()
         with torch.no_grad():
-            imported = again(tokens, lengths)
+            imported = _forward(again, batch)
         if imported.shape != rewards.shape or not torch.allclose(imported, rewards, atol=1e-5, rtol=0):
             diff = float((imported - rewards).abs().max()) if imported.shape == rewards.shape else float("nan")
             raise _fail(plugin, f"Hugging Face export round trip changed the rewards (max difference {diff:g}; "

@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .._protocol import RewardModelPlugin
 
 __all__ = [
+    "REWARD_POSITIONS",
+    "batch_rewards",
     "batch_to",
     "config_for_output_names",
     "config_types",
@@ -32,8 +34,13 @@ __all__ = [
     "resolve_config",
     "scalar_rewards",
     "score_records",
+    "score_sequences",
     "score_texts",
 ]
+
+#: The batch key of a token-level architecture: ``[M, 2]`` int64 ``(row, token index)`` points at
+#: which the model's head is read. With it, ``loss`` and ``evaluation_metrics`` get rewards ``[M, K]``.
+REWARD_POSITIONS = "reward_positions"
 
 
 def batch_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
@@ -46,6 +53,16 @@ def batch_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, 
     import torch
 
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def batch_rewards(model: Any, batch: Mapping[str, Any], max_tokens: int | None) -> torch.Tensor:
+    """The model's rewards for one collated batch (on the model's device): ``[N, K]`` (``[N, S, K]``
+    per token), or ``[M, K]`` at the batch's :data:`REWARD_POSITIONS` when it has them. Training and
+    evaluation both call this, so a plugin sees the same rewards in ``loss`` and ``evaluation_metrics``."""
+    from .data._batching import forward_in_chunks
+
+    return forward_in_chunks(model, batch["tokens"], batch["lengths"], max_tokens,
+                             positions=batch.get(REWARD_POSITIONS))
 
 
 def evaluation_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -108,6 +125,33 @@ def score_texts(plugin: RewardModelPlugin, record: Mapping[str, Any], *, path: s
     if "prompt" in record and "response" in record:
         return [join_prompt_response(record["prompt"], record["response"], path=path, line=line)]
     raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(record)}")
+
+
+def score_sequences(plugin: RewardModelPlugin, record: Mapping[str, Any], tokenizer: Any, cfg: DictConfig, *,
+                    path: str | Path, line: int) -> list[tuple[list[int], list[int]]] | None:
+    """A token-level plugin's sequences for one ``score`` record: ``[(token ids, read positions), ...]``
+    from its :meth:`score_sequences`, checked; ``None`` for a plugin without it (texts are scored).
+
+    Raises:
+        PluginValidationError: the hook gave something else than non-empty id lists with positions
+            inside them.
+    """
+    method = getattr(plugin, "score_sequences", None)
+    if method is None:
+        return None
+    out = method(record, tokenizer, cfg, path=str(path), line=line)
+    if not isinstance(out, (list, tuple)) or not out:
+        raise PluginValidationError(f"plugin {plugin.name!r}: score_sequences() must give a non-empty list of "
+                                    f"(token ids, positions), got {out!r}")
+    checked = []
+    for ids, positions in out:
+        ids, positions = [int(i) for i in ids], [int(p) for p in positions]
+        if not ids or not positions or not all(0 <= p < len(ids) for p in positions):
+            raise PluginValidationError(
+                f"plugin {plugin.name!r}: score_sequences() gave positions {positions} for {len(ids)} token ids; "
+                "each sequence needs ids and at least one position inside them")
+        checked.append((ids, positions))
+    return checked
 
 
 def score_records(

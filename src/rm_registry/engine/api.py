@@ -35,6 +35,7 @@ from .data._splits import read_split_file
 from .data._batching import SampleCosts, eval_batches, max_tokens_per_micro_batch
 from .evaluation import evaluate_dataset, gather_over_data_parallel
 from .hf import apply_pretrained, load_hf_weights, looks_like_hf_folder, read_config
+from .hf._config import is_token_classifier
 from .progress import progress_bar
 from .tokenizer import folder_tokenizer, tokenizer_from_dir
 
@@ -59,12 +60,16 @@ class LoadedRewardModel:
 
     @torch.no_grad()
     def rewards(self, token_ids: Sequence[Sequence[int]], *, batch_size: int | None = None,
-                progress: bool = False) -> torch.Tensor:
+                progress: bool = False, positions: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         """Raw head outputs ``[B, K]`` for already-tokenized sequences (EOS included).
 
         Sequences are sorted by length so that each batch pads little, and batches hold at most
         ``model.max_tokens_per_micro_batch`` padded tokens; the result is in input order. Split
         across data-parallel ranks under torchrun; every rank returns all rows.
+
+        With ``positions`` (token-level architectures: for each sequence the token indices to read
+        the head at, as the plugin's ``score_sequences`` gives them) the result is ``[P, K]``, one row
+        per position, sequence after sequence.
         """
         batch_size = batch_size or int(self.cfg.model.micro_batch_size)
         costs = SampleCosts([1] * len(token_ids), [len(ids) for ids in token_ids])
@@ -76,15 +81,32 @@ class LoadedRewardModel:
         bar = progress_bar(len(mine), "score", enabled=progress and self.info.is_main)
         for c in mine:
             tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
-            out = self.model(tokens.to(self.info.device), lengths.to(self.info.device))
+            if positions is None:
+                out = self.model(tokens.to(self.info.device), lengths.to(self.info.device))
+            else:
+                points = torch.tensor([(row, p) for row, i in enumerate(chunks[c]) for p in positions[i]],
+                                      dtype=torch.long).reshape(-1, 2)
+                out = self.model(tokens.to(self.info.device), lengths.to(self.info.device),
+                                 positions=points.to(self.info.device))
             results.append((chunks[c], out.float().cpu()))
             bar.update(1)
         bar.close()
         results = gather_over_data_parallel(results, self.info)
         k = results[0][1].shape[-1] if results else 1
-        out_all = torch.empty(len(token_ids), k)
+        if positions is None:
+            out_all = torch.empty(len(token_ids), k)
+            for idx, values in results:
+                out_all[idx] = values
+            return out_all
+        starts = [0]
+        for p in positions:
+            starts.append(starts[-1] + len(p))
+        out_all = torch.empty(starts[-1], k)
         for idx, values in results:
-            out_all[idx] = values
+            at = 0
+            for i in idx:
+                out_all[starts[i] : starts[i + 1]] = values[at : at + len(positions[i])]
+                at += len(positions[i])
         return out_all
 
     def encode(self, text: str) -> tuple[list[int], bool]:
@@ -122,12 +144,29 @@ class LoadedRewardModel:
         prompt with several responses, ...); the plugin's ``score_records`` makes each output
         (default: :meth:`score`'s object). Over-long texts are handled as in :meth:`score`.
         """
+        records = list(records)
+        if getattr(self.plugin, "score_sequences", None) is not None:  # a token-level architecture
+            return self._score_sequences(
+                [(i, _contract.score_sequences(self.plugin, r, self.tokenizer, self.cfg, path="<records>", line=i))
+                 for i, r in enumerate(records, 1)], batch_size=batch_size, progress=progress)
         groups = [_contract.score_texts(self.plugin, r, path="<records>", line=i) for i, r in enumerate(records, 1)]
         ids = self._encode_all([text for group in groups for text in group])
         if not ids:
             return []
         rewards = self.rewards(ids, batch_size=batch_size, progress=progress)
         return _contract.score_records(self.plugin, rewards, [len(g) for g in groups], self.cfg)
+
+    def _score_sequences(self, groups: Sequence[tuple[int, Any]], *, batch_size: int | None,
+                         progress: bool) -> list[dict[str, Any]]:
+        """``score_records`` of a token-level plugin: ``groups`` holds each record's
+        ``score_sequences`` (token ids and read positions); one output object per record."""
+        ids = [list(seq) for _, group in groups for seq, _ in group]
+        positions = [list(pos) for _, group in groups for _, pos in group]
+        if not ids:
+            return []
+        rewards = self.rewards(ids, batch_size=batch_size, progress=progress, positions=positions)
+        sizes = [sum(len(pos) for _, pos in group) for _, group in groups]
+        return _contract.score_records(self.plugin, rewards, sizes, self.cfg)
 
     def _encode_all(self, texts: list[str]) -> list[list[int]]:
         """Token ids of every text; over-long ones cut with a warning, or refused under policy ``error``."""
@@ -311,13 +350,15 @@ def _ready(plugin: RewardModelPlugin, cfg: DictConfig, overrides: Iterable[str],
 
 def _hf_folder_plugin(folder: Path, distribution: str | None) -> tuple[RewardModelPlugin, dict[str, Any], list[str], int]:
     """The architecture of a Hugging Face folder (``rm_registry`` section of our exports; otherwise
-    ``binary_ranking`` for one label, else ``regression``), with its config, label names and K."""
+    ``process_reward`` for a ``*ForTokenClassification``, ``binary_ranking`` for one label, else
+    ``regression``), with its config, label names and K."""
     hf = read_config(folder)
     meta = hf.get("rm_registry") if isinstance(hf.get("rm_registry"), dict) else {}
     labels = hf.get("id2label") if isinstance(hf.get("id2label"), dict) else {}
     names = [str(labels[k]) for k in sorted(labels, key=int)] if labels else []
     k = len(names) or int(hf.get("num_labels", 1))
-    name = meta.get("reward_model_type") or ("binary_ranking" if k == 1 else "regression")
+    default = "process_reward" if is_token_classifier(hf) else "binary_ranking" if k == 1 else "regression"
+    name = meta.get("reward_model_type") or default
     return get_reward_model(str(name), distribution=distribution), hf, names, k
 
 
@@ -352,6 +393,10 @@ def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> li
     Raises:
         DataError: naming the file, the line and the problem.
     """
+    if plugin is not None and getattr(plugin, "score_sequences", None) is not None:
+        # A token-level plugin tokenizes its records itself (score_sequences needs the model's
+        # tokenizer): here only the file is read; its records are checked when scored.
+        return [(line, []) for line, _ in read_jsonl(path)]
     return [(line, _contract.score_texts(plugin, rec, path=path, line=line)) for line, rec in read_jsonl(path)]
 
 
@@ -380,9 +425,13 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     temporary file renamed into place) by the main rank, so a failure never leaves a partial
     file. ``output`` ``"-"`` is standard output. Returns the number of lines scored.
     """
-    to_stdout = str(output) == "-"
-    if not to_stdout:
+    if str(output) != "-":
         check_output_file(Path(output))
+    if getattr(model.plugin, "score_sequences", None) is not None:  # a token-level architecture
+        groups = [(line, _contract.score_sequences(model.plugin, rec, model.tokenizer, model.cfg, path=data, line=line))
+                  for line, rec in read_jsonl(data)]
+        _write_scores(model, model._score_sequences(groups, batch_size=batch_size, progress=progress), output)
+        return len(groups)
     records = read_score_records(data, model.plugin)
     ids: list[list[int]] = []
     too_long = 0
@@ -395,15 +444,22 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
             ids.append(encoded)
     rewards = model.rewards(ids, batch_size=batch_size, progress=progress)
     results = _contract.score_records(model.plugin, rewards, [len(texts) for _, texts in records], model.cfg)
+    _write_scores(model, results, output)
     if model.info.is_main:
-        text = "".join(json.dumps(r) + "\n" for r in results)
-        if to_stdout:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            atomic_write_text(Path(output), text)
         if too_long:
             print(f"{data}: {too_long} of {len(ids)} texts were longer than model.encoder_seq_length="
                   f"{model.cfg.model.encoder_seq_length} "
                   "and were cut to fit", file=sys.stderr)
     return len(results)
+
+
+def _write_scores(model: LoadedRewardModel, results: Sequence[Mapping[str, Any]], output: str | Path) -> None:
+    """One JSON object per line to ``output`` (atomically; ``-``: standard output), on the main rank."""
+    if not model.info.is_main:
+        return
+    text = "".join(json.dumps(r) + "\n" for r in results)
+    if str(output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        atomic_write_text(Path(output), text)

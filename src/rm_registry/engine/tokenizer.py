@@ -60,6 +60,13 @@ class ByteTokenizer:
         """UTF-8 bytes of ``text``, without special tokens."""
         return list(text.encode("utf-8"))
 
+    def encode_plain(self, text: str) -> list[int]:
+        """:meth:`encode` (bytes carry no special tokens)."""
+        return list(text.encode("utf-8"))
+
+    #: No beginning-of-sequence token.
+    bos_id: int | None = None
+
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode` of every text."""
         return [list(t.encode("utf-8")) for t in texts]
@@ -169,6 +176,16 @@ class HFTokenizer:
         """Token ids of ``text``: without special tokens, or, with ``hf_rules``, with those the
         tokenizer adds itself (``tokenizer(text)["input_ids"]`` of transformers)."""
         return list(self._tok.encode(text, add_special_tokens=self.hf_rules).ids)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens, whatever ``hf_rules`` says
+        (``tokenizer(text, add_special_tokens=False)``: how TRL tokenizes the parts of a sample)."""
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    @property
+    def bos_id(self) -> int | None:
+        """The id of :attr:`bos_token` (``None`` when the tokenizer names none)."""
+        return None if self.bos_token is None else self.token_id(self.bos_token)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """:meth:`encode` of every text, in one call the ``tokenizers`` library runs on every core

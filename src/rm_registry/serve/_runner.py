@@ -21,7 +21,7 @@ from ._http import RequestError
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine.api import LoadedRewardModel
 
-__all__ = ["ModelRunner", "TextScore"]
+__all__ = ["ModelRunner", "StepTokens", "TextScore"]
 
 #: Control messages broadcast by rank 0 instead of a batch.
 _KEEPALIVE = "keepalive"
@@ -43,6 +43,20 @@ class TextScore:
     reward: float
     output: dict[str, Any]
     tokens: int
+    #: A token-level model (a process reward model): the head's K raw outputs at each step, in order
+    #: (``values`` is then the last step's). ``None`` for a model of one reward per text.
+    steps: tuple[tuple[float, ...], ...] | None = None
+
+
+class StepTokens(list):  # type: ignore[type-arg]
+    """The token ids of one text of a token-level model, with the indices to read the head at
+    (``positions``, from the plugin's ``score_sequences``). A list for the batcher."""
+
+    positions: list[int]
+
+    def __init__(self, ids: Sequence[int], positions: Sequence[int]) -> None:
+        super().__init__(ids)
+        self.positions = list(positions)
 
 
 class ModelRunner:
@@ -81,14 +95,22 @@ class ModelRunner:
     def distributed(self) -> bool:
         return self.info.world_size > 1
 
-    def encode(self, texts: Sequence[str], field: str) -> list[list[int]]:
+    @property
+    def token_level(self) -> bool:
+        """Whether the model reads its head at positions the plugin chooses (``score_sequences``)."""
+        return getattr(self.model.plugin, "score_sequences", None) is not None
+
+    def encode(self, texts: Sequence[str], field: str, prompts: Sequence[Any] | None = None) -> list[list[int]]:
         """Token ids of each text, exactly as ``rm-registry score`` makes them (EOS appended, cut to
-        ``encoder_seq_length`` unless ``overlong_policy=error``).
+        ``encoder_seq_length`` unless ``overlong_policy=error``). A token-level plugin tokenizes
+        ``{"text": text, "prompt": prompt}`` itself (:class:`StepTokens`).
 
         Raises:
-            RequestError: a text is too long under ``model.data.overlong_policy=error`` (naming
-                ``field[i]``).
+            RequestError: a text is too long under ``model.data.overlong_policy=error``, or one the
+                plugin refuses (naming ``field[i]``).
         """
+        if self.token_level:
+            return self._encode_steps(texts, field, prompts)
         out = []
         for i, text in enumerate(texts):
             ids, cut = self.model.encode(text)
@@ -99,6 +121,26 @@ class ModelRunner:
                     "with model.data.overlong_policy=error; shorten it (or serve with "
                     "model.data.overlong_policy=truncate)")
             out.append(ids)
+        return out
+
+    def _encode_steps(self, texts: Sequence[str], field: str, prompts: Sequence[Any] | None) -> list[list[int]]:
+        from .._errors import DataError
+
+        out: list[list[int]] = []
+        for i, text in enumerate(texts):
+            record = {"text": text}
+            if prompts is not None and i < len(prompts) and isinstance(prompts[i], str):
+                record["prompt"] = prompts[i]
+            try:
+                sequences = _contract.score_sequences(self.model.plugin, record, self.model.tokenizer, self.model.cfg,
+                                                      path="request", line=i + 1)
+            except DataError as exc:
+                raise RequestError(400, f"{field}[{i}]", exc.problem) from None
+            assert sequences is not None
+            if len(sequences) != 1:
+                raise RequestError(400, f"{field}[{i}]", f"the architecture made {len(sequences)} sequences of one "
+                                                         "text; the server scores one sequence per text")
+            out.append(StepTokens(*sequences[0]))
         return out
 
     def forward(self, batch: list[list[int]]) -> list[TextScore]:
@@ -113,10 +155,26 @@ class ModelRunner:
 
     def _run(self, batch: list[list[int]]) -> list[TextScore]:
         per_rank = math.ceil(len(batch) / self.info.dp)
+        if self.token_level:
+            return self._run_steps(batch, per_rank)
         raw = self.model.rewards(batch, batch_size=per_rank)  # [B, K]
         rows = self.model.plugin.score_outputs(raw, self.model.cfg)
         return [TextScore(tuple(float(v) for v in raw[i].tolist()), float(rows[i]["reward"]), rows[i], len(batch[i]))
                 for i in range(len(batch))]
+
+    def _run_steps(self, batch: list[list[int]], per_rank: int) -> list[TextScore]:
+        """A token-level model: the head at each text's positions (the last token for plain id lists,
+        as the warm-up passes send), one ``score_records`` object per text."""
+        positions = [list(getattr(ids, "positions", [len(ids) - 1])) for ids in batch]
+        raw = self.model.rewards(batch, batch_size=per_rank, positions=positions)  # [P, K]
+        sizes = [len(p) for p in positions]
+        rows = _contract.score_records(self.model.plugin, raw, sizes, self.model.cfg)
+        out, start = [], 0
+        for ids, size, row in zip(batch, sizes, rows):
+            steps = tuple(tuple(float(v) for v in raw[j].tolist()) for j in range(start, start + size))
+            start += size
+            out.append(TextScore(steps[-1], float(row["reward"]), row, len(ids), steps))
+        return out
 
     def keepalive(self) -> None:
         """Tell the other ranks that rank 0 is alive (their wait must not reach the process group's

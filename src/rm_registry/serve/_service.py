@@ -67,12 +67,13 @@ class Service:
         await self.batcher.close()
         self.runner.stop()
 
-    async def score(self, texts: Sequence[str], field: str) -> list[TextScore]:
-        """Score ``texts`` (already checked to be non-empty strings). ``field`` names them in errors."""
+    async def score(self, texts: Sequence[str], field: str, prompts: Sequence[Any] | None = None) -> list[TextScore]:
+        """Score ``texts`` (already checked to be non-empty strings). ``field`` names them in errors.
+        ``prompts``: each text's prompt, where the client sends it (a token-level model scores the steps after it)."""
         if sum(len(t) for t in texts) > _ENCODE_INLINE_CHARS:
-            ids = await asyncio.to_thread(self.runner.encode, texts, field)
+            ids = await asyncio.to_thread(self.runner.encode, texts, field, prompts)
         else:
-            ids = self.runner.encode(texts, field)
+            ids = self.runner.encode(texts, field, prompts)
         return await self.batcher.submit(ids)
 
     def check_model(self, body: dict[str, Any], field: str = "model") -> None:

@@ -141,6 +141,11 @@ def _wants_binary(body: dict[str, Any]) -> bool:
     return bool(isinstance(params, dict) and params.get("binary_data_output"))
 
 
+def _width(service: Any) -> int:
+    """Values per text in ``rewards``: K, or 1 for a token-level model (its aggregate step reward)."""
+    return 1 if service.runner.token_level else service.num_outputs
+
+
 @endpoint
 async def infer(request: Request) -> Response:
     from starlette.responses import JSONResponse, Response
@@ -150,8 +155,9 @@ async def infer(request: Request) -> Response:
     texts = _sentences(body, binary)
     binary_out = _wants_binary(body)
     results = await service.score(texts, "inputs.sentences")
-    k = service.num_outputs
-    flat = [v for r in results for v in r.values]
+    k = _width(service)
+    # a process reward model: the configured aggregate of its step rewards, one per text
+    flat = [r.reward for r in results] if service.runner.token_level else [v for r in results for v in r.values]
     output: dict[str, Any] = {"name": _OUTPUT, "datatype": "FP32", "shape": [len(results), k]}
     head: dict[str, Any] = {"model_name": service.name, "model_version": "1", "outputs": [output]}
     if isinstance(body.get("id"), str):
@@ -177,7 +183,7 @@ async def model_metadata(request: Request) -> Response:
     service = _model(request)
     return JSONResponse({"name": service.name, "versions": ["1"], "platform": "rm-registry",
                          "inputs": [_tensor(_INPUT, "BYTES", [-1, 1])],
-                         "outputs": [_tensor(_OUTPUT, "FP32", [-1, service.num_outputs])]})
+                         "outputs": [_tensor(_OUTPUT, "FP32", [-1, _width(service)])]})
 
 
 @endpoint
@@ -188,7 +194,7 @@ async def model_config(request: Request) -> Response:
     return JSONResponse({"name": service.name, "platform": "rm-registry", "backend": "rm-registry",
                          "max_batch_size": 0,
                          "input": [{"name": _INPUT, "data_type": "TYPE_STRING", "dims": [-1, 1]}],
-                         "output": [{"name": _OUTPUT, "data_type": "TYPE_FP32", "dims": [-1, service.num_outputs]}]})
+                         "output": [{"name": _OUTPUT, "data_type": "TYPE_FP32", "dims": [-1, _width(service)]}]})
 
 
 async def model_ready(request: Request) -> Response:

@@ -11,6 +11,11 @@
   ``rm-registry score`` joins a prompt and a response; activation as for ``/classify``.
 - ``GET /v1/models``.
 
+A token-level model (``process_reward``) answers ``/pooling`` with one list of K values per step of
+each text (``data[i]["data"] = [[K floats], ...]``, softmax with ``use_activation``), as vLLM's STEP
+pooling serves Qwen2.5-Math-PRM; the steps of a text end with the plugin's step tag (or separator).
+``/classify`` and ``/score`` refuse it (400).
+
 Also under ``/v1/...``. Token-id inputs and chat-message inputs are not accepted (send text).
 """
 
@@ -71,8 +76,12 @@ async def pooling(request: Request) -> Response:
     activate = optional_bool(body, "use_activation", "activation") or False
     texts = _inputs(body)
     _, results, tokens = await _score_texts(request, texts, "input")
-    data = [{"index": i, "object": "pooling", "data": _activate(r.values) if activate else list(r.values)}
-            for i, r in enumerate(results)]
+    def values(r: Any) -> list[Any]:
+        if r.steps is not None:  # token-level (a process reward model): K values per step, as vLLM's STEP pooling
+            return [_activate(v) if activate else list(v) for v in r.steps]
+        return _activate(r.values) if activate else list(r.values)
+
+    data = [{"index": i, "object": "pooling", "data": values(r)} for i, r in enumerate(results)]
     return JSONResponse(_envelope(service, "pool", data, tokens))
 
 
@@ -81,6 +90,7 @@ async def classify(request: Request) -> Response:
     from starlette.responses import JSONResponse
 
     service: Service = request.app.state.service
+    _refuse_token_level(service, "/classify")
     body = await service.body(request)
     service.check_model(body)
     activate = optional_bool(body, "use_activation", "activation")
@@ -93,6 +103,12 @@ async def classify(request: Request) -> Response:
         best = max(range(len(probs)), key=probs.__getitem__)
         data.append({"index": i, "label": labels[best], "probs": probs, "num_classes": len(probs)})
     return JSONResponse(_envelope(service, "classify", data, tokens))
+
+
+def _refuse_token_level(service: Service, route: str) -> None:
+    if service.runner.token_level:
+        raise RequestError(400, "", f"{route} gives one result per text; this model gives one per step "
+                                    "(a process reward model): use /pooling (step values) or /get_reward")
 
 
 def _side(body: dict[str, Any], new: str, old: str) -> tuple[list[str], str]:
@@ -109,6 +125,7 @@ async def score(request: Request) -> Response:
     from ..engine.data import join_prompt_response
 
     service: Service = request.app.state.service
+    _refuse_token_level(service, "/score")
     if service.num_outputs != 1:
         raise RequestError(400, "", f"/score needs a model with one output; this one has {service.num_outputs} "
                                     "(use /pooling or /classify)")

@@ -178,26 +178,42 @@ def eval_batches(costs: SampleCosts, *, micro_batch_size: int, max_tokens: int |
 
 
 def forward_in_chunks(model: Callable[..., torch.Tensor], tokens: torch.Tensor, lengths: torch.Tensor,
-                      max_tokens: int | None) -> torch.Tensor:
+                      max_tokens: int | None, positions: torch.Tensor | None = None) -> torch.Tensor:
     """``model(tokens [N, S], lengths [N])`` with at most ``max_tokens`` padded tokens per call.
 
     Rows are split into consecutive chunks, each trimmed to its own longest row; outputs are
     concatenated (per-token outputs ``[n, s, K]`` are zero-padded back to S). Gradients flow
     through every chunk. One row always fits: ``max_tokens`` is at least the longest sequence.
+
+    With ``positions [M, 2]`` (a batch's ``reward_positions``: ``(row, token index)``) the model is
+    called as ``model(tokens, lengths, positions=...)`` and the result is ``[M, K]`` in the order of
+    ``positions``, whichever chunk each row falls in.
     """
     n, s = tokens.shape
     if max_tokens is None or n * s <= max_tokens:
-        return model(tokens, lengths)
+        return model(tokens, lengths) if positions is None else model(tokens, lengths, positions=positions)
     outs = []
+    order = []
     start = 0
     while start < n:
         end = start + 1
         while end < n and (end + 1 - start) * int(lengths[start : end + 1].max()) <= max_tokens:
             end += 1
         width = int(lengths[start:end].max())
-        out = model(tokens[start:end, :width], lengths[start:end])
-        if out.dim() == 3 and width < s:  # per-token outputs [n, width, K]
-            out = torch.nn.functional.pad(out, (0, 0, 0, s - width))
+        if positions is None:
+            out = model(tokens[start:end, :width], lengths[start:end])
+            if out.dim() == 3 and width < s:  # per-token outputs [n, width, K]
+                out = torch.nn.functional.pad(out, (0, 0, 0, s - width))
+        else:
+            inside = ((positions[:, 0] >= start) & (positions[:, 0] < end)).nonzero().squeeze(1)
+            order.append(inside)
+            local = positions[inside] - torch.tensor([start, 0], device=positions.device)
+            out = model(tokens[start:end, :width], lengths[start:end], positions=local)
         outs.append(out)
         start = end
-    return torch.cat(outs, dim=0)
+    joined = torch.cat(outs, dim=0)
+    if positions is None:
+        return joined
+    inverse = torch.empty_like(positions[:, 0])
+    inverse[torch.cat(order)] = torch.arange(positions.shape[0], device=positions.device)
+    return joined[inverse]

@@ -24,7 +24,7 @@ import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 from .. import _contract
-from ..data._batching import eval_batches, forward_in_chunks, group_by_length, max_tokens_per_micro_batch, sample_costs
+from ..data._batching import eval_batches, group_by_length, max_tokens_per_micro_batch, sample_costs
 from ..progress import progress_bar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -87,7 +87,7 @@ def evaluate_dataset(
     with torch.no_grad():
         for number, idx in zip(range(info.dp_rank, len(all_batches), info.dp), mine):
             batch = _contract.batch_to(plugin.collate([dataset[i] for i in idx], tokenizer.pad_id), info.device)
-            rewards = forward_in_chunks(model, batch["tokens"], batch["lengths"], max_tokens)
+            rewards = _contract.batch_rewards(model, batch, max_tokens)
             outputs.append((number, rewards.float().cpu(), _contract.evaluation_batch(plugin, batch)))
             bar.update(1)
     bar.close()

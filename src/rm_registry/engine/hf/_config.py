@@ -13,7 +13,7 @@ from typing import Any
 
 from ..._errors import ConfigError
 
-__all__ = ["CONFIG", "META_KEY", "read_config"]
+__all__ = ["CONFIG", "META_KEY", "is_token_classifier", "read_config"]
 
 CONFIG = "config.json"
 #: Section of an exported ``config.json`` that records the rm-registry architecture and its settings.
@@ -40,3 +40,9 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: expected a JSON object")
     return data
+
+
+def is_token_classifier(hf: dict[str, Any]) -> bool:
+    """Whether ``config.json`` (as read) names a ``*ForTokenClassification`` architecture: a
+    token-level reward model (a process reward model) whose head, bias included, applies at every token."""
+    return any(str(a).endswith("ForTokenClassification") for a in hf.get("architectures") or [])

@@ -1,5 +1,7 @@
 """Export: a checkpoint (any plugin, any tensor-parallel layout) -> a Hugging Face
-``*ForSequenceClassification`` folder.
+``*ForSequenceClassification`` folder, or ``*ForTokenClassification`` for a token-level plugin
+(one that reads its head at ``reward_positions`` and scores through ``score_sequences``: the head,
+bias included, applies at every token, as transformers' token classifiers do).
 
 The checkpoint is loaded in one process with tensor parallelism 1 (``dist_checkpointing``
 reshards), so a TP=2 checkpoint exports to the same folder as TP=1. Written: ``model.safetensors``,
@@ -86,6 +88,12 @@ def _fold_head_bias(state: dict[str, torch.Tensor], final_bias_key: str) -> None
     state[final_bias_key] = (state[final_bias_key].double() + delta).to(state[final_bias_key].dtype)
 
 
+def token_level(plugin: Any) -> bool:
+    """Whether ``plugin`` is a token-level architecture (it defines ``score_sequences``): its
+    folders are ``*ForTokenClassification``."""
+    return getattr(plugin, "score_sequences", None) is not None
+
+
 def hf_folder_config(loaded: LoadedRewardModel, family: Family, vocab: int, k: int) -> dict[str, Any]:
     """``config.json`` of the exported folder."""
     m = loaded.cfg.model
@@ -99,13 +107,14 @@ def hf_folder_config(loaded: LoadedRewardModel, family: Family, vocab: int, k: i
                             "model": {k2: OmegaConf.to_container(m, resolve=True)[k2] for k2 in _KEPT}}
     if plugin_section is not None:
         meta["model"][loaded.plugin.name] = OmegaConf.to_container(plugin_section, resolve=True)
+    tokens = token_level(loaded.plugin)
     return {
-        "architectures": [family.architecture],
+        "architectures": [family.token_architecture if tokens else family.architecture],
         **family.hf_config(m),
         "vocab_size": vocab,
         "id2label": {str(i): n for i, n in enumerate(names)},
         "label2id": {n: i for i, n in enumerate(names)},
-        "problem_type": "regression",
+        "problem_type": "single_label_classification" if tokens and k > 1 else "regression",
         "pad_token_id": int(tok.pad_id),
         "eos_token_id": int(tok.eos_id),
         "bos_token_id": bos_id,
@@ -231,16 +240,23 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     vocab = int(getattr(model, "vocab_size", loaded.tokenizer.vocab_size))
     shapes = shapes_of(OmegaConf.merge(loaded.cfg, {"model": {"vocab_size": vocab}}), k)  # type: ignore[arg-type]
     rules = family.rules(shapes, m)
-    if "head.bias" in state:
+    tokens = token_level(loaded.plugin)
+    head_bias = state.pop("head.bias", None) if tokens else None
+    if tokens:  # a token classifier's head has a bias of its own
+        head_bias = torch.zeros(k, dtype=state["head.weight"].dtype) if head_bias is None else head_bias
+    elif "head.bias" in state:
         _fold_head_bias(state, "backbone.decoder.final_layernorm.bias")
     unknown = sorted(set(state) - {r.ours for r in rules} - {"head.weight"})
     if unknown:
         raise ConfigError(f"parameter {unknown[0]!r} has no Hugging Face counterpart in the {family.name} table "
                           f"({len(unknown)} such); this plugin's model cannot be exported")
     tensors: dict[str, torch.Tensor] = {}
-    for rule in [*rules, Rule("head.weight", (HEAD,))]:
+    head = f"{family.token_head}.weight" if tokens else HEAD
+    for rule in [*rules, Rule("head.weight", (head,))]:
         for name, tensor in zip(rule.hf, to_hf(rule, state[rule.ours], shapes)):
             tensors[name if rule.ours == "head.weight" else family.prefix + name] = tensor.clone()
+    if head_bias is not None:
+        tensors[f"{family.token_head}.bias"] = head_bias.clone()
     files = _tokenizer_files(loaded)
     config = hf_folder_config(loaded, family, vocab, k)
 

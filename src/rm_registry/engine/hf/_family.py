@@ -69,6 +69,14 @@ class Family:
     rules: Callable[[Shapes, Any], list[Rule]]
     #: HF tensors that are not weights (buffers) and are skipped on import.
     ignored: tuple[str, ...] = ("lm_head.weight", "rotary_emb.inv_freq")
+    #: The head of ``*ForTokenClassification`` (a linear layer with bias): ``score`` (transformers'
+    #: generic token classifier) or ``classifier`` (GPT-2).
+    token_head: str = "score"
+
+    @property
+    def token_architecture(self) -> str:
+        """The ``*ForTokenClassification`` class of the family (token-level architectures export to it)."""
+        return self.architecture.replace("ForSequenceClassification", "ForTokenClassification")
 
 
 def refuse(file: Path, field: str, value: Any, why: str) -> ConfigError:

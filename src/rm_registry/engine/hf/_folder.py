@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from ..._errors import ConfigError
 from . import gpt2, llama, qwen2, qwen3
 from ..tokenizer import folder_tokenizer
-from ._config import CONFIG, META_KEY, read_config
+from ._config import CONFIG, META_KEY, is_token_classifier, read_config
 from ._family import Family
 
 __all__ = ["FAMILIES", "looks_like_hf_folder", "family_for_config", "family_of", "is_hf_folder", "pretrained_settings", "read_config",
@@ -82,7 +82,8 @@ def pretrained_settings(folder: str | Path) -> dict[str, Any]:
     vocab = hf.get("vocab_size")
     if not isinstance(vocab, int) or vocab < 1:
         raise ConfigError(f"{file}: vocab_size={vocab!r}: expected a positive integer")
-    settings.update({"model.vocab_size": vocab, "model.head_bias": False,
+    # Sequence classifiers have a bias-free head; token classifiers' heads have a bias.
+    settings.update({"model.vocab_size": vocab, "model.head_bias": is_token_classifier(hf),
                      "model.tokenizer.library": "huggingface", "model.tokenizer.path": str(p)})
     tok = folder_tokenizer(p)
     if tok.vocab_size > vocab:
@@ -106,10 +107,10 @@ def apply_pretrained(cfg: Any, user_keys: Mapping[str, Any]) -> Any:
     folder = str(OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path"))
     if OmegaConf.select(cfg, "pretrained_checkpoint.load_rm_head_weights", default=None) is True:
         architectures = read_config(Path(folder)).get("architectures") or []
-        if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        if not any(str(a).endswith(("ForSequenceClassification", "ForTokenClassification")) for a in architectures):
             raise ConfigError(
                 f"pretrained_checkpoint.load_rm_head_weights=true but {Path(folder) / CONFIG} names no "
-                f"*ForSequenceClassification architecture ({', '.join(map(str, architectures)) or 'none'}): a base "
+                f"*ForSequenceClassification or *ForTokenClassification architecture ({', '.join(map(str, architectures)) or 'none'}): a base "
                 "model has no head to load; set it to false or null to start a new head")
     for key, value in pretrained_settings(folder).items():
         if key in user_keys and user_keys[key] is not None and user_keys[key] != value:

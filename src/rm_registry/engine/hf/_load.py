@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from ..._errors import ConfigError
 from ._convert import expected_hf_shapes, to_ours, tp_slice
 from ._family import Family, Rule, Shapes
-from ._config import CONFIG, read_config
+from ._config import CONFIG, is_token_classifier, read_config
 from ._folder import family_for_config
 from ._io import WeightFiles
 
@@ -85,14 +85,22 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     shapes = shapes_of(cfg, num_outputs)
     rank, tp = _tp()
     rules = family.rules(shapes, cfg.model)
-    score = _resolve(files, family, HEAD) if HEAD in files.names() else None
+    token_head = is_token_classifier(hf)
+    head_name = f"{family.token_head}.weight" if token_head else HEAD
+    bias_name = f"{family.token_head}.bias" if token_head else None
+    if token_head and "head.bias" not in params and bias_name in files.names():
+        raise ConfigError(f"{folder}: a *ForTokenClassification head has a bias ({bias_name}) and this model's head "
+                          "has none; load it with model.head_bias=true")
+    score = head_name if head_name in files.names() else None
     skipped = {score} if load_head is False and score is not None else set()
     if load_head is False:
         score = None
     if score is not None:
         rules.append(Rule("head.weight", (score,)))
+        if bias_name is not None and bias_name in files.names():
+            rules.append(Rule("head.bias", (bias_name,)))
     elif load_head:
-        raise ConfigError(f"{folder}: no {HEAD} tensor: this is a base model, not a reward model "
+        raise ConfigError(f"{folder}: no {head_name} tensor: this is a base model, not a reward model "
                           "(*ForSequenceClassification); "
                           + (missing_head or "train one with `rm-registry train NAME --pretrained DIR`"))
 
@@ -105,7 +113,7 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     for rule in rules:
         names = []
         for name, want in zip(rule.hf, expected_hf_shapes(rule, _full_shape(params[rule.ours], tp), shapes)):
-            real = name if rule.ours == "head.weight" else _resolve(files, family, name)
+            real = name if rule.ours in ("head.weight", "head.bias") else _resolve(files, family, name)
             if real is None:
                 raise ConfigError(f"{folder}: tensor {family.prefix + name!r} is missing from the weight files")
             if files.shape(real) != tuple(want):
@@ -140,7 +148,7 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
         bar.close()
         if score is None:
             _init_head(model, cfg, rank, tp)
-        elif "head.bias" in params:
+        elif "head.bias" in params and not any(r.ours == "head.bias" for r in rules):
             params["head.bias"].data.zero_()
     return score is not None
 

@@ -118,4 +118,5 @@ FAMILY = Family(
     mismatch=_mismatch,
     rules=_rules,
     ignored=("lm_head.weight", ".attn.bias", ".attn.masked_bias"),
+    token_head="classifier",
 )

@@ -18,8 +18,9 @@ Data flow of :meth:`RewardModel.forward`::
       -> pooling: last real token (index length - 1)  -> [N, H]     (default)
                   mean over real tokens                -> [N, H]     (model.use_avg_pool)
                   every token                          -> [N, S, H]  (model.output_sequence)
+      -> or, with positions [M, 2] (row, index): the hidden state at each  -> [M, H]
       -> head (row-parallel linear H -> K with bias; all-reduced over tensor-parallel ranks)
-      -> rewards [N, K] (or [N, S, K]), float32
+      -> rewards [N, K] (or [N, S, K], or [M, K]), float32
 
 Mixed precision (``trainer.precision=bf16-mixed`` / ``16-mixed``, :attr:`RewardModel.compute_dtype`):
 the weights stay float32 (the main weights the optimizer updates, and what checkpoints hold) and
@@ -425,23 +426,30 @@ class RewardModel(MegatronModule):
         with self._autocast(tokens.device):
             return self.backbone(tokens, position_ids, mask)
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """Rewards of right-padded token sequences.
 
         Args:
             tokens: ``[N, S]`` int64 token ids, right-padded (any id after ``length``).
             lengths: ``[N]`` int64, number of real tokens of each row, in ``[1, S]``.
+            positions: ``[M, 2]`` int64 ``(row, token index)`` points to read the head at
+                (a batch's ``reward_positions``: token-level architectures such as process
+                reward models), each index below its row's length. ``None``: pooled as configured.
 
         Returns:
-            float32 ``[N, K]`` rewards, or ``[N, S, K]`` per-token values with
-            ``model.output_sequence`` (zero at padding positions). Identical on every
-            tensor-parallel rank.
+            float32 ``[N, K]`` rewards; ``[M, K]`` with ``positions`` (row ``m`` is the head at
+            ``positions[m]``); or ``[N, S, K]`` per-token values with ``model.output_sequence``
+            (zero at padding positions). Identical on every tensor-parallel rank.
 
         Raises:
-            ValueError: bad shapes, lengths outside ``[1, S]``, S above the maximum length, or
-                token ids outside the embedding table.
+            ValueError: bad shapes, lengths outside ``[1, S]``, S above the maximum length,
+                token ids outside the embedding table, or positions outside the real tokens.
         """
         hidden = self.hidden_states(tokens, lengths)  # [S, N, H]
+        if positions is not None:
+            rows, index = _check_positions(positions, lengths)
+            return self._head(hidden[index, rows].unsqueeze(0)).squeeze(0).float()  # [1, M, K] -> [M, K]
         if self.pooling == "sequence":
             out = self._head(hidden).transpose(0, 1).float()  # [S, N, K] -> [N, S, K]
             padding = torch.arange(tokens.shape[1], device=tokens.device)[None, :] >= lengths[:, None]
@@ -455,6 +463,31 @@ class RewardModel(MegatronModule):
             pooled = summed / lengths.unsqueeze(-1).to(hidden.dtype)
         # The megatron linear layers expect [S, N, H]: run the head on a length-1 "sequence".
         return self._head(pooled.unsqueeze(0)).squeeze(0).float()  # [1, N, K] -> [N, K]
+
+
+def _check_positions(positions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows [M], index [M])`` of ``positions [M, 2]``, checked against ``lengths [N]``.
+
+    Raises:
+        ValueError: not an int64 ``[M, 2]`` tensor, a row outside ``[0, N)``, or an index outside
+            its row's real tokens ``[0, length)``.
+    """
+    if positions.dim() != 2 or positions.shape[1] != 2 or positions.dtype != torch.long:
+        raise ValueError(f"positions must be an int64 tensor [M, 2] of (row, token index), got "
+                         f"{positions.dtype} {tuple(positions.shape)}")
+    rows, index = positions[:, 0], positions[:, 1]
+    if positions.shape[0]:
+        n = lengths.shape[0]
+        bad_row = (rows < 0) | (rows >= n)
+        if bool(bad_row.any()):
+            m = int(bad_row.nonzero()[0])
+            raise ValueError(f"positions[{m}] names row {int(rows[m])}; the batch has rows 0..{n - 1}")
+        bad = (index < 0) | (index >= lengths[rows])
+        if bool(bad.any()):
+            m = int(bad.nonzero()[0])
+            raise ValueError(f"positions[{m}] = ({int(rows[m])}, {int(index[m])}) is outside that row's "
+                             f"{int(lengths[rows[m]])} real tokens")
+    return rows, index
 
 
 def _compiler_missing(device: torch.device) -> str | None:

@@ -54,7 +54,6 @@ from ..data._batching import (
     SampleCosts,
     StepSampler,
     epoch_order,
-    forward_in_chunks,
     group_by_length,
     length_group_batches,
     max_tokens_per_micro_batch,
@@ -388,7 +387,7 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
     for micro in micros:
         weight = len(micro) / per_rank  # loss and metrics stay means over the step's samples
         batch = _contract.batch_to(plugin.collate([dataset[i] for i in micro], run.data.tokenizer.pad_id), info.device)
-        rewards = forward_in_chunks(run.model, batch["tokens"], batch["lengths"], max_tokens)
+        rewards = _contract.batch_rewards(run.model, batch, max_tokens)
         loss, metrics = plugin.loss(rewards, batch, cfg)
         if not torch.isfinite(loss):
             raise TrainingError(

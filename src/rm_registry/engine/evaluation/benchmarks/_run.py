@@ -45,6 +45,8 @@ def _score(model: LoadedRewardModel, examples: Sequence[Example], *, path: str |
     """
     index: dict[tuple[str, str], int] = {}
     ids: list[list[int]] = []
+    positions: list[list[int]] = []  # token-level plugins: where each text's head is read
+    token_level = getattr(model.plugin, "score_sequences", None) is not None
     refs: list[tuple[list[int], list[int]]] = []
     policy = "error" if model.cfg.model.data.overlong_policy == "error" else "truncate"
     cut = 0
@@ -58,16 +60,28 @@ def _score(model: LoadedRewardModel, examples: Sequence[Example], *, path: str |
                 if key not in index:
                     name = side if len(responses) == 1 else f"{side}[{k}]"
                     text = render_response(ex.prompt, response, path=path, row=ex.row, key=name)
-                    fitted, was_cut = model._fit(encode_text(model.tokenizer, text), policy, path=path, line=ex.row,
-                                                 key=name)
-                    cut += was_cut
                     index[key] = len(ids)
+                    if token_level:  # the plugin's steps of the response (the prompt is not one)
+                        record = {"text": str(text),
+                                  "prompt": str(render_response(ex.prompt, "", path=path, row=ex.row, key=name))}
+                        (fitted, where), *_ = _contract.score_sequences(model.plugin, record, model.tokenizer,
+                                                                        model.cfg, path=path, line=ex.row)
+                        positions.append(where)
+                    else:
+                        fitted, was_cut = model._fit(encode_text(model.tokenizer, text), policy, path=path,
+                                                     line=ex.row, key=name)
+                        cut += was_cut
                     ids.append(fitted)
                 mine.append(index[key])
             sides.append(mine)
         refs.append((sides[0], sides[1]))
-    rewards = model.rewards(ids, progress=progress)  # [T, K], sorted by length, split across DP ranks
-    scalar = _contract.scalar_rewards(model.plugin, rewards, model.cfg).tolist()  # [T]
+    if token_level:  # one reward per text: score's aggregate of its step rewards
+        rows = model.rewards(ids, progress=progress, positions=positions)  # [P, K]
+        records = _contract.score_records(model.plugin, rows, [len(p) for p in positions], model.cfg)
+        scalar = [float(r["reward"]) for r in records]
+    else:
+        rewards = model.rewards(ids, progress=progress)  # [T, K], sorted by length, split across DP ranks
+        scalar = _contract.scalar_rewards(model.plugin, rewards, model.cfg).tolist()  # [T]
     bad = [i for i, v in enumerate(scalar) if not math.isfinite(v)]
     if bad:
         row = next(ex.row for ex, (c, r) in zip(examples, refs) if bad[0] in c or bad[0] in r)
@@ -204,7 +218,9 @@ def _model_record(model: LoadedRewardModel) -> dict[str, Any]:
         "architecture": plugin.name,
         "plugin": _contract.plugin_record(plugin),
         "outputs": head,
-        "scalar": "the plugin's scalar_rewards()" if getattr(plugin, "scalar_rewards", None) is not None
+        "scalar": "the 'reward' of score_records() over the response's steps (what `rm-registry score` writes)"
+        if getattr(plugin, "score_sequences", None) is not None
+        else "the plugin's scalar_rewards()" if getattr(plugin, "scalar_rewards", None) is not None
         else "the 'reward' of score_outputs() (what `rm-registry score` writes)",
         "chat_template": bool(getattr(model.tokenizer, "chat_template", None)
                               and getattr(model.tokenizer, "hf_rules", False)),
