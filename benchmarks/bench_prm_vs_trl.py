@@ -14,15 +14,18 @@ then, from the repository root, with the project's environment::
 
 What it does, per seed:
 
-* builds 4,000 training and ``--val`` (2,000) held-out solutions in TRL's format (a prompt with a
-  few sentences of filler, then 2 to 6 steps; a step is wrong when it makes a move a walker cannot
-  make, and labels follow the first-error rule: every step from the first wrong one on is false),
+* builds 4,000 training and ``--val`` (2,000) held-out solutions in TRL's format (the plugin's
+  sample-data task with more places and moves: a prompt, then 2 to 6 steps; a step is wrong when it
+  makes a move a walker cannot make, and labels follow the first-error rule: every step from the
+  first wrong one on is false),
   a byte-level ``tokenizer.json`` (256 bytes + ``<|endoftext|>`` + ``<pad>``, no BOS), and a GPT-2
   shape (learned positions, 4 layers, hidden 256, sequence length 512);
-* trains both for ``--steps`` optimizer steps of 8 solutions in float32 with the same learning rate
-  (``--lr``, constant after 10 warm-up steps for both), TRL with ``gradient_checkpointing=False``,
-  its fastest setting; ours with its defaults otherwise. The two run one after the other, ours first
-  then TRL, then (``--repeats``) again in the other order, and the medians are reported;
+* trains both for ``--steps`` optimizer steps of 8 solutions in float32 with the same learning-rate
+  schedule (``--lr``, 10 warm-up steps, then cosine decay to 0 for both), TRL with
+  ``gradient_checkpointing=False``, its fastest setting; each with its own defaults otherwise
+  (optimizer settings, initialization; gradient clipping at 1.0 in both). The two run one after
+  the other, in turns (ours first for the first seed, TRL first for the next, and so on, also
+  across ``--repeats``), and the medians are reported;
 * times the optimizer steps after the first 10 (warm-up excluded; data preparation, model building
   and evaluation are not timed) and counts the non-padding tokens of those steps;
 * scores every labelled step of the held-out solutions with both trained models (ours through
@@ -55,26 +58,24 @@ PLACES = ("hall", "door", "desk", "lamp", "roof", "yard", "gate", "shed", "pond"
           "well", "hill", "road", "mill", "cave", "dock", "farm")
 MOVES = ("walk", "run", "climb", "crawl", "step", "hop", "stroll", "march", "wander", "jog")
 IMPOSSIBLE = ("fly", "swim", "teleport", "dig", "float", "tunnel")
-FILLER = ("the a of and to in is it that was for on are with as they at be this from have or by one had not but "
-          "what all were when we there can an your which their said if do will each about how up out them then").split()
 
 
 def make_solutions(n: int, seed: int) -> list[dict[str, Any]]:
+    """The plugin's sample-data task (``plugins/process_reward/scripts/make_sample_data.py``) with more
+    places and moves: a walk, one move a step; a move a walker cannot make is wrong, and every step
+    from the first wrong one on is labelled false."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
         path = rng.sample(PLACES, rng.randint(3, 7))
-        context = " ".join(rng.choice(FILLER) for _ in range(rng.randint(10, 60)))
         steps, labels, ok = [], [], True
-        error_rate = rng.choice((0.0, 0.15, 0.3))
+        error_rate = rng.choice((0.0, 0.2, 0.4))
         for there in path[1:]:
             wrong = rng.random() < error_rate
-            move = rng.choice(IMPOSSIBLE if wrong else MOVES)
             ok = ok and not wrong
-            steps.append(f"then {move} past the {rng.choice(PLACES)} to the {there}")
+            steps.append(f"{rng.choice(IMPOSSIBLE if wrong else MOVES)} to the {there}")
             labels.append(ok)
-        rows.append({"prompt": f"{context}.\nGet from the {path[0]} to the {path[-1]}.\n", "completions": steps,
-                     "labels": labels})
+        rows.append({"prompt": f"Get from the {path[0]} to the {path[-1]}.\n", "completions": steps, "labels": labels})
     return rows
 
 
@@ -106,7 +107,7 @@ def run_ours(paths: dict[str, str], steps: int, lr: float, seed: int, out: str) 
         f"model.num_layers={LAYERS}", f"model.hidden_size={HIDDEN}", f"model.num_attention_heads={HEADS}",
         f"model.encoder_seq_length={SEQ}", f"model.micro_batch_size={BATCH}", f"model.global_batch_size={BATCH}",
         "model.tokenizer.library=huggingface", f"model.tokenizer.path={paths['tokenizer']}",
-        f"model.optim.lr={lr}", f"model.optim.sched.warmup_steps={WARMUP_STEPS}", "model.optim.sched.name=constant",
+        f"model.optim.lr={lr}", f"model.optim.sched.warmup_steps={WARMUP_STEPS}", "model.optim.sched.min_lr=0",
         f"trainer.rm.max_steps={steps}", f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}",
         f"seed={seed}",
     ], data_paths={"train": paths["train"]})
@@ -154,7 +155,7 @@ def run_trl(paths: dict[str, str], steps: int, lr: float, seed: int, out: str) -
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, classifier_dropout=0.0))
     data = load_dataset("json", data_files={"train": paths["train"]})
     args = PRMConfig(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps, learning_rate=lr,
-                     lr_scheduler_type="constant_with_warmup", warmup_steps=WARMUP_STEPS, logging_steps=1,
+                     lr_scheduler_type="cosine", warmup_steps=WARMUP_STEPS, logging_steps=1,
                      report_to=[], save_strategy="no", eval_strategy="no", bf16=False, gradient_checkpointing=False,
                      max_length=SEQ, use_cpu=True, seed=seed, dataloader_num_workers=0, disable_tqdm=True)
     marks: list[float] = []
@@ -212,10 +213,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trl-python", default="/tmp/trlenv/bin/python", help="the interpreter of TRL's environment")
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_prm"), help="scratch folder")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps of 8 solutions (default 150)")
-    parser.add_argument("--lr", type=float, default=5e-4, help="learning rate of both (default 5e-4)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of 8 solutions (default 300)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="learning rate of both (default 1e-3)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="data and model seeds")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each per seed, alternating (default 2)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each per seed, alternating (default 1)")
     parser.add_argument("--val", type=int, default=2000, help="held-out solutions (default 2000)")
     parser.add_argument("--run", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
@@ -228,14 +229,14 @@ def main() -> None:
         args.result.write_text(json.dumps(out))
         return
     everything: dict[str, Any] = {}
-    for seed in args.seeds:
+    for n, seed in enumerate(args.seeds):
         work = args.work / f"seed{seed}"
         paths = build_data(work, seed, args.val)
         (work / "paths.json").write_text(json.dumps(paths))
         args.seed = seed
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
         for i in range(args.repeats):
-            for which in (("ours", "trl") if i % 2 == 0 else ("trl", "ours")):
+            for which in (("ours", "trl") if (n + i) % 2 == 0 else ("trl", "ours")):
                 runs[which].append(_child(which, work, args))
                 r = runs[which][-1]
                 print(f"seed {seed} {which:4s}: {r['tokens'] / r['seconds']:8.0f} tokens/s, "

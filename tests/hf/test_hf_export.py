@@ -153,6 +153,48 @@ def test_pretrained_run_exports_and_scores_the_same(hf_folder: Callable[..., Pat
     torch.testing.assert_close(torch.tensor([*plain, chat]), ours, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_pretrained_process_reward_run_exports_a_token_classifier(family: str, hf_folder: Callable[..., Path],
+                                                                  tmp_path: Path, cli: Callable[..., tuple[int, str]]) -> None:
+    """--pretrained (a base model, BOS where the family has one) for the token-level architecture,
+    2 steps, export: *ForTokenClassification whose probability of `correct` at each step's last token
+    (ids as TRL tokenizes) equals the step reward of `rm-registry score`; the folder scores the same."""
+    import transformers as tf
+
+    folder = hf_folder(family, seq_cls=False)
+    steps = tmp_path / "steps.jsonl"
+    steps.write_text("".join(json.dumps({"prompt": f"Question {i}?\n", "completions": ["step one", f"step {i}"],
+                                         "labels": [True, i % 2 == 0]}) + "\n" for i in range(8)))
+    run = tmp_path / "run"
+    code, err = cli("train", "process_reward", "--pretrained", str(folder), "--data", str(steps), "--output", str(run),
+                    "--no-progress", "model.micro_batch_size=4", "model.global_batch_size=4", "trainer.rm.max_steps=2")
+    assert code == 0, err
+    out = tmp_path / "exported"
+    assert cli("export", "--checkpoint", str(run), "--output", str(out))[0] == 0
+    config = json.loads((out / "config.json").read_text())
+    arch = {"llama": "LlamaForTokenClassification", "gpt2": "GPT2ForTokenClassification"}[family]
+    assert config["architectures"] == [arch] and config["id2label"] == {"0": "incorrect", "1": "correct"}
+    scored = tmp_path / "scored.jsonl"
+    assert cli("score", "--checkpoint", str(run), "--data", str(steps), "--output", str(scored), "--no-progress")[0] == 0
+    ours = [json.loads(line)["step_rewards"] for line in scored.read_text().splitlines()]
+    model = tf.AutoModelForTokenClassification.from_pretrained(out, dtype=torch.float32).eval()
+    tok = tf.AutoTokenizer.from_pretrained(out)
+    for line, want in zip(steps.read_text().splitlines(), ours):
+        row = json.loads(line)
+        ids = ([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(row["prompt"], add_special_tokens=False)["input_ids"]
+        positions = []
+        for step in row["completions"]:
+            ids += tok(step + "\n", add_special_tokens=False)["input_ids"]
+            positions.append(len(ids) - 1)
+        with torch.no_grad():
+            probs = model(torch.tensor([ids])).logits.softmax(-1)[0, positions, 1]
+        torch.testing.assert_close(probs, torch.tensor(want), atol=TOL, rtol=0)
+    again = tmp_path / "again.jsonl"
+    assert cli("score", "--checkpoint", str(out), "--data", str(steps), "--output", str(again), "--no-progress")[0] == 0
+    for a, b in zip((json.loads(x)["step_rewards"] for x in again.read_text().splitlines()), ours):
+        assert a == pytest.approx(b, abs=1e-5)
+
+
 def test_bad_targets_and_unexportable_models_exit_2_with_nothing_written(
         runs: Callable[..., Path], tmp_path: Path, cli: Callable[..., tuple[int, str]]) -> None:
     run = runs("binary_ranking")
