@@ -217,10 +217,10 @@ def _check_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any], what: str)
                             "must be [N, S] and [N]")
     positions = batch.get(_contract.REWARD_POSITIONS)
     if positions is not None:
-        from .model import _check_positions
+        from .model import check_positions
 
         try:
-            _check_positions(positions, lengths)
+            check_positions(positions, lengths)
         except ValueError as exc:
             raise _fail(plugin, f"{what}: {_contract.REWARD_POSITIONS} {exc}") from None
     if tokens.shape[0] and int(lengths.max()) != tokens.shape[1]:

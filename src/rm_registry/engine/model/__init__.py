@@ -69,6 +69,7 @@ __all__ = [
     "POOLINGS",
     "RewardModel",
     "build_transformer_config",
+    "check_positions",
     "compile_backbone",
     "layer_spec",
     "padded_vocab_size",
@@ -448,7 +449,7 @@ class RewardModel(MegatronModule):
         """
         hidden = self.hidden_states(tokens, lengths)  # [S, N, H]
         if positions is not None:
-            rows, index = _check_positions(positions, lengths)
+            rows, index = check_positions(positions, lengths)
             return self._head(hidden[index, rows].unsqueeze(0)).squeeze(0).float()  # [1, M, K] -> [M, K]
         if self.pooling == "sequence":
             out = self._head(hidden).transpose(0, 1).float()  # [S, N, K] -> [N, S, K]
@@ -465,7 +466,7 @@ class RewardModel(MegatronModule):
         return self._head(pooled.unsqueeze(0)).squeeze(0).float()  # [1, N, K] -> [N, K]
 
 
-def _check_positions(positions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_positions(positions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(rows [M], index [M])`` of ``positions [M, 2]``, checked against ``lengths [N]``.
 
     Raises:
