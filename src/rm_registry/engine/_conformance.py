@@ -9,6 +9,7 @@ engine functions that train, evaluate and score (:mod:`._contract`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import tempfile
@@ -173,11 +174,11 @@ def _check_score_sequences(plugin: RewardModelPlugin, model: torch.nn.Module, cf
     and ``score_records`` makes one JSON object of each record's rows."""
     from .data import read_jsonl
 
-    if getattr(plugin, "score_sequences", None) is None:
+    if not _contract.is_token_level(plugin):
         raise _fail(plugin, f"collate() gives {_contract.REWARD_POSITIONS!r} but the plugin has no score_sequences(): "
                             "score and serve could not tell where to read its rewards")
     groups = []
-    for line, record in list(read_jsonl(path))[:4]:
+    for line, record in itertools.islice(read_jsonl(path), 4):
         try:
             groups.append(_contract.score_sequences(plugin, record, tokenizer, cfg, path=path, line=line))
         except Exception as exc:

@@ -28,6 +28,7 @@ __all__ = [
     "config_for_output_names",
     "config_types",
     "evaluation_batch",
+    "is_token_level",
     "metric_weight",
     "output_names",
     "plugin_record",
@@ -125,6 +126,12 @@ def score_texts(plugin: RewardModelPlugin, record: Mapping[str, Any], *, path: s
     if "prompt" in record and "response" in record:
         return [join_prompt_response(record["prompt"], record["response"], path=path, line=line)]
     raise DataError(path, line, f"expected a 'text' key, or 'prompt' and 'response'; found {sorted(record)}")
+
+
+def is_token_level(plugin: Any) -> bool:
+    """Whether ``plugin`` is a token-level architecture: it defines :meth:`score_sequences` (and its
+    batches carry :data:`REWARD_POSITIONS`). Score, serve, benchmarks and export ask this one question."""
+    return getattr(plugin, "score_sequences", None) is not None
 
 
 def score_sequences(plugin: RewardModelPlugin, record: Mapping[str, Any], tokenizer: Any, cfg: DictConfig, *,

@@ -145,7 +145,7 @@ class LoadedRewardModel:
         (default: :meth:`score`'s object). Over-long texts are handled as in :meth:`score`.
         """
         records = list(records)
-        if getattr(self.plugin, "score_sequences", None) is not None:  # a token-level architecture
+        if _contract.is_token_level(self.plugin):
             return self._score_sequences(
                 [(i, _contract.score_sequences(self.plugin, r, self.tokenizer, self.cfg, path="<records>", line=i))
                  for i, r in enumerate(records, 1)], batch_size=batch_size, progress=progress)
@@ -393,7 +393,7 @@ def read_score_records(path: str | Path, plugin: RewardModelPlugin | None) -> li
     Raises:
         DataError: naming the file, the line and the problem.
     """
-    if plugin is not None and getattr(plugin, "score_sequences", None) is not None:
+    if plugin is not None and _contract.is_token_level(plugin):
         # A token-level plugin tokenizes its records itself (score_sequences needs the model's
         # tokenizer): here only the file is read; its records are checked when scored.
         return [(line, []) for line, _ in read_jsonl(path)]
@@ -427,7 +427,7 @@ def score_file(model: LoadedRewardModel, data: str | Path, output: str | Path, *
     """
     if str(output) != "-":
         check_output_file(Path(output))
-    if getattr(model.plugin, "score_sequences", None) is not None:  # a token-level architecture
+    if _contract.is_token_level(model.plugin):
         groups = [(line, _contract.score_sequences(model.plugin, rec, model.tokenizer, model.cfg, path=data, line=line))
                   for line, rec in read_jsonl(data)]
         _write_scores(model, model._score_sequences(groups, batch_size=batch_size, progress=progress), output)

@@ -98,7 +98,7 @@ class ModelRunner:
     @property
     def token_level(self) -> bool:
         """Whether the model reads its head at positions the plugin chooses (``score_sequences``)."""
-        return getattr(self.model.plugin, "score_sequences", None) is not None
+        return _contract.is_token_level(self.model.plugin)
 
     def encode(self, texts: Sequence[str], field: str, prompts: Sequence[Any] | None = None) -> list[list[int]]:
         """Token ids of each text, exactly as ``rm-registry score`` makes them (EOS appended, cut to

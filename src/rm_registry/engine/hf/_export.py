@@ -88,12 +88,6 @@ def _fold_head_bias(state: dict[str, torch.Tensor], final_bias_key: str) -> None
     state[final_bias_key] = (state[final_bias_key].double() + delta).to(state[final_bias_key].dtype)
 
 
-def token_level(plugin: Any) -> bool:
-    """Whether ``plugin`` is a token-level architecture (it defines ``score_sequences``): its
-    folders are ``*ForTokenClassification``."""
-    return getattr(plugin, "score_sequences", None) is not None
-
-
 def hf_folder_config(loaded: LoadedRewardModel, family: Family, vocab: int, k: int) -> dict[str, Any]:
     """``config.json`` of the exported folder."""
     m = loaded.cfg.model
@@ -107,7 +101,7 @@ def hf_folder_config(loaded: LoadedRewardModel, family: Family, vocab: int, k: i
                             "model": {k2: OmegaConf.to_container(m, resolve=True)[k2] for k2 in _KEPT}}
     if plugin_section is not None:
         meta["model"][loaded.plugin.name] = OmegaConf.to_container(plugin_section, resolve=True)
-    tokens = token_level(loaded.plugin)
+    tokens = _contract.is_token_level(loaded.plugin)
     return {
         "architectures": [family.token_architecture if tokens else family.architecture],
         **family.hf_config(m),
@@ -240,7 +234,7 @@ def export_model(loaded: LoadedRewardModel, output: str | Path) -> Path:
     vocab = int(getattr(model, "vocab_size", loaded.tokenizer.vocab_size))
     shapes = shapes_of(OmegaConf.merge(loaded.cfg, {"model": {"vocab_size": vocab}}), k)  # type: ignore[arg-type]
     rules = family.rules(shapes, m)
-    tokens = token_level(loaded.plugin)
+    tokens = _contract.is_token_level(loaded.plugin)
     head_bias = state.pop("head.bias", None) if tokens else None
     if tokens:  # a token classifier's head has a bias of its own
         head_bias = torch.zeros(k, dtype=state["head.weight"].dtype) if head_bias is None else head_bias

@@ -46,7 +46,7 @@ def _score(model: LoadedRewardModel, examples: Sequence[Example], *, path: str |
     index: dict[tuple[str, str], int] = {}
     ids: list[list[int]] = []
     positions: list[list[int]] = []  # token-level plugins: where each text's head is read
-    token_level = getattr(model.plugin, "score_sequences", None) is not None
+    token_level = _contract.is_token_level(model.plugin)
     refs: list[tuple[list[int], list[int]]] = []
     policy = "error" if model.cfg.model.data.overlong_policy == "error" else "truncate"
     cut = 0
@@ -219,7 +219,7 @@ def _model_record(model: LoadedRewardModel) -> dict[str, Any]:
         "plugin": _contract.plugin_record(plugin),
         "outputs": head,
         "scalar": "the 'reward' of score_records() over the response's steps (what `rm-registry score` writes)"
-        if getattr(plugin, "score_sequences", None) is not None
+        if _contract.is_token_level(plugin)
         else "the plugin's scalar_rewards()" if getattr(plugin, "scalar_rewards", None) is not None
         else "the 'reward' of score_outputs() (what `rm-registry score` writes)",
         "chat_template": bool(getattr(model.tokenizer, "chat_template", None)
