@@ -96,7 +96,7 @@ def _held_out(paths: dict[str, str]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- rm-registry
-def run_ours(paths: dict[str, str], steps: int, lr: float, seed: int, out: str) -> dict[str, Any]:
+def run_ours(paths: dict[str, str], steps: int, lr: float, seed: int, out: str, extra: list[str]) -> dict[str, Any]:
     from rm_registry import get_reward_model
     from rm_registry.engine import load_reward_model
     from rm_registry.engine import trainer as trainer_mod
@@ -109,7 +109,7 @@ def run_ours(paths: dict[str, str], steps: int, lr: float, seed: int, out: str) 
         "model.tokenizer.library=huggingface", f"model.tokenizer.path={paths['tokenizer']}",
         f"model.optim.lr={lr}", f"model.optim.sched.warmup_steps={WARMUP_STEPS}", "model.optim.sched.min_lr=0",
         f"trainer.rm.max_steps={steps}", f"trainer.rm.val_check_interval={steps}", f"trainer.rm.save_interval={steps}",
-        f"seed={seed}",
+        f"seed={seed}", *extra,
     ], data_paths={"train": paths["train"]})
     marks: list[float] = []
     build = trainer_mod.build_scheduler
@@ -196,6 +196,8 @@ def _child(which: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     result = work / f"{which}-{time.time_ns()}.json"
     cmd = [python, __file__, "--run", which, "--work", str(work), "--steps", str(args.steps), "--lr", str(args.lr),
            "--seed", str(args.seed), "--result", str(result)]
+    if which == "ours":
+        cmd += [f"--ours-set={kv}" for kv in args.ours_set]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{which} run failed:\n{proc.stderr[-4000:]}")
@@ -218,14 +220,20 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1], help="data and model seeds")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each per seed, alternating (default 1)")
     parser.add_argument("--val", type=int, default=2000, help="held-out solutions (default 2000)")
+    parser.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for our run only (repeatable), for ablations")
+    parser.add_argument("--only", choices=("ours", "trl"), help="run one side only (no paired comparison)")
     parser.add_argument("--run", choices=("ours", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         paths = json.loads((args.work / "paths.json").read_text())
-        fn = run_ours if args.run == "ours" else run_trl
-        out = fn(paths, args.steps, args.lr, args.seed, str(args.work / f"out-{args.run}-{time.time_ns()}"))
+        dest = str(args.work / f"out-{args.run}-{time.time_ns()}")
+        if args.run == "ours":
+            out = run_ours(paths, args.steps, args.lr, args.seed, dest, args.ours_set)
+        else:
+            out = run_trl(paths, args.steps, args.lr, args.seed, dest)
         args.result.write_text(json.dumps(out))
         return
     everything: dict[str, Any] = {}
@@ -237,6 +245,8 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"ours": [], "trl": []}
         for i in range(args.repeats):
             for which in (("ours", "trl") if (n + i) % 2 == 0 else ("trl", "ours")):
+                if args.only and which != args.only:
+                    continue
                 runs[which].append(_child(which, work, args))
                 r = runs[which][-1]
                 print(f"seed {seed} {which:4s}: {r['tokens'] / r['seconds']:8.0f} tokens/s, "
@@ -244,6 +254,8 @@ def main() -> None:
                       flush=True)
         everything[str(seed)] = runs
     (args.work / "results.json").write_text(json.dumps(everything))
+    if args.only:
+        return
     ours = _summary([r for s in everything.values() for r in s["ours"]])
     trl = _summary([r for s in everything.values() for r in s["trl"]])
     diffs = [a - b for s in everything.values() for x, y in zip(s["ours"], s["trl"])

@@ -247,8 +247,19 @@ def test_recompute_mapping() -> None:
     with pytest.raises(ConfigError, match="activations_checkpoint_num_layers=3"):
         _cfg("regression", "model.activations_checkpoint_granularity=full", "model.activations_checkpoint_method=uniform",
              "model.activations_checkpoint_num_layers=3", "model.num_layers=2")
-    with pytest.raises(ConfigError, match="sequence_parallel=true with model.tensor_model_parallel_size>1"):
-        _cfg("regression", "model.sequence_parallel=true", "model.tensor_model_parallel_size=2")
+
+
+def test_sequence_parallel_is_on_only_with_tensor_parallelism_and_even_splits() -> None:
+    from rm_registry.engine.config._checks import model_shape
+
+    assert model_shape(_cfg("regression", "model.sequence_parallel=true")).sequence_parallel is False  # TP = 1
+    on = _cfg("regression", "model.sequence_parallel=true", "model.tensor_model_parallel_size=2")
+    assert model_shape(on).sequence_parallel is True
+    assert model_shape(_cfg("regression", "model.tensor_model_parallel_size=2")).sequence_parallel is False
+    # A longest batch of 63 tokens is padded to 64 for two ranks: past a learned table of 63 rows.
+    with pytest.raises(ConfigError, match=r"encoder_seq_length=63 is padded to 64, above model.max_position_embeddings=63"):
+        model_shape(_cfg("regression", "model.sequence_parallel=true", "model.tensor_model_parallel_size=2",
+                         "model.encoder_seq_length=63"))
 
 
 def test_recompute_reaches_megatron_and_keeps_gradients(parallel_info: object) -> None:

@@ -233,6 +233,8 @@ class ModelShape:
     num_query_groups: int | None
     tensor_parallel: int
     pipeline_parallel: int
+    #: ``model.sequence_parallel`` with tensor parallelism > 1 (no effect, and False, at TP = 1).
+    sequence_parallel: bool
     seq_length: int
     max_position_embeddings: int
     hidden_dropout: float
@@ -288,6 +290,12 @@ def model_shape(cfg: DictConfig) -> ModelShape:
         raise ConfigError(
             f"model.max_position_embeddings={max_pos} is smaller than model.encoder_seq_length={seq_length}"
         )
+    sequence_parallel = _flag(cfg, "model.sequence_parallel", False) and tp > 1
+    if sequence_parallel and -(-seq_length // tp) * tp > max_pos:
+        raise ConfigError(
+            f"model.sequence_parallel=true splits each batch's sequence over the {tp} tensor-parallel ranks, so "
+            f"a sequence of model.encoder_seq_length={seq_length} is padded to {-(-seq_length // tp) * tp}, above "
+            f"model.max_position_embeddings={max_pos}: use an encoder_seq_length divisible by {tp}")
     ffn = _optional_positive(cfg, "model.ffn_hidden_size") or 4 * hidden
     kv_channels = _optional_positive(cfg, "model.kv_channels")
     if kv_channels is None and hidden % heads:
@@ -333,6 +341,7 @@ def model_shape(cfg: DictConfig) -> ModelShape:
         num_query_groups=groups,
         tensor_parallel=tp,
         pipeline_parallel=pp,
+        sequence_parallel=sequence_parallel,
         seq_length=seq_length,
         max_position_embeddings=max_pos,
         hidden_dropout=_probability(cfg, "model.hidden_dropout"),

@@ -411,12 +411,6 @@ def validate_nemo_keys(cfg: DictConfig) -> None:
     def sel(key: str, default: Any = None) -> Any:  # configs saved before these keys existed lack them
         return OmegaConf.select(cfg, key, default=default)
 
-    if sel("model.sequence_parallel", False) and int(cfg.model.tensor_model_parallel_size) > 1:
-        raise ConfigError(
-            "model.sequence_parallel=true with model.tensor_model_parallel_size>1 is not supported: the reward is read "
-            "at each sequence's last token, which sequence parallelism scatters over ranks; set "
-            "model.sequence_parallel=false (activation recomputation also saves memory)"
-        )
     constant = sel("model.optim.sched.constant_steps", 0)
     if isinstance(constant, bool) or not isinstance(constant, int) or constant < 0:
         raise ConfigError(f"model.optim.sched.constant_steps={constant!r}: expected a whole number >= 0")

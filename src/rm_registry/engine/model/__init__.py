@@ -56,6 +56,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..._errors import ConfigError
 from .. import parallel
 from ._attention import with_core_attention
+from ._sequence_parallel import gather_sequence, pad_to_multiple, sequence_parallel_spec
 from ..config._checks import ACTIVATIONS as ACTIVATION_NAMES
 from ..config._checks import DTYPE_ALIASES, NORMALIZATIONS, POOLINGS, POSITION_EMBEDDINGS, ModelShape, model_shape
 from ..config._nemo_compat import recompute_options
@@ -153,7 +154,7 @@ def build_transformer_config(cfg: DictConfig, shape: ModelShape | None = None) -
         # Weights loaded from a pretrained folder overwrite every tensor: drawing them first would
         # only cost time and a full-size float32 copy per tensor (see engine/hf).
         perform_initialization=not OmegaConf.select(cfg, "pretrained_checkpoint.restore_from_path", default=None),
-        sequence_parallel=False,
+        sequence_parallel=s.sequence_parallel,
         normalization=s.normalization,
         layernorm_epsilon=s.layernorm_epsilon,
         activation_func=ACTIVATIONS[s.activation],
@@ -280,9 +281,12 @@ class RewardModel(MegatronModule):
         self.head_dtype = head_dtype or config.params_dtype
         #: The autocast dtype of the forward pass (mixed precision), None: ``params_dtype`` throughout.
         self.compute_dtype: torch.dtype | None = None
+        spec = layer_spec(config.normalization, config.qk_layernorm, attention_backend)
+        if config.sequence_parallel:
+            spec = sequence_parallel_spec(spec, config)
         self.backbone = _HiddenStatesGPT(
             config=config,
-            transformer_layer_spec=layer_spec(config.normalization, config.qk_layernorm, attention_backend),
+            transformer_layer_spec=spec,
             vocab_size=padded_vocab_size,
             max_sequence_length=max_sequence_length,
             pre_process=True,
@@ -299,8 +303,9 @@ class RewardModel(MegatronModule):
             # params_dtype says; megatron's Float16Module casts the whole model likewise.
             self.backbone.to(config.params_dtype)
         head_config = config
-        if self.head_dtype != config.params_dtype:
-            head_config = dataclasses.replace(config, params_dtype=self.head_dtype)
+        if self.head_dtype != config.params_dtype or config.sequence_parallel:
+            # The head reads pooled (gathered) states, never a sequence split over ranks.
+            head_config = dataclasses.replace(config, params_dtype=self.head_dtype, sequence_parallel=False)
         # Row-parallel: each TP rank multiplies its slice of H, the partial results are
         # all-reduced, then the bias is added: every TP rank holds the same [.., K] output.
         self.head = RowParallelLinear(
@@ -411,21 +416,33 @@ class RewardModel(MegatronModule):
             lengths: ``[N]`` int64, real tokens per row (1..S).
 
         Returns:
-            ``[S, N, H]`` in ``params_dtype`` (megatron's sequence-first layout).
+            ``[S, N, H]`` in ``params_dtype`` (megatron's sequence-first layout), the whole
+            sequence on every rank also under sequence parallelism (see ``_sequence_parallel``).
         """
         self._check_inputs(tokens, lengths)
-        n, s = tokens.shape
-        positions = torch.arange(s, device=tokens.device)
-        position_ids = positions.unsqueeze(0).expand(n, s)  # [N, S]
+        s = tokens.shape[1]
+        if self.config.sequence_parallel:
+            tokens = pad_to_multiple(tokens, self.config.tensor_model_parallel_size)
+            if tokens.shape[1] > self.max_sequence_length:
+                raise ValueError(
+                    f"sequence length {s} rounded up to {tokens.shape[1]} (a multiple of the tensor-parallel size, "
+                    f"for model.sequence_parallel) exceeds max_sequence_length {self.max_sequence_length}; raise "
+                    "model.max_position_embeddings by one multiple of model.tensor_model_parallel_size")
+        n, padded = tokens.shape
+        positions = torch.arange(padded, device=tokens.device)
+        position_ids = positions.unsqueeze(0).expand(n, padded)  # [N, S]
         mask = None  # sdpa: causal inside the kernel, no mask tensor
         if self.attention_backend != "sdpa":
             padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)  # [N, S], True = padding
-            causal = torch.ones(s, s, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
+            causal = torch.ones(padded, padded, dtype=torch.bool, device=tokens.device).triu(1)  # [S, S]
             # Megatron convention: True = masked. Right padding with a causal mask already keeps
             # real tokens from seeing padding; masking padded keys too keeps padded rows tidy.
             mask = causal[None, None, :, :] | padding[:, None, None, :]  # [N, 1, S, S]
         with self._autocast(tokens.device):
-            return self.backbone(tokens, position_ids, mask)
+            hidden = self.backbone(tokens, position_ids, mask)
+        if self.config.sequence_parallel:
+            hidden = gather_sequence(hidden)[:s]  # [S / TP, N, H] -> [S, N, H]
+        return hidden
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor,
                 positions: torch.Tensor | None = None) -> torch.Tensor:

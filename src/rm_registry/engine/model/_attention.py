@@ -103,7 +103,9 @@ class SDPACausalAttention(MegatronModule):
             k = k.repeat_interleave(heads // groups, dim=1)
             v = v.repeat_interleave(heads // groups, dim=1)
         dropout = self.dropout_p if self.training else 0.0
-        if dropout:
+        # As megatron's DotProductAttention: under sequence parallelism the transformer block runs
+        # inside the tracker's fork already (forking again would replay a stale state on recompute).
+        if dropout and not self.config.sequence_parallel:
             with tensor_parallel.get_cuda_rng_tracker().fork():
                 out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True,
                                                      scale=self.softmax_scale)

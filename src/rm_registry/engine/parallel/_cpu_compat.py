@@ -20,7 +20,9 @@ megatron-core assumes a GPU in a few places that the reward-model path reaches (
 6. megatron's linear layers are ``torch.autograd.Function`` s decorated with
    ``torch.amp.custom_fwd/custom_bwd(device_type="cuda")``, so under CPU autocast (mixed
    precision) their backward runs outside autocast and multiplies a bfloat16 gradient by a
-   float32 weight; :func:`patch_autocast_functions` re-decorates them for the CPU.
+   float32 weight; :func:`patch_autocast_functions` re-decorates them for the CPU (and runs them
+   in the device shims of 3.: under sequence parallelism their backward allocates on
+   ``torch.cuda.current_device()``).
 4. ``dist_checkpointing.save`` calls ``torch.cuda.synchronize()`` and
    ``torch.cuda.current_device()``; :func:`cuda_device_shims` makes both harmless around the
    save call only (see :mod:`rm_registry.engine.checkpoint`).
@@ -281,9 +283,21 @@ AUTOCAST_FUNCTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _in_cpu_device_shims(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run inside :func:`cuda_device_shims`."""
+    @functools.wraps(fn)
+    def shimmed(*args: Any, **kwargs: Any) -> Any:
+        with cuda_device_shims():
+            return fn(*args, **kwargs)
+
+    return shimmed
+
+
 def patch_autocast_functions() -> None:
     """Re-decorate :data:`AUTOCAST_FUNCTIONS` with ``custom_fwd/custom_bwd(device_type="cpu")``, so
-    their backward runs under the autocast state of their forward on the CPU too (idempotent)."""
+    their backward runs under the autocast state of their forward on the CPU too (idempotent).
+    Both also run inside :func:`cuda_device_shims`: under sequence parallelism the backward
+    allocates its reduce-scatter output on ``torch.cuda.current_device()``."""
     import importlib
 
     for module_name, class_name in AUTOCAST_FUNCTIONS:
@@ -293,7 +307,7 @@ def patch_autocast_functions() -> None:
             fn = method.__func__ if isinstance(method, staticmethod) else method
             if getattr(fn, "_rm_registry_cpu_patch", False):
                 continue
-            wrapped = decorate(getattr(fn, "__wrapped__", fn), device_type="cpu")
+            wrapped = decorate(_in_cpu_device_shims(getattr(fn, "__wrapped__", fn)), device_type="cpu")
             wrapped._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
             setattr(cls, name, staticmethod(wrapped))
 

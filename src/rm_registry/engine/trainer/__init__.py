@@ -67,8 +67,9 @@ from ..progress import progress_bar, say
 from ..tokenizer import load_tokenizer
 from ._loggers import MetricsLog, attach_loggers, check_loggers
 from ._metrics import MetricMeans
-from ._optim import (LossScaler, allreduce_grads, build_optimizer, build_scheduler, clip_grad_norm, is_sharded,
-                     load_optimizer_state, optimizer_state, state_bytes)
+from ._optim import (LossScaler, allreduce_grads, allreduce_tensor_parallel_replicas, build_optimizer,
+                     build_scheduler, clip_grad_norm, is_sharded, load_optimizer_state, optimizer_state,
+                     state_bytes)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..._protocol import RewardModelPlugin, Tokenizer
@@ -401,6 +402,7 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
         tokens += int(batch["lengths"].sum())
         padded += int(batch["tokens"].numel())
     allreduce_grads(run.model, info)
+    allreduce_tensor_parallel_replicas(run.model, info)
     scale = None
     if run.scaler is not None:
         scale = run.scaler.value
@@ -540,8 +542,9 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
     compute = f", {mode} compute" if mode != "32" else ""
     sharded = f"sharded over {info.dp} data-parallel ranks" if is_sharded(optimizer) else "replicated"
     count = sum(p.numel() for p in params)
+    sp = " with sequence parallelism" if getattr(getattr(model, "config", None), "sequence_parallel", False) else ""
     say(f"memory per rank: {count:,} parameters, weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
-        f"Adam state {size(moments)} ({sharded}); layout TP={info.tp} x PP={info.pp} x DP={info.dp}, "
+        f"Adam state {size(moments)} ({sharded}); layout TP={info.tp} x PP={info.pp} x DP={info.dp}{sp}, "
         "before activations")
 
 

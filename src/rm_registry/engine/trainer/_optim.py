@@ -22,8 +22,8 @@ from ..config import learning_rate
 if TYPE_CHECKING:  # pragma: no cover
     from ..parallel import ParallelInfo
 
-__all__ = ["LossScaler", "allreduce_grads", "build_optimizer", "build_scheduler", "clip_grad_norm", "is_sharded",
-           "load_optimizer_state", "optimizer_state", "state_bytes"]
+__all__ = ["LossScaler", "allreduce_grads", "allreduce_tensor_parallel_replicas", "build_optimizer",
+           "build_scheduler", "clip_grad_norm", "is_sharded", "load_optimizer_state", "optimizer_state", "state_bytes"]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: DictConfig, info: ParallelInfo | None = None) -> torch.optim.Optimizer:
@@ -149,6 +149,27 @@ def allreduce_grads(model: torch.nn.Module, info: ParallelInfo, group: Any = Non
     flat = torch._utils._flatten_dense_tensors(grads)
     torch.distributed.all_reduce(flat, group=_dp_group() if group is None else group)
     flat /= info.dp
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
+def allreduce_tensor_parallel_replicas(model: torch.nn.Module, info: ParallelInfo) -> None:
+    """Sum over the tensor-parallel group the gradients of replicated weights that each rank saw
+    only part of the work for (megatron's ``_allreduce_non_tensor_model_parallel_grads``): weights
+    marked ``sequence_parallel`` (norms and row-parallel biases under sequence parallelism, each
+    rank holding ``S / TP`` of the sequence) and the query/key layernorms (``model.qk_layernorm``:
+    each rank normalizes only its own heads). Without it those replicas drift apart across ranks.
+    """
+    if info.tp == 1:
+        return
+    grads = [p.grad for name, p in model.named_parameters() if p.grad is not None and (
+        getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)]
+    if not grads:
+        return
+    from megatron.core import parallel_state
+
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
     for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
         g.copy_(synced)
 
