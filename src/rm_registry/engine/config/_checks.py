@@ -291,10 +291,11 @@ def model_shape(cfg: DictConfig) -> ModelShape:
             f"model.max_position_embeddings={max_pos} is smaller than model.encoder_seq_length={seq_length}"
         )
     sequence_parallel = _flag(cfg, "model.sequence_parallel", False) and tp > 1
-    if sequence_parallel and -(-seq_length // tp) * tp > max_pos:
+    split_length = -(-seq_length // tp) * tp  # the longest batch, padded to split over TP ranks
+    if sequence_parallel and split_length > max_pos:
         raise ConfigError(
             f"model.sequence_parallel=true splits each batch's sequence over the {tp} tensor-parallel ranks, so "
-            f"a sequence of model.encoder_seq_length={seq_length} is padded to {-(-seq_length // tp) * tp}, above "
+            f"a sequence of model.encoder_seq_length={seq_length} is padded to {split_length}, above "
             f"model.max_position_embeddings={max_pos}: use an encoder_seq_length divisible by {tp}")
     ffn = _optional_positive(cfg, "model.ffn_hidden_size") or 4 * hidden
     kv_channels = _optional_positive(cfg, "model.kv_channels")

@@ -84,20 +84,24 @@ class _AutocastRMSNorm(torch.nn.RMSNorm):
         return _to_autocast_dtype(super().forward(x))
 
 
-def _swap_norms(node: Any, old: type) -> None:
-    """Replace ``old`` by :class:`TorchNorm` in a layer spec's submodule tree, in place."""
+def _swap_norms(node: Any, old: type) -> int:
+    """Replace ``old`` by :class:`TorchNorm` in a layer spec's submodule tree, in place; the number replaced."""
     if not dataclasses.is_dataclass(node):
-        return
+        return 0
+    swapped = 0
     for f in dataclasses.fields(node):
         value = getattr(node, f.name)
         if value is old:
             setattr(node, f.name, TorchNorm)
+            swapped += 1
         elif hasattr(value, "submodules"):  # a ModuleSpec
             if getattr(value, "module", None) is old:
                 value.module = TorchNorm
-            _swap_norms(value.submodules, old)
+                swapped += 1
+            swapped += _swap_norms(value.submodules, old)
         elif dataclasses.is_dataclass(value):
-            _swap_norms(value, old)
+            swapped += _swap_norms(value, old)
+    return swapped
 
 
 def sequence_parallel_spec(spec: Any, config: TransformerConfig) -> Any:
@@ -113,9 +117,7 @@ def sequence_parallel_spec(spec: Any, config: TransformerConfig) -> Any:
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     spec = copy.deepcopy(spec)
-    before = repr(spec)
-    _swap_norms(spec.submodules, WrappedTorchNorm)
-    if repr(spec) == before:
+    if not _swap_norms(spec.submodules, WrappedTorchNorm):
         return spec
     return TransformerBlockSubmodules(layer_specs=[spec] * get_num_layers_to_build(config), layer_norm=TorchNorm)
 

@@ -234,6 +234,16 @@ CUDA_DEVICE_CALLS: tuple[tuple[str, str | None, str], ...] = (
 )
 
 
+def _in_cpu_device_shims(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run inside :func:`cuda_device_shims`."""
+    @functools.wraps(fn)
+    def shimmed(*args: Any, **kwargs: Any) -> Any:
+        with cuda_device_shims():
+            return fn(*args, **kwargs)
+
+    return shimmed
+
+
 def patch_cuda_device_calls() -> None:
     """Wrap each of :data:`CUDA_DEVICE_CALLS` in :func:`cuda_device_shims` (idempotent)."""
     import importlib
@@ -245,16 +255,9 @@ def patch_cuda_device_calls() -> None:
         if getattr(original, "_rm_registry_cpu_patch", False):
             continue
 
-        def make(fn: Callable[..., Any]) -> Callable[..., Any]:
-            @functools.wraps(fn)
-            def shimmed(*args: Any, **kwargs: Any) -> Any:
-                with cuda_device_shims():
-                    return fn(*args, **kwargs)
-
-            shimmed._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
-            return shimmed
-
-        setattr(owner, func_name, make(original))
+        shimmed = _in_cpu_device_shims(original)
+        shimmed._rm_registry_cpu_patch = True  # type: ignore[attr-defined]
+        setattr(owner, func_name, shimmed)
 
 
 def apply_cpu_workarounds(*, seed: int, tp_rank: int) -> bool:
@@ -281,16 +284,6 @@ AUTOCAST_FUNCTIONS: tuple[tuple[str, str], ...] = (
     ("megatron.core.tensor_parallel.layers", "LinearWithFrozenWeight"),
     ("megatron.core.tensor_parallel.layers", "LinearWithGradAccumulationAndAsyncCommunication"),
 )
-
-
-def _in_cpu_device_shims(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` run inside :func:`cuda_device_shims`."""
-    @functools.wraps(fn)
-    def shimmed(*args: Any, **kwargs: Any) -> Any:
-        with cuda_device_shims():
-            return fn(*args, **kwargs)
-
-    return shimmed
 
 
 def patch_autocast_functions() -> None:

@@ -138,6 +138,16 @@ def _dp_group() -> Any:
     return parallel_state.get_data_parallel_group()
 
 
+def _sum_in_place(grads: list[torch.Tensor], group: Any, divide_by: int = 1) -> None:
+    """All-reduce (sum) ``grads`` over ``group`` as one flat buffer, divided by ``divide_by``, in place."""
+    flat = torch._utils._flatten_dense_tensors(grads)
+    torch.distributed.all_reduce(flat, group=group)
+    if divide_by != 1:
+        flat /= divide_by
+    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+        g.copy_(synced)
+
+
 def allreduce_grads(model: torch.nn.Module, info: ParallelInfo, group: Any = None) -> None:
     """Average gradients over the data-parallel group (one flat buffer).
 
@@ -145,12 +155,8 @@ def allreduce_grads(model: torch.nn.Module, info: ParallelInfo, group: Any = Non
     """
     if info.dp == 1:
         return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat, group=_dp_group() if group is None else group)
-    flat /= info.dp
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+    _sum_in_place([p.grad for p in model.parameters() if p.grad is not None], _dp_group() if group is None else group,
+                  divide_by=info.dp)
 
 
 def allreduce_tensor_parallel_replicas(model: torch.nn.Module, info: ParallelInfo) -> None:
@@ -164,14 +170,10 @@ def allreduce_tensor_parallel_replicas(model: torch.nn.Module, info: ParallelInf
         return
     grads = [p.grad for name, p in model.named_parameters() if p.grad is not None and (
         getattr(p, "sequence_parallel", False) or "q_layernorm" in name or "k_layernorm" in name)]
-    if not grads:
-        return
-    from megatron.core import parallel_state
+    if grads:
+        from megatron.core import parallel_state
 
-    flat = torch._utils._flatten_dense_tensors(grads)
-    torch.distributed.all_reduce(flat, group=parallel_state.get_tensor_model_parallel_group())
-    for g, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-        g.copy_(synced)
+        _sum_in_place(grads, parallel_state.get_tensor_model_parallel_group())
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: ParallelInfo) -> float:
