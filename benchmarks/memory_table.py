@@ -25,27 +25,28 @@ MODELS = {
 LLAMA = {"normalization": "RMSNorm", "activation": "silu", "gated_linear_unit": True, "add_bias_linear": False,
          "position_embedding_type": "rope", "head_bias": False, "encoder_seq_length": 4096}
 VOCAB = 128256
-#: (model, TP, DP, sharded optimizer)
+#: (model, TP, PP, DP, sharded optimizer)
 LAYOUTS = [
-    ("8B (Llama 3.1 8B)", 1, 8, False), ("8B (Llama 3.1 8B)", 1, 8, True), ("8B (Llama 3.1 8B)", 2, 4, True),
-    ("8B (Llama 3.1 8B)", 8, 1, False),
-    ("70B (Llama 3.1 70B)", 8, 1, False), ("70B (Llama 3.1 70B)", 8, 2, True), ("70B (Llama 3.1 70B)", 8, 8, True),
+    ("8B (Llama 3.1 8B)", 1, 1, 8, False), ("8B (Llama 3.1 8B)", 1, 1, 8, True), ("8B (Llama 3.1 8B)", 2, 1, 4, True),
+    ("8B (Llama 3.1 8B)", 2, 2, 2, True), ("8B (Llama 3.1 8B)", 8, 1, 1, False),
+    ("70B (Llama 3.1 70B)", 8, 1, 1, False), ("70B (Llama 3.1 70B)", 8, 1, 2, True), ("70B (Llama 3.1 70B)", 8, 1, 8, True),
+    ("70B (Llama 3.1 70B)", 8, 2, 1, False), ("70B (Llama 3.1 70B)", 8, 4, 2, True),
 ]
 
 
 def table() -> str:
     gib = 1024**3
     rows = ["| model | layout (GPUs) | Adam state | weights | gradients | Adam | total per GPU |", "|---|---|---|---|---|---|---|"]
-    for name, tp, dp, sharded in LAYOUTS:
+    for name, tp, pp, dp, sharded in LAYOUTS:
         cfg = engine_defaults()
-        for key, value in {**LLAMA, **MODELS[name], "tensor_model_parallel_size": tp}.items():
+        for key, value in {**LLAMA, **MODELS[name], "tensor_model_parallel_size": tp,
+                           "pipeline_model_parallel_size": pp}.items():
             OmegaConf.update(cfg, f"model.{key}", value)
-        m = rank_memory(model_shape(cfg), VOCAB, tp=tp, dp=dp, sharded_optimizer=sharded)
-        rows.append(f"| {name} | TP={tp} x DP={dp} ({tp * dp}) | {'sharded' if sharded else 'replicated'} | "
+        m = rank_memory(model_shape(cfg), VOCAB, tp=tp, pp=pp, dp=dp, sharded_optimizer=sharded)
+        rows.append(f"| {name} | TP={tp} x PP={pp} x DP={dp} ({tp * pp * dp}) | {'sharded' if sharded else 'replicated'} | "
                     f"{m.weights / gib:.1f} GiB | {m.gradients / gib:.1f} GiB | {m.optimizer / gib:.1f} GiB | "
                     f"**{m.total / gib:.1f} GiB** |")
     return "\n".join(rows)
-
 
 if __name__ == "__main__":
     print(table())

@@ -21,7 +21,7 @@ files the docs use as examples: ``prefs.jsonl``, ``val.jsonl``, ``texts.jsonl``,
 - ``torchrun ... -m rm_registry train|evaluate|score ARGS`` (and ``rm-registry launch ...``): not launched (tests/distributed does
   real launches); the layout and, for ``train``, the whole config are checked for the process
   count the command asks for, which is where such an example fails as written. A ``train`` is
-  then run in one process (tiny, tensor parallelism 1) so that the commands after it find its
+  then run in one process (tiny, tensor and pipeline parallelism 1) so that the commands after it find its
   run folder.
 - in a ``check`` block, torchrun commands are checked as above and ``rm-registry`` commands are
   parsed, none is run.
@@ -253,7 +253,7 @@ def _check_torchrun(command: str) -> tuple[int, str]:
         else:
             layer = parse_overrides(overrides)
             tp = int(layer.get("model", {}).get("tensor_model_parallel_size", 1))
-            check_parallel_sizes(tp, 1, world)
+            check_parallel_sizes(tp, int(layer.get("model", {}).get("pipeline_model_parallel_size", 1)), world)
     except (ConfigError, RMRegistryError) as exc:
         return 2, str(exc)
     return 0, ""
@@ -276,7 +276,7 @@ def run_plan(plan: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 code, err = _check_torchrun(item["command"])
                 if code == 0 and item["marker"] == "run" and _launched_args(item["command"])[0] == "train":
                     code, err = _run_cli([*_launched_args(item["command"]), *TINY,
-                                          "model.tensor_model_parallel_size=1"], {})
+                                          "model.tensor_model_parallel_size=1", "model.pipeline_model_parallel_size=1"], {})
         except Exception as exc:  # a crash is a failure of that command, reported with the others
             code, err = 99, f"{type(exc).__name__}: {exc}"
         finally:

@@ -4,7 +4,7 @@ distribution ``rm-plackett-luce`` 0.3.0.
 
 It goes through the conformance kit (which must also catch the mistakes such a plugin can make),
 then the CLI in one process (train, check, evaluate, score with per-record output), a checkpoint
-whose plugin is uninstalled or of another version, and one short torchrun DP=2 run whose losses
+whose plugin is uninstalled or of another version, and short torchrun DP=2 and PP=2 runs whose losses
 and validation metrics must equal the single process's.
 """
 
@@ -255,15 +255,18 @@ def test_checkpoint_names_the_distribution_to_install_and_warns_on_another_versi
 
 
 @pytest.mark.slow
-def test_torchrun_dp2_equals_one_process(trained: dict[str, Any], site: Path) -> None:
+@pytest.mark.parametrize("layout", [[], ["model.pipeline_model_parallel_size=2"]], ids=["dp2", "pp2"])
+def test_torchrun_dp2_and_pp2_equal_one_process(trained: dict[str, Any], site: Path, layout: list[str]) -> None:
+    """Two processes as data parallelism, then as two pipeline stages (lists of 2-4 sequences a
+    sample through megatron's 1F1B schedule): the single process's steps either way."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT")}
     env.update(PYTHONPATH=str(site), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    out = trained["dir"] / "dp2"
+    out = trained["dir"] / ("pp2" if layout else "dp2")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(_free_port()), "-m", "rm_registry", "train", "plackett_luce", "--output", str(out),
-         "--no-progress", "seed=77", *TINY],
+         "--no-progress", "seed=77", *TINY, *layout],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     single, dp2 = _metrics(trained["run"]), _metrics(out)
@@ -271,4 +274,4 @@ def test_torchrun_dp2_equals_one_process(trained: dict[str, Any], site: Path) ->
     for a, b in zip(dp2, single):
         for key in ("loss", "top1_accuracy", "num_groups", "tokens"):
             if key in b:
-                assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-6), (key, a, b)
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (key, a, b)

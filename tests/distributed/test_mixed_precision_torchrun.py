@@ -14,18 +14,18 @@ from test_torchrun import TINY, _prefs, _rel, _train_losses, one, torchrun
 pytestmark = pytest.mark.slow
 
 
-def _check_memory_line(stderr: str, run: Path, tp: int) -> None:
+def _check_memory_line(stderr: str, run: Path, tp: int, pp: int = 1) -> None:
     """The run's "memory per rank" line counts what the estimate behind docs/scaling.md's table counts."""
     from omegaconf import OmegaConf
 
     from rm_registry.engine.config._checks import model_shape
     from rm_registry.engine.config._memory import rank_memory
 
-    line = next(x for x in stderr.splitlines() if x.startswith("memory per rank:"))
+    line = next(x for x in stderr.splitlines() if x.startswith("memory per rank"))
     counted = int(re.search(r"([\d,]+) parameters", line).group(1).replace(",", ""))
     cfg = OmegaConf.load(run / "config.yaml")
     padded = -(-258 // int(cfg.model.make_vocab_size_divisible_by)) * int(cfg.model.make_vocab_size_divisible_by)
-    assert rank_memory(model_shape(cfg), padded, tp=tp).parameters == counted, line
+    assert rank_memory(model_shape(cfg), padded, tp=tp, pp=pp).parameters == counted, line
 
 
 def test_tp2_and_sharded_dp2_bf16_mixed_follow_one_process(tmp_path: Path) -> None:

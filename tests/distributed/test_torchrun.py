@@ -75,9 +75,9 @@ def one(label: str, *args: str) -> subprocess.CompletedProcess[str]:
     return _run(label, [sys.executable, "-m", "rm_registry", *args])
 
 
-def torchrun(label: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``torchrun --nproc-per-node 2 -m rm_registry ARGS`` (gloo on CPU)."""
-    return _run(label, [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+def torchrun(label: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node NPROC -m rm_registry ARGS`` (gloo on CPU)."""
+    return _run(label, [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                         "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
                         "-m", "rm_registry", *args])
 

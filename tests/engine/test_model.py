@@ -146,7 +146,9 @@ def test_bad_inputs_are_refused(build_model, tokens, lengths, match: str) -> Non
     ({"hidden_dropout": 1.5}, r"model.hidden_dropout=1.5"),
     ({"output_sequence": True, "use_avg_pool": True}, r"cannot both be true"),
     ({"tensor_model_parallel_size": 2}, r"tensor_model_parallel_size=2 but the parallel state .* 1"),
-    ({"pipeline_model_parallel_size": 2}, r"pipeline_model_parallel_size=2: pipeline parallelism is not supported"),
+    ({"pipeline_model_parallel_size": 2}, r"pipeline_model_parallel_size=2 but the parallel state .* 1"),
+    ({"pipeline_model_parallel_size": 3}, r"model.pipeline_model_parallel_size=3 does not divide model.num_layers=2"),
+    ({"virtual_pipeline_model_parallel_size": 2}, r"virtual_pipeline_model_parallel_size=2: interleaved"),
     ({"max_position_embeddings": 8}, r"max_position_embeddings=8 is smaller than model.encoder_seq_length=32"),
 ])
 def test_config_errors_name_the_key(build_model, overrides: dict, match: str) -> None:

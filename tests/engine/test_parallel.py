@@ -20,7 +20,8 @@ def test_single_process_info(parallel_info) -> None:
 def test_unsupported_layouts_are_refused(parallel_info) -> None:
     with pytest.raises(ConfigError, match=r"tensor_model_parallel_size=2 .* does not divide the world size 1"):
         parallel.initialize(tensor_model_parallel_size=2)
-    with pytest.raises(ConfigError, match=r"pipeline_model_parallel_size=2: pipeline parallelism is not supported"):
+    with pytest.raises(ConfigError, match=r"tensor_model_parallel_size=1 \(x pipeline 2\) does not divide the world "
+                       r"size 1: .* or change model.tensor_model_parallel_size / model.pipeline_model_parallel_size"):
         parallel.initialize(pipeline_model_parallel_size=2)
     with pytest.raises(ConfigError, match=r"tensor_model_parallel_size=0"):
         parallel.initialize(tensor_model_parallel_size=0)

@@ -59,8 +59,14 @@ def batch_to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, 
 def batch_rewards(model: Any, batch: Mapping[str, Any], max_tokens: int | None) -> torch.Tensor:
     """The model's rewards for one collated batch (on the model's device): ``[N, K]`` (``[N, S, K]``
     per token), or ``[M, K]`` at the batch's :data:`REWARD_POSITIONS` when it has them. Training and
-    evaluation both call this, so a plugin sees the same rewards in ``loss`` and ``evaluation_metrics``."""
+    evaluation both call this, so a plugin sees the same rewards in ``loss`` and ``evaluation_metrics``.
+
+    Under pipeline parallelism the batch goes through every stage (megatron's schedule, forward
+    only, one micro-batch) and every stage gets the last stage's rewards."""
     from .data._batching import forward_in_chunks
+
+    if getattr(model, "pipelined", False):  # a RewardModel stage (parallel._pipeline runs the schedule)
+        return model.pipeline_rewards(batch)
 
     return forward_in_chunks(model, batch["tokens"], batch["lengths"], max_tokens,
                              positions=batch.get(REWARD_POSITIONS))

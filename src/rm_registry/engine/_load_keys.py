@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["LOAD_OVERRIDES", "load_overrides_text"]
 
-LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
+LOAD_OVERRIDES = ("model.tensor_model_parallel_size", "model.pipeline_model_parallel_size", "model.micro_batch_size", "model.data.overlong_policy",
                   "model.attention_backend", "model.max_tokens_per_micro_batch", "model.data.columns",
                   "model.data.cache", "model.data.cache_dir", "model.compile")
 

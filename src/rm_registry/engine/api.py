@@ -81,13 +81,12 @@ class LoadedRewardModel:
         bar = progress_bar(len(mine), "score", enabled=progress and self.info.is_main)
         for c in mine:
             tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
-            if positions is None:
-                out = self.model(tokens.to(self.info.device), lengths.to(self.info.device))
-            else:
-                points = torch.tensor([(row, p) for row, i in enumerate(chunks[c]) for p in positions[i]],
-                                      dtype=torch.long).reshape(-1, 2)
-                out = self.model(tokens.to(self.info.device), lengths.to(self.info.device),
-                                 positions=points.to(self.info.device))
+            batch = {"tokens": tokens, "lengths": lengths}
+            if positions is not None:
+                batch[_contract.REWARD_POSITIONS] = torch.tensor(
+                    [(row, p) for row, i in enumerate(chunks[c]) for p in positions[i]], dtype=torch.long).reshape(-1, 2)
+            # one pass of the model (through every pipeline stage under pipeline parallelism)
+            out = _contract.batch_rewards(self.model, _contract.batch_to(batch, self.info.device), None)
             results.append((chunks[c], out.float().cpu()))
             bar.update(1)
         bar.close()
@@ -338,7 +337,8 @@ def _ready(plugin: RewardModelPlugin, cfg: DictConfig, overrides: Iterable[str],
     _contract.resolve_config(plugin, cfg)  # checkpoints saved before it resolved get the same values
     tok = tokenizer()
     info = parallel.initialize(tensor_model_parallel_size=int(cfg.model.tensor_model_parallel_size),
-                               pipeline_model_parallel_size=1, seed=int(cfg.seed))
+                               pipeline_model_parallel_size=int(cfg.model.pipeline_model_parallel_size),
+                               seed=int(cfg.seed))
     model = plugin.model_class.from_config(cfg, vocab_size=tok.vocab_size).to(info.device)
     load_weights(model)
     model.eval()

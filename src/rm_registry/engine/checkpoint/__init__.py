@@ -65,12 +65,15 @@ __all__ = [
     "find_latest",
     "is_complete",
     "load_checkpoint",
+    "load_optimizer_tensors",
     "save_checkpoint",
     "verify_checkpoint",
 ]
 
 #: Completion marker, written last, inside the folder before it is renamed into place.
 MARKER = "checkpoint.json"
+#: Folder of the optimizer tensors saved like the weights (``optimizer_tensors`` of :func:`save_checkpoint`).
+OPTIMIZER = "optimizer"
 FORMAT = "rm-registry-checkpoint"
 FORMAT_VERSION = 1
 _STEP_RE = re.compile(r"^step_(\d+)$")
@@ -110,7 +113,9 @@ def _layout() -> dict[str, int]:
 
     rank, world = _rank_world()
     tp = parallel_state.get_tensor_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
-    return {"world_size": world, "tensor_model_parallel_size": tp, "data_parallel_size": world // tp}
+    pp = parallel_state.get_pipeline_model_parallel_world_size() if parallel_state.model_parallel_is_initialized() else 1
+    return {"world_size": world, "tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp,
+            "data_parallel_size": world // (tp * pp)}
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -126,7 +131,7 @@ def _safe_relative(name: str) -> Path:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts or not rel.parts:
         raise ValueError(f"extra_files key {name!r} must be a relative path inside the checkpoint")
-    if rel.parts[0] in ("weights", "state", MARKER):
+    if rel.parts[0] in ("weights", "state", OPTIMIZER, MARKER):
         raise ValueError(f"extra_files key {name!r} clashes with the checkpoint's own files")
     return rel
 
@@ -137,6 +142,7 @@ def save_checkpoint(
     *,
     extra_files: Mapping[str, bytes | str] | None = None,
     state: Mapping[str, Any] | None = None,
+    optimizer_tensors: Mapping[str, Any] | None = None,
 ) -> Path:
     """Save ``model`` (its ``sharded_state_dict()``), per-rank ``state`` and extra files, atomically.
 
@@ -150,6 +156,9 @@ def save_checkpoint(
         extra_files: ``{relative path: content}`` written by rank 0 (``config.yaml``,
             ``tokenizer/tokenizer.json``...); ``str`` is written as UTF-8.
         state: This rank's trainer state, saved with ``torch.save`` as ``state/rank_XXXXX.pt``.
+        optimizer_tensors: megatron ``ShardedTensor`` s of the optimizer (the Adam moments, placed
+            like their parameters), saved with ``dist_checkpointing`` in ``optimizer/``: they
+            reshard to another layout as the weights do (:func:`load_optimizer_tensors`).
 
     Returns:
         The final checkpoint folder.
@@ -159,7 +168,7 @@ def save_checkpoint(
     rank, world = _rank_world()
     rels = {_safe_relative(k): v for k, v in (extra_files or {}).items()}
     try:
-        _write_checkpoint(tmp, directory, model, rels, state, rank)
+        _write_checkpoint(tmp, directory, model, rels, state, rank, optimizer_tensors)
     except BaseException as exc:  # disk full, no permission, SIGTERM, Ctrl-C: no half-written folder left
         failure = write_failure(exc, f"checkpoint {directory}", tmp)  # before the removal frees the space
         if rank == 0:
@@ -173,7 +182,7 @@ def save_checkpoint(
 
 
 def _write_checkpoint(tmp: Path, directory: Path, model: torch.nn.Module, rels: Mapping[Path, bytes | str],
-                      state: Mapping[str, Any] | None, rank: int) -> None:
+                      state: Mapping[str, Any] | None, rank: int, optimizer_tensors: Mapping[str, Any] | None) -> None:
     from megatron.core import dist_checkpointing
 
     from ._dcp_save import InProcessSaveStrategy
@@ -184,11 +193,15 @@ def _write_checkpoint(tmp: Path, directory: Path, model: torch.nn.Module, rels: 
                 shutil.rmtree(tmp)
             (tmp / "weights").mkdir(parents=True)
             (tmp / "state").mkdir()
+            if optimizer_tensors is not None:
+                (tmp / OPTIMIZER).mkdir()
     parallel.barrier()
 
     with _cpu_compat.cuda_device_shims():
         dist_checkpointing.save(model.sharded_state_dict(), str(tmp / "weights"),
                                 sharded_strategy=InProcessSaveStrategy())
+        if optimizer_tensors is not None:
+            dist_checkpointing.save(dict(optimizer_tensors), str(tmp / OPTIMIZER), sharded_strategy=InProcessSaveStrategy())
     if state is not None:
         buffer = io.BytesIO()  # written by us, so that a full disk is an OSError, not torch's "unexpected pos"
         torch.save(dict(state), buffer)
@@ -404,9 +417,10 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     out of it are refused; the state files are then read with ``torch.load(weights_only=True)``.
 
     Every rank must call this. The weights reshard to the current layout. The returned state is
-    the one this rank saved when the layout (world size and tensor-parallel size) is unchanged;
-    otherwise it is rank 0's state with ``"layout_changed": True`` added, since per-rank optimizer
-    state cannot be resharded. ``{}`` when the save had no state.
+    the one this rank saved when the layout (world size, tensor- and pipeline-parallel size) is
+    unchanged; otherwise it is rank 0's state with ``"layout_changed": True`` added (what reshards
+    of the optimizer is in ``optimizer/``: :func:`load_optimizer_tensors`). ``{}`` when the save
+    had no state.
 
     Raises:
         CheckpointNotFoundError: ``directory`` is not a complete checkpoint.
@@ -433,10 +447,9 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
     if not state or not info.get("has_state"):
         return {}
     rank, world = _rank_world()
-    same = (info.get("world_size"), info.get("tensor_model_parallel_size")) == (
-        world,
-        _layout()["tensor_model_parallel_size"],
-    )
+    layout = _layout()
+    same = (info.get("world_size"), info.get("tensor_model_parallel_size"), info.get("pipeline_model_parallel_size", 1)) \
+        == (world, layout["tensor_model_parallel_size"], layout["pipeline_model_parallel_size"])
     path = directory / "state" / f"rank_{rank if same else 0:05d}.pt"
     if not path.is_file():
         raise CheckpointNotFoundError(f"{path}: missing trainer state of this rank")
@@ -451,11 +464,33 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module, *, state: boo
         ) from None
     if not same:
         warnings.warn(
-            f"{directory} was saved by {info.get('world_size')} processes with tensor parallelism "
-            f"{info.get('tensor_model_parallel_size')}; the weights were resharded, the per-rank "
-            "trainer state is rank 0's",
+            f"{directory} was saved by {info.get('world_size')} process(es) with tensor parallelism "
+            f"{info.get('tensor_model_parallel_size')} x pipeline {info.get('pipeline_model_parallel_size', 1)}; "
+            + ("the weights and the Adam moments were resharded, the rest of the trainer state (schedule, RNG) "
+               "is rank 0's" if (directory / OPTIMIZER).is_dir() else
+               "the weights were resharded, the per-rank trainer state is rank 0's"),
             RuntimeWarning,
             stacklevel=2,
         )
         saved["layout_changed"] = True
     return saved
+
+
+def load_optimizer_tensors(directory: str | Path, template: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The optimizer tensors of ``directory`` (saved as ``optimizer_tensors``) for this rank's
+    ``template`` (``ShardedTensor`` s of the current layout, as :func:`save_checkpoint` got them):
+    ``{key: tensor}``, resharded to the current layout. Every rank must call this. Call after
+    :func:`load_checkpoint` (which verified the folder and its pickles).
+
+    Raises:
+        ConfigError: the checkpoint has no such tensors, or they do not fit ``template``.
+    """
+    from megatron.core import dist_checkpointing
+
+    folder = Path(directory) / OPTIMIZER
+    if not folder.is_dir():
+        raise ConfigError(f"{directory}: no {OPTIMIZER}/ folder (saved by an older version, or with a sharded optimizer)")
+    try:
+        return dict(dist_checkpointing.load(dict(template), str(folder)))
+    except (Exception, CheckpointException) as exc:
+        raise ConfigError(f"{directory}: the optimizer state does not fit this run's model ({_why(exc)})") from exc

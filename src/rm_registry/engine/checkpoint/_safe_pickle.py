@@ -343,7 +343,8 @@ def check_checkpoint(directory: str | Path) -> None:
     """Check every pickle of an rm-registry checkpoint folder, and that nothing leads outside it.
 
     ``weights/*.metadata`` (DCP metadata), every item of ``weights/*.distcp`` that the metadata
-    lists, ``weights/*.pt`` (megatron's ``common.pt``) and ``state/*.pt`` (trainer state).
+    lists, ``weights/*.pt`` (megatron's ``common.pt``), the same in ``optimizer/`` (the Adam
+    moments, when saved) and ``state/*.pt`` (trainer state).
     Call it before megatron-core or torch reads the folder.
 
     Raises:
@@ -353,16 +354,18 @@ def check_checkpoint(directory: str | Path) -> None:
     directory = Path(directory)
     check_contained(directory)
     weights = directory / "weights"
-    _check_backends(weights / "metadata.json")
-    metadata_files = sorted(weights.glob("*.metadata")) if weights.is_dir() else []
-    for meta_path in metadata_files:
-        metadata = check_dcp_metadata(meta_path)
-        for info in metadata.storage_data.values():
-            item = weights / info.relative_path
-            if not item.is_file():
-                raise ConfigError(f"{meta_path}: lists {info.relative_path}, which is missing")
-            check_torch_file(item, offset=info.offset, length=info.length)
-    for folder in (weights, directory / "state"):
+    for saved in (weights, directory / "optimizer"):  # dist_checkpointing folders (the optimizer's is optional)
+        if saved is weights or saved.is_dir():
+            _check_backends(saved / "metadata.json")
+        metadata_files = sorted(saved.glob("*.metadata")) if saved.is_dir() else []
+        for meta_path in metadata_files:
+            metadata = check_dcp_metadata(meta_path)
+            for info in metadata.storage_data.values():
+                item = saved / info.relative_path
+                if not item.is_file():
+                    raise ConfigError(f"{meta_path}: lists {info.relative_path}, which is missing")
+                check_torch_file(item, offset=info.offset, length=info.length)
+    for folder in (weights, directory / "optimizer", directory / "state"):
         if folder.is_dir():
             for pt in sorted(folder.glob("*.pt")):
                 check_torch_file(pt)

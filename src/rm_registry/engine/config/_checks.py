@@ -200,24 +200,17 @@ def check_parallel_sizes(tp: Any, pp: Any, world_size: int | None = None) -> Non
     """Tensor- and pipeline-parallel sizes, and (when known) that they divide the world size.
 
     Raises:
-        ConfigError: a size below 1, pipeline parallelism (not supported yet), or a world size
-            that ``tp * pp`` does not divide.
+        ConfigError: a size below 1, or a world size that ``tp * pp`` does not divide.
     """
     for key, value in (("model.tensor_model_parallel_size", tp), ("model.pipeline_model_parallel_size", pp)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{key}={value!r}: expected a positive whole number")
-    if pp > 1:
-        raise ConfigError(
-            f"model.pipeline_model_parallel_size={pp}: pipeline parallelism is not supported "
-            "(it needs megatron-core's pipeline schedules, which the engine does not use). "
-            "Supported: tensor parallelism (model.tensor_model_parallel_size) times data "
-            "parallelism (the remaining processes). Set model.pipeline_model_parallel_size=1."
-        )
     if world_size is not None and world_size % (tp * pp):
         raise ConfigError(
             f"model.tensor_model_parallel_size={tp} (x pipeline {pp}) does not divide the world "
             f"size {world_size}: launch a multiple of {tp * pp} processes "
             f"(torchrun --nproc-per-node ...) or change model.tensor_model_parallel_size"
+            + (" / model.pipeline_model_parallel_size" if pp > 1 else "")
         )
 
 
@@ -282,6 +275,15 @@ def model_shape(cfg: DictConfig) -> ModelShape:
     tp = required("model.tensor_model_parallel_size")
     pp = required("model.pipeline_model_parallel_size")
     check_parallel_sizes(tp, pp)
+    if num_layers % pp:
+        raise ConfigError(
+            f"model.pipeline_model_parallel_size={pp} does not divide model.num_layers={num_layers}: each pipeline "
+            f"stage holds num_layers / pipeline_model_parallel_size layers; use a divisor of {num_layers}")
+    vpp = OmegaConf.select(cfg, "model.virtual_pipeline_model_parallel_size", default=None)
+    if vpp not in (None, 1):
+        raise ConfigError(
+            f"model.virtual_pipeline_model_parallel_size={vpp}: interleaved (virtual) pipeline stages are not "
+            "supported yet; remove the key (megatron's 1F1B schedule runs model.pipeline_model_parallel_size stages)")
     seq_length = required("model.encoder_seq_length")
     if seq_length < 2:
         raise ConfigError(f"model.encoder_seq_length={seq_length}: need at least 2 (a token and EOS)")

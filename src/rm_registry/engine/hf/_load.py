@@ -6,6 +6,8 @@ converted and sliced for this tensor-parallel rank, one at a time (see ``_io``).
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import torch
@@ -79,16 +81,16 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     hf = read_config(folder)
     family = family_for_config(hf, folder / CONFIG)
     files = WeightFiles(folder)
-    params = dict(model.named_parameters())
-    head = params["head.weight"]
-    num_outputs = int(getattr(model, "num_outputs", _full_shape(head, 1)[0]))
+    params = stage_parameters(model)  # under pipeline parallelism: this stage's, by global layer number
+    head = params.get("head.weight")
+    num_outputs = int(getattr(model, "num_outputs", None) or _full_shape(head, 1)[0])
     shapes = shapes_of(cfg, num_outputs)
     rank, tp = _tp()
     rules = family.rules(shapes, cfg.model)
     token_head = is_token_classifier(hf)
     head_name = f"{family.token_head}.weight" if token_head else HEAD
     bias_name = f"{family.token_head}.bias" if token_head else None
-    if token_head and "head.bias" not in params and bias_name in files.names():
+    if token_head and head is not None and "head.bias" not in params and bias_name in files.names():
         raise ConfigError(f"{folder}: a *ForTokenClassification head has a bias ({bias_name}) and this model's head "
                           "has none; load it with model.head_bias=true")
     score = head_name if head_name in files.names() else None
@@ -112,18 +114,21 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
     used: set[str] = set()
     for rule in rules:
         names = []
-        for name, want in zip(rule.hf, expected_hf_shapes(rule, _full_shape(params[rule.ours], tp), shapes)):
+        here = rule.ours in params  # a tensor of another pipeline stage: checked there, counted as used here
+        wants = expected_hf_shapes(rule, _full_shape(params[rule.ours], tp), shapes) if here else [None] * len(rule.hf)
+        for name, want in zip(rule.hf, wants):
             real = name if rule.ours in ("head.weight", "head.bias") else _resolve(files, family, name)
             if real is None:
                 raise ConfigError(f"{folder}: tensor {family.prefix + name!r} is missing from the weight files")
-            if files.shape(real) != tuple(want):
+            if here and files.shape(real) != tuple(want):
                 hint = ("; this architecture needs a head of that shape: start a new one with "
                         "pretrained_checkpoint.load_rm_head_weights=false" if rule.ours == "head.weight" and not load_head else "")
                 raise ConfigError(f"{files.file_of(real)}: tensor {real!r} has shape {list(files.shape(real))}, "
                                   f"expected {list(want)} from {CONFIG}{hint}")
             names.append(real)
             used.add(real)
-        resolved.append((rule, names))
+        if here:
+            resolved.append((rule, names))
     extra = sorted(n for n in files.names() - used - skipped if not any(n.endswith(i) for i in family.ignored))
     if extra:
         raise ConfigError(f"{files.file_of(extra[0])}: tensor {extra[0]!r} is not used by the {family.name} conversion "
@@ -146,11 +151,31 @@ def load_hf_weights(model: torch.nn.Module, folder: str | Path, cfg: DictConfig,
                 del full
             bar.update(1)
         bar.close()
-        if score is None:
+        if score is None and head is not None:  # the head lives on the last pipeline stage
             _init_head(model, cfg, rank, tp)
         elif "head.bias" in params and not any(r.ours == "head.bias" for r in rules):
             params["head.bias"].data.zero_()
     return score is not None
+
+
+_LAYER = re.compile(r"^(.*\.decoder\.layers\.)(\d+)(\..*)$")
+
+
+def stage_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``model.named_parameters()`` with transformer layers named by their global number: under
+    pipeline parallelism a stage's layers are numbered from 0 locally, the conversion tables number
+    the whole model's. Without pipeline parallelism, the names as they are."""
+    config = getattr(model, "config", None)
+    offset = 0
+    if config is not None and getattr(config, "pipeline_model_parallel_size", 1) > 1:
+        from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+        offset = get_transformer_layer_offset(config)
+    out = {}
+    for name, param in model.named_parameters():
+        match = _LAYER.match(name) if offset else None
+        out[f"{match[1]}{int(match[2]) + offset}{match[3]}" if match else name] = param
+    return out
 
 
 def _init_head(model: torch.nn.Module, cfg: DictConfig, rank: int, tp: int) -> None:

@@ -4,7 +4,8 @@ In: a validated config (:func:`~rm_registry.engine.config._checks.model_shape`) 
 vocabulary size. Out: a ``MegatronModule`` mapping ``tokens [N, S]`` -> rewards ``[N, K]``.
 
 Modules: this one (config -> ``TransformerConfig`` -> :class:`RewardModel`); ``_attention``
-(causal SDPA core attention for megatron's local layer spec).
+(causal SDPA core attention for megatron's local layer spec); ``_sequence_parallel``; ``_stages``
+(pipeline stages: which stage holds what, layout-independent initial weights).
 
 Shapes:
     N: sequences in the batch, S: longest sequence (batches are padded to it), H: hidden size,
@@ -46,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
+from megatron.core.enums import ModelType
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.tensor_parallel import RowParallelLinear
@@ -57,6 +59,7 @@ from ..._errors import ConfigError
 from .. import parallel
 from ._attention import with_core_attention
 from ._sequence_parallel import gather_sequence, pad_to_multiple, sequence_parallel_spec
+from ._stages import AFTER_TAG, HEAD_TAG, add_final_norm, derived_seed, seeded_layers
 from ..config._checks import ACTIVATIONS as ACTIVATION_NAMES
 from ..config._checks import DTYPE_ALIASES, NORMALIZATIONS, POOLINGS, POSITION_EMBEDDINGS, ModelShape, model_shape
 from ..config._nemo_compat import recompute_options
@@ -136,6 +139,7 @@ def build_transformer_config(cfg: DictConfig, shape: ModelShape | None = None) -
     """
     s = model_shape(cfg) if shape is None else shape
     dtype = parse_dtype(s.params_dtype, "model.params_dtype")
+    compute = dtype if s.compute_dtype is None else parse_dtype(s.compute_dtype, "trainer.precision")
     return TransformerConfig(
         num_layers=s.num_layers,
         hidden_size=s.hidden_size,
@@ -149,6 +153,11 @@ def build_transformer_config(cfg: DictConfig, shape: ModelShape | None = None) -
         fp16=dtype == torch.float16,
         tensor_model_parallel_size=s.tensor_parallel,
         pipeline_model_parallel_size=s.pipeline_parallel,
+        # Stages send hidden states [S, N, H] in the compute dtype; S differs per micro-batch
+        # (no padding to encoder_seq_length), so the schedules exchange shapes first.
+        pipeline_dtype=compute,
+        variable_seq_lengths=s.pipeline_parallel > 1,
+        moe_token_dispatcher_type="alltoall",  # no experts; megatron refuses its default with variable lengths
         # Full weights drawn on the CPU, then sliced: identical under every TP layout.
         use_cpu_initialization=True,
         # Weights loaded from a pretrained folder overwrite every tensor: drawing them first would
@@ -243,6 +252,8 @@ class RewardModel(MegatronModule):
         head_bias: Whether the head has a bias (Hugging Face heads have none).
         attention_backend: ``sdpa`` (causal SDPA, no mask tensor) or ``local`` (megatron's
             ``DotProductAttention``); the same weights and rewards either way.
+        init_seed: Seed of the initial weights; ``None``: the default generator's
+            ``torch.initial_seed()`` (the trainer seeds it with ``cfg.seed`` just before building).
     """
 
     def __init__(
@@ -262,6 +273,7 @@ class RewardModel(MegatronModule):
         rope_scaling_factor: float = 8.0,
         head_bias: bool = True,
         attention_backend: str = "sdpa",
+        init_seed: int | None = None,
     ) -> None:
         super().__init__(config=config)
         if pooling not in POOLINGS:
@@ -281,23 +293,36 @@ class RewardModel(MegatronModule):
         self.head_dtype = head_dtype or config.params_dtype
         #: The autocast dtype of the forward pass (mixed precision), None: ``params_dtype`` throughout.
         self.compute_dtype: torch.dtype | None = None
+        # Pipeline stage (one stage without pipeline parallelism): the first holds the embedding,
+        # the last the final layernorm and the head (see _stages).
+        pipelined = parallel_state.get_pipeline_model_parallel_world_size() > 1
+        self.model_type = ModelType.encoder_or_decoder  # what megatron's schedules look up
+        self.pre_process = parallel_state.is_pipeline_first_stage()
+        self.post_process = parallel_state.is_pipeline_last_stage()
+        # Each layer and the head draw from a generator of their own (see _stages).
+        seed = torch.initial_seed() if init_seed is None else int(init_seed)
         spec = layer_spec(config.normalization, config.qk_layernorm, attention_backend)
         if config.sequence_parallel:
             spec = sequence_parallel_spec(spec, config)
         self.backbone = _HiddenStatesGPT(
             config=config,
-            transformer_layer_spec=spec,
+            transformer_layer_spec=seeded_layers(spec, seed),
             vocab_size=padded_vocab_size,
             max_sequence_length=max_sequence_length,
-            pre_process=True,
-            post_process=True,
-            share_embeddings_and_output_weights=True,  # no vocabulary projection weights
+            pre_process=self.pre_process,
+            post_process=not pipelined,
+            # One stage: tied, so that no vocabulary projection weights exist. Several: untied and
+            # without post_process, so that none exist either (megatron would copy the embedding
+            # to the last stage for the projection).
+            share_embeddings_and_output_weights=not pipelined,
             position_embedding_type=position_embedding_type,
             rotary_base=rotary_base,  # type: ignore[arg-type]  # megatron annotates int; floats work
             rotary_percent=rotary_percent,
             rope_scaling=rope_scaling,
             rope_scaling_factor=rope_scaling_factor,
         )
+        if pipelined and self.post_process:
+            add_final_norm(self.backbone.decoder)
         if config.params_dtype != torch.float32:
             # Some local-spec modules (torch LayerNorm) are created in float32 whatever
             # params_dtype says; megatron's Float16Module casts the whole model likewise.
@@ -308,7 +333,8 @@ class RewardModel(MegatronModule):
             head_config = dataclasses.replace(config, params_dtype=self.head_dtype, sequence_parallel=False)
         # Row-parallel: each TP rank multiplies its slice of H, the partial results are
         # all-reduced, then the bias is added: every TP rank holds the same [.., K] output.
-        self.head = RowParallelLinear(
+        torch.manual_seed(derived_seed(seed, HEAD_TAG))
+        head = RowParallelLinear(
             config.hidden_size,
             num_outputs,
             config=head_config,
@@ -318,6 +344,16 @@ class RewardModel(MegatronModule):
             skip_bias_add=False,
             tp_group=parallel_state.get_tensor_model_parallel_group(),
         )
+        if self.post_process:
+            self.head = head
+        else:
+            # Pipeline stages before the last hold no head weights (not a parameter, not saved);
+            # the attribute stays for plugins that read ``model.head.weight.device`` / ``.dtype``.
+            self.__dict__["head"] = head
+        # The default generator afterwards: the same under every layout for one stage, one per stage
+        # under pipeline parallelism (so that the stages' dropout masks differ, as megatron's
+        # 100 x pipeline rank seed offset does).
+        torch.manual_seed(derived_seed(seed, AFTER_TAG - 100 * parallel_state.get_pipeline_model_parallel_rank()))
         if not config.perform_initialization:
             _mark_tensor_parallel(self)
 
@@ -334,16 +370,19 @@ class RewardModel(MegatronModule):
         """
         shape = model_shape(cfg)
         config = build_transformer_config(cfg, shape)
-        tp = shape.tensor_parallel
+        tp, pp = shape.tensor_parallel, shape.pipeline_parallel
         if not parallel_state.model_parallel_is_initialized():
             seed = OmegaConf.select(cfg, "seed", default=None)  # None: the engine's default seed
-            parallel.initialize(tensor_model_parallel_size=tp, seed=None if seed is None else int(seed))
-        elif parallel_state.get_tensor_model_parallel_world_size() != tp:
-            raise ConfigError(
-                f"model.tensor_model_parallel_size={tp} but the parallel state was initialized "
-                f"with {parallel_state.get_tensor_model_parallel_world_size()}; call "
-                f"rm_registry.engine.parallel.initialize(tensor_model_parallel_size={tp}) first"
-            )
+            parallel.initialize(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                seed=None if seed is None else int(seed))
+        else:
+            for key, want, have in (("tensor", tp, parallel_state.get_tensor_model_parallel_world_size()),
+                                    ("pipeline", pp, parallel_state.get_pipeline_model_parallel_world_size())):
+                if want != have:
+                    raise ConfigError(
+                        f"model.{key}_model_parallel_size={want} but the parallel state was initialized "
+                        f"with {have}; call rm_registry.engine.parallel.initialize({key}_model_parallel_size={want}) "
+                        "first")
         # A pretrained embedding may have more rows than the tokenizer has tokens (Qwen2).
         vocab_size = max(vocab_size, shape.vocab_size or 0)
         model = cls(
@@ -367,6 +406,31 @@ class RewardModel(MegatronModule):
         if torch.cuda.is_available():
             model.cuda(torch.cuda.current_device())
         return model
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``.to()``, ``.cuda()``, dtype casts: also the head a stage before the last keeps outside
+        its parameters."""
+        out = super()._apply(fn, *args, **kwargs)
+        if "head" in self.__dict__:
+            self.__dict__["head"]._apply(fn, *args, **kwargs)
+        return out
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether this model is one stage of several (pipeline parallelism)."""
+        return not (self.pre_process and self.post_process)
+
+    def pipeline_rewards(self, batch: Any) -> torch.Tensor:
+        """What ``self(tokens, lengths[, positions])`` gives without pipeline parallelism, for one
+        collated batch, on every stage: megatron's schedule, forward only, through all stages."""
+        from ..parallel._pipeline import pipeline_rewards
+
+        return pipeline_rewards(self, batch)
+
+    def set_input_tensor(self, input_tensor: Any) -> None:
+        """Pipeline parallelism: the hidden states ``[S, N, H]`` received from the previous stage,
+        set by megatron's schedules before each forward of a stage after the first."""
+        self.backbone.set_input_tensor(input_tensor)
 
     def _autocast(self, device: torch.device, enabled: bool = True) -> Any:
         """``torch.autocast`` in :attr:`compute_dtype` (a no-op context without mixed precision)."""
@@ -440,6 +504,8 @@ class RewardModel(MegatronModule):
             mask = causal[None, None, :, :] | padding[:, None, None, :]  # [N, 1, S, S]
         with self._autocast(tokens.device):
             hidden = self.backbone(tokens, position_ids, mask)
+        if not self.post_process:  # a pipeline stage before the last: what the next stage receives
+            return hidden.to(self.config.pipeline_dtype)
         if self.config.sequence_parallel:
             hidden = gather_sequence(hidden)[:s]  # [S / TP, N, H] -> [S, N, H]
         return hidden
@@ -458,15 +524,20 @@ class RewardModel(MegatronModule):
         Returns:
             float32 ``[N, K]`` rewards; ``[M, K]`` with ``positions`` (row ``m`` is the head at
             ``positions[m]``); or ``[N, S, K]`` per-token values with ``model.output_sequence``
-            (zero at padding positions). Identical on every tensor-parallel rank.
+            (zero at padding positions). Identical on every tensor-parallel rank. On a pipeline
+            stage before the last: that stage's hidden states ``[S, N, H]`` (``[S / TP, N, H]``
+            under sequence parallelism) in ``config.pipeline_dtype``.
 
         Raises:
             ValueError: bad shapes, lengths outside ``[1, S]``, S above the maximum length,
                 token ids outside the embedding table, or positions outside the real tokens.
         """
+        # Checked on every pipeline stage (only the last reads them), so that all stages refuse alike.
+        rows, index = check_positions(positions, lengths) if positions is not None else (None, None)
         hidden = self.hidden_states(tokens, lengths)  # [S, N, H]
+        if not self.post_process:
+            return hidden  # pipeline parallelism: this stage's output, sent on by the schedule
         if positions is not None:
-            rows, index = check_positions(positions, lengths)
             return self._head(hidden[index, rows].unsqueeze(0)).squeeze(0).float()  # [1, M, K] -> [M, K]
         if self.pooling == "sequence":
             out = self._head(hidden).transpose(0, 1).float()  # [S, N, K] -> [N, S, K]

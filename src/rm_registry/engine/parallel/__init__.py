@@ -4,13 +4,13 @@ In: the sizes ``model.tensor_model_parallel_size`` / ``pipeline_model_parallel_s
 environment and the seed. Out: a :class:`ParallelInfo` (ranks, sizes, device) read by every stage.
 
 Modules: this one; ``_cpu_compat`` (megatron-core 0.16's CUDA-only pieces, replaced when CUDA is
-absent: RNG tracker, scratch buffer, device calls, checkpoint-save shims).
+absent: RNG tracker, scratch buffer, device calls, checkpoint-save shims); ``_pipeline``
+(megatron-core's pipeline schedules for the trainer and evaluation, and their CPU shims).
 
-Supported layouts: tensor parallelism (``model.tensor_model_parallel_size``) times data
-parallelism (the rest of the world size). Pipeline parallelism needs megatron-core's pipeline
-schedules (``forward_backward_func`` with point-to-point activation exchange), which the
-engine's training loop does not use: ``pipeline_model_parallel_size > 1`` is refused with a
-:class:`~rm_registry.ConfigError`.
+Supported layouts: tensor parallelism (``model.tensor_model_parallel_size``) times pipeline
+parallelism (``model.pipeline_model_parallel_size``, megatron's 1F1B schedule) times data
+parallelism (the rest of the world size). Ranks follow megatron-core's default order (TP
+innermost, then DP, then PP).
 
     info = initialize(tensor_model_parallel_size=2, seed=1234)   # under torchrun, 4 processes
     info.tp, info.dp, info.tp_rank, info.dp_rank                 # 2, 2, ..., ...
@@ -45,7 +45,7 @@ class ParallelInfo:
         world_size: Number of processes.
         local_rank: Rank on this node (selects the GPU).
         tp: Tensor-parallel size.
-        pp: Pipeline-parallel size (always 1 for now).
+        pp: Pipeline-parallel size.
         dp: Data-parallel size, ``world_size // (tp * pp)``.
         tp_rank: Rank inside the tensor-parallel group.
         dp_rank: Rank inside the data-parallel group (which slice of the data this process reads).
@@ -154,7 +154,7 @@ def initialize(
     group is kept) and seeds again. ``seed`` None: the engine's default (``seed`` in ``defaults.yaml``).
 
     Raises:
-        ConfigError: the world size is not a multiple of ``tp * pp``, or ``pp > 1``.
+        ConfigError: the world size is not a multiple of ``tp * pp``.
     """
     global _INFO
     from megatron.core import parallel_state

@@ -64,16 +64,20 @@ from .._launch import first_process
 from ..data._splits import build_split_datasets, normalize_prefix
 from ..evaluation import evaluate_dataset, finite_for_json
 from ..progress import progress_bar, say
+from ..parallel._pipeline import from_last_stage, is_last_stage, run_schedule
 from ..tokenizer import load_tokenizer
 from ._loggers import MetricsLog, attach_loggers, check_loggers
 from ._metrics import MetricMeans
 from ._optim import (LossScaler, allreduce_grads, allreduce_tensor_parallel_replicas, build_optimizer,
-                     build_scheduler, clip_grad_norm, is_sharded, load_optimizer_state, optimizer_state,
-                     state_bytes)
+                     build_scheduler, clip_grad_norm, is_sharded, layout_free_state, load_layout_free_state,
+                     load_optimizer_state, optimizer_state, sharded_moments, state_bytes)
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..._protocol import RewardModelPlugin, Tokenizer
     from ..parallel import ParallelInfo
+
+#: Batch key (removed before the plugin's loss sees the batch): the micro-batch's number of samples.
+_SAMPLES = "_rm_registry_samples"
 
 __all__ = ["TrainResult", "build_optimizer", "build_scheduler", "checkpoint_files", "evaluate_dataset", "train"]
 
@@ -246,6 +250,12 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
         seed=int(cfg.seed),
     )
     validate_engine_config(cfg, world_size=info.world_size)
+    if info.pp > 1 and not callable(getattr(plugin.model_class, "set_input_tensor", None)):
+        raise ConfigError(
+            f"model.pipeline_model_parallel_size={info.pp}: plugin {plugin.name!r}'s model class "
+            f"{plugin.model_class.__qualname__} has no set_input_tensor() (how a pipeline stage receives the previous "
+            "stage's hidden states); build it on rm_registry.engine.RewardModel, or train with "
+            "model.pipeline_model_parallel_size=1")
     costs = sample_costs(plugin, data.train, data.tokenizer.pad_id)
     sampler = StepSampler(costs, int(cfg.model.global_batch_size), int(cfg.seed),
                           shuffle=bool(cfg.trainer.rm.train_random_sampler), group_batches=length_group_batches(cfg))
@@ -290,15 +300,18 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
 def _restore(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              scaler: LossScaler | None, info: ParallelInfo) -> int:
     """Load the weights and the trainer state of ``checkpoint``; the number of steps it had done."""
-    saved_tp = int(ckpt.checkpoint_info(checkpoint).get("tensor_model_parallel_size", info.tp))
-    if saved_tp != info.tp:
-        # The weights reshard, but the optimizer state is per shard (torch.optim, not Megatron's
-        # distributed optimizer): resuming it under another TP layout would fail or be wrong.
-        raise ConfigError(
-            f"--resume: {checkpoint} was saved with model.tensor_model_parallel_size={saved_tp}, this run "
-            f"uses {info.tp}; resume with model.tensor_model_parallel_size={saved_tp} (the number of "
-            "data-parallel processes may change). Evaluating and scoring work under any layout."
-        )
+    saved = ckpt.checkpoint_info(checkpoint)
+    layout_free = (checkpoint / ckpt.OPTIMIZER).is_dir()  # the Adam moments reshard like the weights
+    for key, have in (("tensor_model_parallel_size", info.tp), ("pipeline_model_parallel_size", info.pp)):
+        was = int(saved.get(key, 1 if key.startswith("pipeline") else have))
+        if was != have and not layout_free:
+            # The weights reshard, but this checkpoint's optimizer state is per rank (a sharded
+            # optimizer, or an older checkpoint): resuming it under another layout would be wrong.
+            raise ConfigError(
+                f"--resume: {checkpoint} was saved with model.{key}={was}, this run uses {have}; resume with "
+                f"model.{key}={was} (the number of data-parallel processes may change): its optimizer state is per "
+                "rank (saved with model.optim.use_distributed_optimizer=true, or by an older rm-registry, without an "
+                "optimizer/ folder). Evaluating and scoring work under any layout.")
     state = ckpt.load_checkpoint(checkpoint, model)
     missing = [k for k in ("optimizer", "scheduler", "rng", "step") if k not in state]
     if missing:
@@ -316,7 +329,11 @@ def _restore(checkpoint: Path, model: torch.nn.Module, optimizer: torch.optim.Op
             + (f"{saved_shards} data-parallel processes and model.optim.use_distributed_optimizer=true"
                if saved_shards > 1 else "model.optim.use_distributed_optimizer=false")
             + " (evaluating and scoring work under any layout)")
-    load_optimizer_state(optimizer, state["optimizer"])
+    if state["optimizer"].get("layout_free"):
+        load_layout_free_state(model, optimizer, state["optimizer"],
+                               lambda template: ckpt.load_optimizer_tensors(checkpoint, template))
+    else:
+        load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     if scaler is not None and "loss_scale" in state:  # a run saved in float32 starts at the initial scale
@@ -372,6 +389,10 @@ def _loop(run: _Run, started: float, last_checkpoint: Path | None) -> TrainResul
 def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
     """One optimizer step over step ``step``'s samples (this rank's share, in micro-batches).
 
+    Without pipeline parallelism each micro-batch runs forward and backward in turn here; with it,
+    megatron-core's 1F1B schedule runs them through the stages (``parallel._pipeline``) and the
+    plugin's ``loss`` runs on the last stage; the gradients are then reduced the same way.
+
     Returns:
         The step's metric means over every rank (``loss``, the plugin's metrics, ``tokens``,
         ``padded_tokens``), the learning rate it used and the gradient norm before clipping.
@@ -385,22 +406,45 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
     run.optimizer.zero_grad(set_to_none=True)
     sums = MetricMeans(f"step {step + 1}")
     tokens = padded = 0
+    batches = []
     for micro in micros:
-        weight = len(micro) / per_rank  # loss and metrics stay means over the step's samples
         batch = _contract.batch_to(plugin.collate([dataset[i] for i in micro], run.data.tokenizer.pad_id), info.device)
-        rewards = _contract.batch_rewards(run.model, batch, max_tokens)
-        loss, metrics = plugin.loss(rewards, batch, cfg)
-        if not torch.isfinite(loss):
-            raise TrainingError(
-                f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
-                "set trainer.rm.gradient_clip_val"
-            )
-        scaled = loss * weight
-        (scaled if run.scaler is None else run.scaler.scale(scaled)).backward()
-        sums.add({"loss": float(loss.detach()), **metrics},
-                 _contract.metric_weight(plugin, batch, cfg, default=float(len(micro))))
+        batch[_SAMPLES] = len(micro)
+        batches.append(batch)
         tokens += int(batch["lengths"].sum())
         padded += int(batch["tokens"].numel())
+
+    failures: list[str] = []  # under pipeline parallelism: raised on every stage after the schedule
+
+    def micro_loss(rewards: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The gradient-carrying loss of one micro-batch (its metrics go into ``sums``)."""
+        samples = batch.pop(_SAMPLES)
+        weight = samples / per_rank  # loss and metrics stay means over the step's samples
+        loss, metrics = plugin.loss(rewards, batch, cfg)
+        try:
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"step {step + 1}: the training loss is {float(loss)}; lower model.optim.lr or "
+                    "set trainer.rm.gradient_clip_val"
+                )
+            sums.add({"loss": float(loss.detach()), **metrics},
+                     _contract.metric_weight(plugin, batch, cfg, default=float(samples)))
+        except TrainingError as exc:
+            if info.pp == 1:
+                raise
+            failures.append(str(exc))  # the earlier stages wait on this one: stop all of them together
+        scaled = loss * weight
+        return scaled if run.scaler is None else run.scaler.scale(scaled)
+
+    if info.pp > 1:  # megatron's 1F1B schedule; the losses and metrics are on the last stage
+        run_schedule(run.model, batches, micro_loss)
+        failure = from_last_stage(failures[0] if failures else None)
+        if failure is not None:
+            raise TrainingError(failure)
+    else:
+        for batch in batches:
+            rewards = _contract.batch_rewards(run.model, batch, max_tokens)
+            micro_loss(rewards, batch).backward()
     allreduce_grads(run.model, info)
     allreduce_tensor_parallel_replicas(run.model, info)
     scale = None
@@ -413,7 +457,10 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, float], float, float]:
     if run.scaler is None or run.scaler.update(grad_norm):  # 16-mixed: an overflowing step is skipped
         run.optimizer.step()
     run.scheduler.step()
-    means = sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)})
+    means = None
+    if is_last_stage():  # every stage but the last has no losses: it gets the last stage's means
+        means = sums.reduce(info, totals={"tokens": float(tokens), "padded_tokens": float(padded)})
+    means = from_last_stage(means)
     if scale is not None:
         means["loss_scale"] = scale
     return means, lr, grad_norm
@@ -444,12 +491,16 @@ def _validate(run: _Run, step: int) -> dict[str, Any]:
 
 def _save(run: _Run, step: int) -> Path:
     """The checkpoint of ``step``: weights, the trainer state to resume, the run's files."""
-    state = {"step": step, "optimizer": optimizer_state(run.optimizer), "scheduler": run.scheduler.state_dict(),
-             "rng": torch.get_rng_state(),
+    # Unsharded: the Adam moments go beside the weights (they reshard to another TP / PP / DP layout),
+    # the rest per rank. Sharded (ZeRO): each rank's shard per rank.
+    moments = sharded_moments(run.model, run.optimizer)
+    state = {"step": step, "scheduler": run.scheduler.state_dict(), "rng": torch.get_rng_state(),
+             "optimizer": optimizer_state(run.optimizer) if moments is None else layout_free_state(run.optimizer),
              "optimizer_shards": run.info.dp if is_sharded(run.optimizer) else 1}
     if run.scaler is not None:
         state["loss_scale"] = run.scaler.state_dict()
-    return ckpt.save_checkpoint(step_folder(run.output_dir, step), run.model, extra_files=run.files, state=state)
+    return ckpt.save_checkpoint(step_folder(run.output_dir, step), run.model, extra_files=run.files, state=state,
+                                optimizer_tensors=moments)
 
 
 def _test(run: _Run) -> dict[str, Any] | None:
@@ -533,6 +584,16 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
     params = [p for p in model.parameters() if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in params)
     moments = state_bytes(optimizer)
+    count = sum(p.numel() for p in params)
+    stage = ""
+    if info.pp > 1:  # the most loaded stage (what a GPU must hold), not rank 0's
+        from megatron.core import parallel_state
+
+        most = torch.tensor([count, weights, moments], dtype=torch.float64, device=info.device)
+        torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX,
+                                     group=parallel_state.get_pipeline_model_parallel_group())
+        count, weights, moments = (int(v) for v in most.tolist())
+        stage = " (the largest pipeline stage)"
 
     def size(n: int) -> str:
         return f"{n / 1024**3:.3g} GiB" if n >= 1024**3 else f"{n / 1024**2:.3g} MiB"
@@ -541,9 +602,8 @@ def _report_memory(model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg
     mode = precision_mode(cfg)
     compute = f", {mode} compute" if mode != "32" else ""
     sharded = f"sharded over {info.dp} data-parallel ranks" if is_sharded(optimizer) else "replicated"
-    count = sum(p.numel() for p in params)
     sp = " with sequence parallelism" if getattr(getattr(model, "config", None), "sequence_parallel", False) else ""
-    say(f"memory per rank: {count:,} parameters, weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
+    say(f"memory per rank{stage}: {count:,} parameters, weights {size(weights)} ({dtype}{compute}), gradients {size(weights)}, "
         f"Adam state {size(moments)} ({sharded}); layout TP={info.tp} x PP={info.pp} x DP={info.dp}{sp}, "
         "before activations")
 

@@ -92,6 +92,69 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
             outer.update({k: v for k, v in inner.items() if k != "params"})
 
 
+#: The per-parameter tensors of torch's Adam / AdamW state (``max_exp_avg_sq`` only with amsgrad).
+MOMENTS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+
+
+def _moment_names(optimizer: torch.optim.Optimizer) -> tuple[str, ...]:
+    return MOMENTS if any(g.get("amsgrad") for g in optimizer.param_groups) else MOMENTS[:2]
+
+
+def sharded_moments(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                    empty: bool = False) -> dict[str, Any] | None:
+    """The Adam moments of this rank as megatron ``ShardedTensor`` s placed like their parameters
+    (``optimizer.state.exp_avg.<parameter key>`` with the parameter's global shape and offsets), so
+    that a checkpoint's optimizer state reshards across tensor- and pipeline-parallel layouts as
+    its weights do. ``empty``: zero tensors of the current layout (the template to load into).
+    ``None`` for a sharded optimizer (``ZeroRedundancyOptimizer``: its state stays per rank).
+    """
+    if is_sharded(optimizer):
+        return None
+    from megatron.core.dist_checkpointing.optimizer import (
+        get_param_id_to_sharded_param_map,
+        make_sharded_optimizer_tensor,
+    )
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    placed = get_param_id_to_sharded_param_map(model.sharded_state_dict(), params)
+    out: dict[str, Any] = {}
+    for i, p in enumerate(params):
+        state = optimizer.state.get(p, {})
+        for name in _moment_names(optimizer):
+            value = torch.zeros_like(p) if empty or name not in state else state[name]
+            tensor = make_sharded_optimizer_tensor(placed[i], value, prefix=f"optimizer.state.{name}")
+            out[f"{name}/{i}"] = tensor  # local name; the checkpoint key is tensor.key
+    return out
+
+
+def layout_free_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """What a checkpoint keeps per rank beside :func:`sharded_moments`: the groups' settings and
+    the step count (the same on every rank, whatever the layout)."""
+    steps = [float(s["step"]) for s in optimizer.state.values() if "step" in s]
+    return {"layout_free": True, "step": max(steps, default=0.0),
+            "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]}
+
+
+def load_layout_free_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
+                           load: Any) -> None:
+    """Inverse of :func:`layout_free_state` + :func:`sharded_moments` under any layout: ``load``
+    maps the template of :func:`sharded_moments` to its tensors (``checkpoint.load_optimizer_tensors``)."""
+    template = sharded_moments(model, optimizer, empty=True)
+    assert template is not None
+    tensors = load(template)
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        group.update(saved)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+        on_device = group.get("fused") or group.get("capturable")
+        entry: dict[str, Any] = {"step": torch.tensor(state["step"], dtype=torch.float32,
+                                                      device=p.device if on_device else "cpu")}
+        for name in _moment_names(optimizer):
+            entry[name] = tensors[f"{name}/{i}"].to(device=p.device, dtype=p.dtype)
+        optimizer.state[p] = entry
+
+
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the Adam moments this rank holds (two per parameter of its share, in the
     parameter's dtype), known before the first step creates them."""
@@ -177,7 +240,8 @@ def allreduce_tensor_parallel_replicas(model: torch.nn.Module, info: ParallelInf
 
 
 def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: ParallelInfo) -> float:
-    """Global gradient norm across tensor-parallel shards (replicated parameters counted once); clips in place.
+    """Global gradient norm across tensor-parallel shards and pipeline stages (replicated parameters
+    counted once); clips in place.
 
     Accumulated in float64 in one pass per tensor (no float64 copy of the gradients).
     """
@@ -186,10 +250,10 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float | None, info: Paralle
     total = torch.zeros((), dtype=torch.float64, device=info.device)
     if counted:
         total += torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in counted]).pow(2).sum()
-    if info.tp > 1:
+    if info.tp > 1 or info.pp > 1:  # every tensor-parallel shard of every pipeline stage
         from megatron.core import parallel_state
 
-        torch.distributed.all_reduce(total, group=parallel_state.get_tensor_model_parallel_group())
+        torch.distributed.all_reduce(total, group=parallel_state.get_model_parallel_group())
     norm = float(total.sqrt())
     if max_norm and math.isfinite(norm) and norm > max_norm:
         torch._foreach_mul_([p.grad for p in params], max_norm / (norm + 1e-6))
