@@ -6,7 +6,8 @@ sequences a sample) and ``regression`` (K=5 outputs); bf16-mixed under PP=2 (hid
 bfloat16) follows one bf16-mixed process. Micro-batches keep their own lengths (the data's lengths
 vary), so the stages exchange shapes. Checkpoints reshard both ways: the PP=2 run's checkpoint
 evaluated in one process, the one-process checkpoint evaluated under TP=2 x PP=2, the same metrics.
-The listwise plugin's PP=2 run is in ``tests/test_listwise_plugin.py``.
+``process_reward`` (a token-level plugin) under PP=2 too; the listwise plugin's PP=2 run is in
+``tests/test_listwise_plugin.py``.
 """
 
 from __future__ import annotations
@@ -162,3 +163,12 @@ def test_a_checkpoint_with_per_rank_optimizer_state_is_refused_under_another_lay
     assert proc.returncode == 2, proc.stderr
     assert "was saved with model.pipeline_model_parallel_size=2, this run uses 1; resume with " \
            "model.pipeline_model_parallel_size=2" in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+def test_process_reward_trains_under_pipeline_parallelism_like_one_process(tmp_path: Path) -> None:
+    """A token-level plugin (its rewards read at the batch's reward_positions on the last stage)."""
+    args = ["train", "process_reward", "--no-progress", *TINY, "trainer.rm.max_steps=3", "trainer.rm.val_check_interval=3",
+            "trainer.rm.limit_val_batches=2"]
+    one("process_reward, 1 process", *args, "--output", str(tmp_path / "single"))
+    torchrun("process_reward PP=2", *args, "--output", str(tmp_path / "pp2"), PP2)
+    _assert_same_steps(tmp_path, "pp2", "single", TOL)
