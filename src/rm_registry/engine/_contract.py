@@ -25,6 +25,7 @@ __all__ = [
     "REWARD_POSITIONS",
     "batch_rewards",
     "batch_to",
+    "batches_rewards",
     "config_for_output_names",
     "config_types",
     "evaluation_batch",
@@ -66,10 +67,29 @@ def batch_rewards(model: Any, batch: Mapping[str, Any], max_tokens: int | None) 
     from .data._batching import forward_in_chunks
 
     if getattr(model, "pipelined", False):  # a RewardModel stage (parallel._pipeline runs the schedule)
-        return model.pipeline_rewards(batch)
+        return model.pipeline_rewards([batch])[0]
 
     return forward_in_chunks(model, batch["tokens"], batch["lengths"], max_tokens,
                              positions=batch.get(REWARD_POSITIONS))
+
+
+#: Batches that one forward-only pass of the pipeline schedule takes at a time, per stage: enough
+#: for the stages to work at once (a pipeline of PP stages needs at least PP), few enough to bound
+#: what is held.
+PIPELINE_GROUP = 4
+
+
+def batches_rewards(model: Any, batches: Sequence[Mapping[str, Any]], max_tokens: int | None) -> list[torch.Tensor]:
+    """:func:`batch_rewards` of each batch (evaluation and scoring, no gradients). Under pipeline
+    parallelism the batches go through the stages together (megatron's schedule, forward only,
+    :data:`PIPELINE_GROUP` x PP at a time), so that the stages work at once instead of in turn."""
+    if not getattr(model, "pipelined", False):
+        return [batch_rewards(model, batch, max_tokens) for batch in batches]
+    group = PIPELINE_GROUP * int(model.config.pipeline_model_parallel_size)
+    out: list[torch.Tensor] = []
+    for start in range(0, len(batches), group):
+        out.extend(model.pipeline_rewards(batches[start:start + group]))
+    return out
 
 
 def evaluation_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -420,12 +420,12 @@ class RewardModel(MegatronModule):
         """Whether this model is one stage of several (pipeline parallelism)."""
         return not (self.pre_process and self.post_process)
 
-    def pipeline_rewards(self, batch: Any) -> torch.Tensor:
-        """What ``self(tokens, lengths[, positions])`` gives without pipeline parallelism, for one
+    def pipeline_rewards(self, batches: Any) -> list[torch.Tensor]:
+        """What ``self(tokens, lengths[, positions])`` gives without pipeline parallelism, for each
         collated batch, on every stage: megatron's schedule, forward only, through all stages."""
         from ..parallel._pipeline import pipeline_rewards
 
-        return pipeline_rewards(self, batch)
+        return pipeline_rewards(self, batches)
 
     def set_input_tensor(self, input_tensor: Any) -> None:
         """Pipeline parallelism: the hidden states ``[S, N, H]`` received from the previous stage,

@@ -144,16 +144,20 @@ def from_last_stage(value: Any) -> Any:
 
     if isinstance(value, torch.Tensor):
         value = value.cpu()
+    elif isinstance(value, list):
+        value = [v.cpu() if isinstance(v, torch.Tensor) else v for v in value]
     box = [value]
     torch.distributed.broadcast_object_list(box, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                                             group=parallel_state.get_pipeline_model_parallel_group())
     return box[0]
 
 
-def pipeline_rewards(model: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
-    """The rewards of one batch through every stage (forward only), on every stage, on the
-    device of the batch's tokens: what ``model(tokens, lengths[, positions])`` gives without a
-    pipeline."""
-    out = run_schedule(model, [batch])
-    rewards = from_last_stage(out[0] if out else None)
-    return rewards.to(batch["tokens"].device)
+def pipeline_rewards(model: torch.nn.Module, batches: Sequence[Mapping[str, Any]]) -> list[torch.Tensor]:
+    """The rewards of each batch through every stage (forward only, the batches as the schedule's
+    micro-batches, so the stages work at once), on every stage, each on the device of its batch's
+    tokens: what ``model(tokens, lengths[, positions])`` gives without a pipeline."""
+    if not batches:
+        return []
+    out = run_schedule(model, batches)
+    rewards = from_last_stage(out if out else None)
+    return [r.to(b["tokens"].device) for r, b in zip(rewards, batches, strict=True)]
