@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 from .._errors import DataError, PluginValidationError
 from .._registry import IN_PROCESS, plugin_distribution
@@ -79,17 +79,22 @@ def batch_rewards(model: Any, batch: Mapping[str, Any], max_tokens: int | None) 
 PIPELINE_GROUP = 4
 
 
-def batches_rewards(model: Any, batches: Sequence[Mapping[str, Any]], max_tokens: int | None) -> list[torch.Tensor]:
-    """:func:`batch_rewards` of each batch (evaluation and scoring, no gradients). Under pipeline
-    parallelism the batches go through the stages together (megatron's schedule, forward only,
-    :data:`PIPELINE_GROUP` x PP at a time), so that the stages work at once instead of in turn."""
+def batches_rewards(model: Any, batches: Iterable[dict[str, Any]],
+                    max_tokens: int | None) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """``(batch, rewards)`` for each batch, lazily: :func:`batch_rewards` one batch at a time
+    (evaluation and scoring, no gradients). Under pipeline parallelism :data:`PIPELINE_GROUP` x PP
+    batches are taken at a time and go through the stages together (megatron's schedule, forward
+    only), so that the stages work at once instead of in turn."""
+    import itertools
+
     if not getattr(model, "pipelined", False):
-        return [batch_rewards(model, batch, max_tokens) for batch in batches]
-    group = PIPELINE_GROUP * int(model.config.pipeline_model_parallel_size)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(batches), group):
-        out.extend(model.pipeline_rewards(batches[start:start + group]))
-    return out
+        for batch in batches:
+            yield batch, batch_rewards(model, batch, max_tokens)
+        return
+    it = iter(batches)
+    size = PIPELINE_GROUP * int(model.config.pipeline_model_parallel_size)
+    while group := list(itertools.islice(it, size)):
+        yield from zip(group, model.pipeline_rewards(group))
 
 
 def evaluation_batch(plugin: RewardModelPlugin, batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -79,22 +79,18 @@ class LoadedRewardModel:
         self.model.eval()
         results: list[tuple[list[int], torch.Tensor]] = []
         bar = progress_bar(len(mine), "score", enabled=progress and self.info.is_main)
-        group = _contract.PIPELINE_GROUP * self.info.pp if self.info.pp > 1 else 1  # the stages work at once
-        for start in range(0, len(mine), group):
-            part = mine[start:start + group]
-            batches = []
-            for c in part:
-                tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
-                batch = {"tokens": tokens, "lengths": lengths}
-                if positions is not None:
-                    batch[_contract.REWARD_POSITIONS] = torch.tensor(
-                        [(row, p) for row, i in enumerate(chunks[c]) for p in positions[i]],
-                        dtype=torch.long).reshape(-1, 2)
-                batches.append(_contract.batch_to(batch, self.info.device))
-            # one pass of the model each (through every pipeline stage, together, under pipeline parallelism)
-            for c, out in zip(part, _contract.batches_rewards(self.model, batches, None)):
-                results.append((chunks[c], out.float().cpu()))
-            bar.update(len(part))
+        def batch(c: int) -> dict[str, Any]:
+            tokens, lengths = pad_batch([token_ids[i] for i in chunks[c]], self.tokenizer.pad_id)
+            out: dict[str, Any] = {"tokens": tokens, "lengths": lengths}
+            if positions is not None:
+                out[_contract.REWARD_POSITIONS] = torch.tensor(
+                    [(row, p) for row, i in enumerate(chunks[c]) for p in positions[i]], dtype=torch.long).reshape(-1, 2)
+            return _contract.batch_to(out, self.info.device)
+
+        # one pass of the model each (several through the pipeline stages together under pipeline parallelism)
+        for c, (_, out) in zip(mine, _contract.batches_rewards(self.model, (batch(c) for c in mine), None)):
+            results.append((chunks[c], out.float().cpu()))
+            bar.update(1)
         bar.close()
         results = gather_over_data_parallel(results, self.info)
         k = results[0][1].shape[-1] if results else 1

@@ -84,16 +84,13 @@ def evaluate_dataset(
     mine = all_batches[info.dp_rank :: info.dp]
     outputs: list[tuple[int, torch.Tensor, dict[str, Any]]] = []
     bar = progress_bar(len(mine), "evaluate", enabled=progress and info.is_main)
-    numbered = list(zip(range(info.dp_rank, len(all_batches), info.dp), mine))
-    group = _contract.PIPELINE_GROUP * info.pp if info.pp > 1 else 1  # the stages work on several at once
+    batches = (_contract.batch_to(plugin.collate([dataset[i] for i in idx], tokenizer.pad_id), info.device)
+               for idx in mine)
     with torch.no_grad():
-        for start in range(0, len(numbered), group):
-            part = numbered[start:start + group]
-            batches = [_contract.batch_to(plugin.collate([dataset[i] for i in idx], tokenizer.pad_id), info.device)
-                       for _, idx in part]
-            for (number, _), batch, rewards in zip(part, batches, _contract.batches_rewards(model, batches, max_tokens)):
-                outputs.append((number, rewards.float().cpu(), _contract.evaluation_batch(plugin, batch)))
-            bar.update(len(part))
+        for number, (batch, rewards) in zip(range(info.dp_rank, len(all_batches), info.dp),
+                                            _contract.batches_rewards(model, batches, max_tokens)):
+            outputs.append((number, rewards.float().cpu(), _contract.evaluation_batch(plugin, batch)))
+            bar.update(1)
     bar.close()
     outputs = gather_over_data_parallel(outputs, info)
     outputs.sort(key=lambda item: item[0])

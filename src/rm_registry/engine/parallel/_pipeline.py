@@ -94,8 +94,8 @@ def run_schedule(
             backward of every micro-batch run (1F1B). ``None``: forward only, no gradients.
 
     Returns:
-        On the last stage: the rewards of each micro-batch (forward only, detached) or the value of
-        ``loss_fn`` for each (training, detached). ``[]`` on the other stages.
+        Forward only, on the last stage: the rewards of each micro-batch (detached). ``[]`` on the
+        other stages and in training (the losses are where ``loss_fn`` put them).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -113,9 +113,7 @@ def run_schedule(
             if forward_only:
                 results.append(out.detach())
                 return None
-            loss = loss_fn(out, batch)
-            results.append(loss.detach())
-            return loss * count, {}  # the schedule divides by the number of micro-batches
+            return loss_fn(out, batch) * count, {}  # the schedule divides by the number of micro-batches
 
         return output, finish
 

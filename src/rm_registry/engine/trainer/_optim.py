@@ -144,9 +144,9 @@ def load_layout_free_state(model: torch.nn.Module, optimizer: torch.optim.Optimi
     tensors = load(template)
     for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
         group.update(saved)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    for i, p in enumerate(params):
-        group = next(g for g in optimizer.param_groups if any(q is p for q in g["params"]))
+    # the parameters in sharded_moments' order (i), each with its group
+    placed = [(g, p) for g in optimizer.param_groups for p in g["params"]]
+    for i, (group, p) in enumerate(placed):
         on_device = group.get("fused") or group.get("capturable")
         entry: dict[str, Any] = {"step": torch.tensor(state["step"], dtype=torch.float32,
                                                       device=p.device if on_device else "cpu")}
