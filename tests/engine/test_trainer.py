@@ -222,6 +222,27 @@ def test_too_little_data_names_the_batch_size(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_a_plugin_model_that_cannot_be_a_pipeline_stage_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    import torch
+
+    from rm_registry.engine.trainer import train
+
+    class PlainModel(torch.nn.Module):  # a plugin's own model, not built on RewardModel
+        @classmethod
+        def from_config(cls, cfg, *, vocab_size):
+            return cls()
+
+    plugin, cfg = _build(tmp_path, "model.pipeline_model_parallel_size=2")
+    plain = type("PlainPlugin", (type(plugin),), {"model_class": PlainModel})()
+    with pytest.raises(ConfigError) as info:
+        train(plain, cfg, tmp_path / "out", progress=False)
+    message = str(info.value)
+    assert message.startswith("model.pipeline_model_parallel_size=2: plugin 'binary_ranking': its model class "
+                              "PlainModel has no set_input_tensor()"), message
+    assert "model.pipeline_model_parallel_size=1" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_token_budget_splits_micro_batches_without_changing_the_steps(tmp_path: Path, monkeypatch) -> None:
     """Micro-batches cut by model.max_tokens_per_micro_batch are weighted by their samples: the same losses."""

@@ -164,6 +164,7 @@ def train(
         from ..hf._export import check_exportable
 
         check_exportable(cfg.model, key="trainer.rm.save_hf=true")  # refused now, not after the training
+    _check_pipeline_model(plugin, cfg)
     checkpoint = _resume_point(plugin, cfg, output_dir, resume, resume_from)
     data = _read_data(plugin, cfg, progress=progress)
     run = _set_up(plugin, cfg, output_dir, data, checkpoint, progress)
@@ -171,6 +172,17 @@ def train(
     if save_hf and result.last_checkpoint is not None:
         result.hf_folder = _save_hf(result.last_checkpoint, output_dir / "hf", run.info)
     return result
+
+
+def _check_pipeline_model(plugin: RewardModelPlugin, cfg: DictConfig) -> None:
+    """Pipeline parallelism needs a model that can be one stage: refused before anything is read."""
+    pp = int(cfg.model.pipeline_model_parallel_size)
+    if pp > 1 and not callable(getattr(plugin.model_class, "set_input_tensor", None)):
+        raise ConfigError(
+            f"model.pipeline_model_parallel_size={pp}: plugin {plugin.name!r}: its model class "
+            f"{plugin.model_class.__name__} has no set_input_tensor() (how a pipeline stage receives the previous "
+            "stage's hidden states); build it on rm_registry.engine.RewardModel, or train with "
+            "model.pipeline_model_parallel_size=1")
 
 
 def _save_hf(checkpoint: Path, folder: Path, info: ParallelInfo) -> Path:
@@ -250,12 +262,6 @@ def _set_up(plugin: RewardModelPlugin, cfg: DictConfig, output_dir: Path, data: 
         seed=int(cfg.seed),
     )
     validate_engine_config(cfg, world_size=info.world_size)
-    if info.pp > 1 and not callable(getattr(plugin.model_class, "set_input_tensor", None)):
-        raise ConfigError(
-            f"model.pipeline_model_parallel_size={info.pp}: plugin {plugin.name!r}'s model class "
-            f"{plugin.model_class.__qualname__} has no set_input_tensor() (how a pipeline stage receives the previous "
-            "stage's hidden states); build it on rm_registry.engine.RewardModel, or train with "
-            "model.pipeline_model_parallel_size=1")
     costs = sample_costs(plugin, data.train, data.tokenizer.pad_id)
     sampler = StepSampler(costs, int(cfg.model.global_batch_size), int(cfg.seed),
                           shuffle=bool(cfg.trainer.rm.train_random_sampler), group_batches=length_group_batches(cfg))
